@@ -1,0 +1,3 @@
+"""duplex-stream: the full-duplex engine, server and clients."""
+
+__version__ = "0.1.0"
