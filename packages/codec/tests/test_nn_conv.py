@@ -1,0 +1,163 @@
+"""StreamingConv1d / StreamingConvTranspose1d against the reference (moshi) modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from duplex.codec.nn import StreamingConv1d, StreamingConvTranspose1d
+from moshi.modules import conv as ref_conv
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+def run_chunks(module: torch.nn.Module, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    outs, start = [], 0
+    while start < x.shape[-1]:
+        for size in sizes:
+            if start >= x.shape[-1]:
+                break
+            outs.append(module(x[..., start : start + size]))
+            start += size
+    return torch.cat(outs, dim=-1)
+
+
+CONV_CASES = [
+    # kernel, stride, dilation, groups, pad_mode, bias
+    (7, 1, 1, 1, "constant", True),
+    (3, 1, 3, 1, "constant", True),
+    (1, 1, 1, 1, "constant", False),
+    (8, 4, 1, 1, "constant", True),
+    (4, 2, 1, 1, "replicate", False),
+    (5, 2, 1, 2, "replicate", True),
+    (3, 3, 1, 1, "constant", True),
+]
+
+
+def make_conv_pair(kernel: int, stride: int, dilation: int, groups: int, pad_mode: str, bias: bool):
+    ref = ref_conv.StreamingConv1d(
+        4, 6, kernel, stride, dilation=dilation, groups=groups, bias=bias, causal=True, pad_mode=pad_mode
+    )
+    ours = StreamingConv1d(
+        4, 6, kernel, stride, dilation=dilation, groups=groups, bias=bias, pad_mode=pad_mode
+    )
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ref, ours
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_matches_reference_batch_and_streaming(case):
+    torch.manual_seed(0)
+    kernel, stride, dilation, groups, pad_mode, bias = case
+    ref, ours = make_conv_pair(*case)
+    x = torch.randn(3, 4, 24 * stride)
+    expected = ref(x)
+    assert rel_l2(ours(x), expected) <= 1e-6
+    for sizes in ([stride], [2 * stride, stride], [3 * stride], [5 * stride, 3 * stride, stride]):
+        with ours.streaming(3):
+            our_stream = run_chunks(ours, x, sizes)
+        assert rel_l2(our_stream, expected) <= 1e-6
+        # the reference refuses replicate-mode chunks shorter than the padding; ours accepts them
+        if pad_mode == "constant" or min(sizes) >= ours.left_context:
+            with ref.streaming(3):
+                ref_stream = run_chunks(ref, x, sizes)
+            assert rel_l2(our_stream, ref_stream) <= 1e-6
+
+
+def test_conv_state_dict_keys():
+    conv = StreamingConv1d(2, 3, 4, bias=True)
+    assert set(conv.state_dict()) == {"conv.conv.weight", "conv.conv.bias"}
+    convtr = StreamingConvTranspose1d(2, 3, 4, 2)
+    assert set(convtr.state_dict()) == {"convtr.convtr.weight", "convtr.convtr.bias"}
+
+
+def test_replicate_first_flag_is_per_item_and_reset_per_slot():
+    torch.manual_seed(1)
+    ours = StreamingConv1d(4, 6, 4, 2, pad_mode="replicate")
+    x = torch.randn(2, 4, 16)
+    full = ours(x)
+    with ours.streaming(2):
+        head = ours(x[..., :8])
+        ours.reset_streaming(torch.tensor([False, True]))
+        tail = ours(x[..., 8:])
+    # slot 0 went on, slot 1 restarted on its second half as a fresh stream
+    assert rel_l2(torch.cat([head[:1], tail[:1]], -1), full[:1]) <= 1e-6
+    assert rel_l2(tail[1:], ours(x[1:, :, 8:])) <= 1e-6
+
+
+def test_conv_exec_mask_freezes_state():
+    torch.manual_seed(2)
+    ours = StreamingConv1d(4, 6, 5, 1, pad_mode="replicate")
+    x = torch.randn(2, 4, 12)
+    skipped = torch.randn(2, 4, 4)
+    with ours.streaming(2):
+        a = ours(x[..., :6])
+        ours.set_exec_mask(torch.tensor([True, False]))
+        ours(skipped)
+        ours.set_exec_mask(torch.tensor([True, True]))
+        b = ours(x[..., 6:])
+    with ours.streaming(2):
+        ours(x[..., :6])
+        ours(skipped)
+        b_all = ours(x[..., 6:])
+    full = ours(x)
+    assert rel_l2(torch.cat([a[1:], b[1:]], -1), full[1:]) <= 1e-6
+    assert rel_l2(b[:1], b_all[:1]) <= 1e-6
+
+
+def test_conv_rejects_bad_input():
+    conv = StreamingConv1d(4, 6, 4, 2)
+    with pytest.raises(ValueError, match="multiple of the stride 2"):
+        conv(torch.randn(1, 4, 5))
+    with pytest.raises(ValueError, match="4 input channels"):
+        conv(torch.randn(1, 3, 4))
+    with pytest.raises(ValueError, match="pad_mode"):
+        StreamingConv1d(4, 6, 4, pad_mode="reflect")  # type: ignore[arg-type]
+
+
+CONVTR_CASES = [
+    # kernel, stride, groups, bias
+    (4, 2, 1, True),
+    (16, 8, 1, True),
+    (4, 2, 4, False),
+    (3, 3, 1, True),
+    (5, 1, 1, True),
+]
+
+
+@pytest.mark.parametrize("case", CONVTR_CASES)
+def test_convtr_matches_reference_batch_and_streaming(case):
+    torch.manual_seed(3)
+    kernel, stride, groups, bias = case
+    ref = ref_conv.StreamingConvTranspose1d(4, 8, kernel, stride, groups=groups, bias=bias, causal=True)
+    ours = StreamingConvTranspose1d(4, 8, kernel, stride, groups=groups, bias=bias)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(3, 4, 20)
+    expected = ref(x)
+    assert expected.shape[-1] == 20 * stride
+    assert rel_l2(ours(x), expected) <= 1e-6
+    for sizes in ([1], [2, 1], [7, 3, 1]):
+        with ref.streaming(3):
+            ref_stream = run_chunks(ref, x, sizes)
+        with ours.streaming(3):
+            our_stream = run_chunks(ours, x, sizes)
+        assert rel_l2(our_stream, ref_stream) <= 1e-6
+        assert rel_l2(our_stream, expected) <= 1e-6
+
+
+def test_convtr_reset_and_exec_mask():
+    torch.manual_seed(4)
+    ours = StreamingConvTranspose1d(4, 8, 6, 2)
+    x = torch.randn(2, 4, 10)
+    skipped = torch.randn(2, 4, 3)
+    full = ours(x)
+    with ours.streaming(2):
+        a = ours(x[..., :4])
+        ours.set_exec_mask(torch.tensor([False, True]))
+        ours(skipped)
+        ours.set_exec_mask(torch.tensor([True, True]))
+        ours.reset_streaming([1])
+        b = ours(x[..., 4:])
+    assert rel_l2(torch.cat([a[:1], b[:1]], -1), full[:1]) <= 1e-6
+    assert rel_l2(b[1:], ours(x[1:, :, 4:])) <= 1e-6
