@@ -1,0 +1,76 @@
+"""A torch dataset of fixed-length multistream segments built from a moshi-finetune dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from duplex.lm.data.format import Dialogue, load_dataset
+from duplex.lm.data.interleave import FRAME_RATE, TEXT_EPAD, TEXT_PAD, ZERO_TOKEN, multistream, text_stream
+from duplex.lm.data.token_cache import TokenCache
+from torch.utils.data import Dataset
+
+
+def dialogue_sequence(
+    dialogue: Dialogue,
+    cache: TokenCache,
+    tokenize: Callable[[str], list[int]],
+    num_codebooks: int,
+    frame_rate: float = FRAME_RATE,
+    pad_id: int = TEXT_PAD,
+    epad_id: int = TEXT_EPAD,
+) -> torch.Tensor:
+    """The full multistream sequence ``[1 + 2K, F]`` of one dialogue."""
+    codes = cache.codes(dialogue.entry.audio_path)  # [2, K_codec, F]
+    if codes.shape[1] < num_codebooks:
+        raise ValueError(
+            f"the codec gives {codes.shape[1]} codebooks but the LM needs {num_codebooks} per speaker"
+        )
+    codes = codes[:, :num_codebooks]
+    text = text_stream(dialogue.words, tokenize, codes.shape[-1], frame_rate, pad_id, epad_id)
+    return multistream(text, codes[0], codes[1])
+
+
+class MultistreamDataset(Dataset):
+    """Cuts every dialogue into consecutive segments of ``segment_frames`` frames.
+
+    The last segment of a dialogue is completed with the zero token (-1), which the LM embeds to
+    zero and leaves out of the loss.
+    """
+
+    def __init__(self, sequences: Sequence[torch.Tensor], segment_frames: int) -> None:
+        if segment_frames < 1:
+            raise ValueError(f"segment_frames must be >= 1, got {segment_frames}")
+        self.segment_frames = segment_frames
+        self.segments: list[torch.Tensor] = []
+        for sequence in sequences:
+            for start in range(0, sequence.shape[-1], segment_frames):
+                segment = sequence[:, start : start + segment_frames]
+                if segment.shape[-1] < segment_frames:
+                    fill = torch.full(
+                        (segment.shape[0], segment_frames - segment.shape[-1]),
+                        ZERO_TOKEN,
+                        dtype=segment.dtype,
+                    )
+                    segment = torch.cat([segment, fill], dim=-1)
+                self.segments.append(segment)
+
+    @classmethod
+    def from_folder(
+        cls,
+        data: str | Path,
+        cache: TokenCache,
+        tokenize: Callable[[str], list[int]],
+        num_codebooks: int,
+        segment_frames: int,
+    ) -> MultistreamDataset:
+        dialogues = load_dataset(data)
+        sequences = [dialogue_sequence(d, cache, tokenize, num_codebooks) for d in dialogues]
+        return cls(sequences, segment_frames)
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.segments[index]
