@@ -153,7 +153,8 @@ def load_dialogue(entry: DialogueEntry, require_stereo: bool = True) -> Dialogue
     info = audio_info(entry.audio_path)
     if require_stereo and info.channels != 2:
         raise DatasetError(
-            f"{entry.audio_path}: expected stereo audio (model left, user right), got {info.channels} channel(s)"
+            f"{entry.audio_path}: expected stereo audio (model left, user right), "
+            f"got {info.channels} channel(s)"
         )
     words = read_alignments(entry.alignment_path)
     for word in words:
