@@ -1,0 +1,248 @@
+"""Windowed causal attention in Triton (forward only), optionally with RoPE applied in registers.
+
+A flash-attention style kernel: one program per (query tile, batch item, head) walks the key
+slots tile by tile with an online softmax in float32, so the ``[Tq, Tk]`` score matrix never
+reaches memory. Visibility comes from absolute positions (``k_pos >= 0``, ``0 <= q_pos - k_pos``,
+``q_pos - k_pos < context``), so the same kernel serves a ring-buffer streaming step and a whole
+sequence; key tiles where nothing is visible are skipped.
+
+With ``ROPE`` the kernel loads the even and odd elements of q and k separately, rotates the
+pairs in float32 with the torch path's frequency table, rounds back to the input dtype (as the
+torch path does) and scores ``q_even·k_even + q_odd·k_odd``, which equals the interleaved dot
+product.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from duplex.codec.kernels._triton_utils import block_size, dot_precision
+from duplex.codec.kernels.dispatch import KernelUnsupportedError
+from duplex.codec.kernels.rope import rope_frequencies
+from torch import Tensor
+
+MAX_HEAD_DIM = 256
+LOG2_E = 1.4426950408889634
+
+
+@triton.jit
+def _rotate(real, imag, positions, frequencies, dtype: tl.constexpr):
+    """Rotate (real, imag) pairs [rows, half] at positions [rows]; float32 math, rounded to dtype."""
+    angles = positions.to(tl.float32)[:, None] * frequencies[None, :]
+    cos = tl.cos(angles)
+    sin = tl.sin(angles)
+    real = real.to(tl.float32)
+    imag = imag.to(tl.float32)
+    return (real * cos - imag * sin).to(dtype), (real * sin + imag * cos).to(dtype)
+
+
+@triton.jit
+def _attention_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    q_pos_ptr,
+    k_pos_ptr,
+    frequencies_ptr,
+    out_ptr,
+    H,
+    KV_GROUP,
+    TQ,
+    TK,
+    DH,
+    context,
+    qk_scale,
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kt,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vt,
+    stride_vd,
+    stride_ob,
+    stride_oh,
+    stride_ot,
+    stride_od,
+    stride_qpb,
+    stride_qpt,
+    stride_kpb,
+    stride_kpt,
+    HAS_CONTEXT: tl.constexpr,
+    ROPE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_DH: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    batch_head = tl.program_id(1)
+    b = batch_head // H
+    h = batch_head % H
+    kv_h = h // KV_GROUP
+    dtype = q_ptr.dtype.element_ty
+
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < TQ
+    q_pos = tl.load(q_pos_ptr + b * stride_qpb + rows * stride_qpt, mask=row_ok, other=0)
+    q_base = q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qt
+    k_base = k_ptr + b * stride_kb + kv_h * stride_kh
+    v_base = v_ptr + b * stride_vb + kv_h * stride_vh
+
+    dims = tl.arange(0, BLOCK_DH)
+    dim_ok = dims < DH
+    if ROPE:
+        half = tl.arange(0, BLOCK_HALF)
+        half_ok = half < DH // 2
+        frequencies = tl.load(frequencies_ptr + half, mask=half_ok, other=0.0)
+        q_mask = row_ok[:, None] & half_ok[None, :]
+        q_even = tl.load(q_base + (2 * half[None, :]) * stride_qd, mask=q_mask, other=0.0)
+        q_odd = tl.load(q_base + (2 * half[None, :] + 1) * stride_qd, mask=q_mask, other=0.0)
+        q_even, q_odd = _rotate(q_even, q_odd, q_pos, frequencies, dtype)
+    else:
+        q = tl.load(q_base + dims[None, :] * stride_qd, mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+
+    row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    row_sum = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DH], tl.float32)
+    for k_start in range(0, TK, BLOCK_N):
+        cols = k_start + tl.arange(0, BLOCK_N)
+        col_ok = cols < TK
+        k_pos = tl.load(k_pos_ptr + b * stride_kpb + cols * stride_kpt, mask=col_ok, other=-1)
+        delta = q_pos[:, None] - k_pos[None, :]
+        visible = (k_pos[None, :] >= 0) & (delta >= 0) & row_ok[:, None]
+        if HAS_CONTEXT:
+            visible = visible & (delta < context)
+        if tl.max(visible.to(tl.int32)) > 0:
+            if ROPE:
+                k_mask = col_ok[:, None] & half_ok[None, :]
+                k_even = tl.load(
+                    k_base + cols[:, None] * stride_kt + (2 * half[None, :]) * stride_kd,
+                    mask=k_mask,
+                    other=0.0,
+                )
+                k_odd = tl.load(
+                    k_base + cols[:, None] * stride_kt + (2 * half[None, :] + 1) * stride_kd,
+                    mask=k_mask,
+                    other=0.0,
+                )
+                k_even, k_odd = _rotate(k_even, k_odd, k_pos, frequencies, dtype)
+                scores = tl.dot(q_even, tl.trans(k_even), input_precision=PRECISION)
+                scores = tl.dot(q_odd, tl.trans(k_odd), scores, input_precision=PRECISION)
+            else:
+                keys = tl.load(
+                    k_base + cols[:, None] * stride_kt + dims[None, :] * stride_kd,
+                    mask=col_ok[:, None] & dim_ok[None, :],
+                    other=0.0,
+                )
+                scores = tl.dot(q, tl.trans(keys), input_precision=PRECISION)
+            scores = tl.where(visible, scores * qk_scale, float("-inf"))
+            new_max = tl.maximum(row_max, tl.max(scores, axis=1))
+            shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows that still see nothing
+            probs = tl.exp2(scores - shift[:, None])
+            correction = tl.exp2(row_max - shift)
+            row_sum = row_sum * correction + tl.sum(probs, axis=1)
+            values = tl.load(
+                v_base + cols[:, None] * stride_vt + dims[None, :] * stride_vd,
+                mask=col_ok[:, None] & dim_ok[None, :],
+                other=0.0,
+            )
+            acc = tl.dot(probs.to(dtype), values, acc * correction[:, None], input_precision=PRECISION)
+            row_max = new_max
+
+    out = acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]
+    tl.store(
+        out_ptr + b * stride_ob + h * stride_oh + rows[:, None] * stride_ot + dims[None, :] * stride_od,
+        out.to(dtype),
+        mask=row_ok[:, None] & dim_ok[None, :],
+    )
+
+
+def _launch(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_pos: Tensor,
+    k_pos: Tensor,
+    context: int | None,
+    scale: float | None,
+    frequencies: Tensor | None,
+) -> Tensor:
+    batch, heads, q_len, head_dim = q.shape
+    k_len = k.shape[2]
+    if head_dim > MAX_HEAD_DIM:
+        raise KernelUnsupportedError(
+            f"the Triton attention kernel handles Dh <= {MAX_HEAD_DIM}, got {head_dim}"
+        )
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if q.numel() == 0:
+        return out
+    if k_len == 0:
+        return out.zero_()
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    block_m = 64 if q_len >= 64 else 16
+    block_n = 64 if head_dim <= 128 else 32
+    grid = (triton.cdiv(q_len, block_m), batch * heads)
+    _attention_kernel[grid](
+        q,
+        k,
+        v,
+        q_pos,
+        k_pos,
+        q_pos if frequencies is None else frequencies,  # unused without RoPE
+        out,
+        heads,
+        heads // k.shape[1],
+        q_len,
+        k_len,
+        head_dim,
+        0 if context is None else context,
+        scale * LOG2_E,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *out.stride(),
+        *q_pos.stride(),
+        *k_pos.stride(),
+        HAS_CONTEXT=context is not None,
+        ROPE=frequencies is not None,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_DH=block_size(head_dim),
+        BLOCK_HALF=block_size(head_dim // 2),
+        PRECISION=dot_precision(q.dtype),
+        num_warps=4 if head_dim <= 64 else 8,
+    )
+    return out
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_pos: Tensor,
+    k_pos: Tensor,
+    context: int | None,
+    scale: float | None = None,
+) -> Tensor:
+    return _launch(q, k, v, q_pos, k_pos, context, scale, None)
+
+
+def rope_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_pos: Tensor,
+    k_pos: Tensor,
+    context: int | None,
+    scale: float | None = None,
+    max_period: float = 10_000,
+) -> Tensor:
+    return _launch(q, k, v, q_pos, k_pos, context, scale, rope_frequencies(q.shape[-1], max_period, q.device))
