@@ -1,0 +1,219 @@
+"""Split residual vector quantizer with EMA codebooks (spec 1.9).
+
+Codes come from two independent residual quantizers over the *same* latent: ``rvq_first``
+(semantic, normally one codebook) and ``rvq_rest`` (acoustic). Each has its own 1x1 input and
+output projections. The module nesting (``rvq_*.vq.layers.<i>._codebook``) is the one of the
+official checkpoints, so state dicts load without renaming.
+
+The two hot operations are the free functions :func:`nearest_codes` and :func:`lookup`, so an
+accelerated kernel can replace them without touching the modules.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from duplex.codec.config import QuantizerConfig
+from torch import nn
+
+# Old spellings of the codebook buffers found in earlier checkpoints.
+LEGACY_CODEBOOK_NAMES = {
+    "inited": "_initialized",
+    "cluster_size": "cluster_usage",
+    "embed_avg": "embedding_sum",
+    "embed_sum": "embedding_sum",
+}
+
+
+def nearest_codes(vectors: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest centroid (Euclidean) for each row of ``vectors`` ``[N, D]`` -> ``[N]``.
+
+    ``torch.cdist`` is used on purpose: its matmul-based distances are what the official codes were
+    computed with, and near-ties flip under any other formula.
+    """
+    return torch.cdist(vectors[None], centroids[None], p=2)[0].argmin(dim=-1)
+
+
+def lookup(codes: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Centroid vectors for integer ``codes`` of any shape -> ``[*codes.shape, D]``."""
+    return F.embedding(codes, centroids)
+
+
+class EuclideanCodebook(nn.Module):
+    """One codebook. The centroids are derived from EMA statistics, never stored themselves."""
+
+    def __init__(self, dim: int, size: int, epsilon: float = 1e-5) -> None:
+        super().__init__()
+        self.dim = dim
+        self.size = size
+        self.epsilon = epsilon
+        self.register_buffer("_initialized", torch.zeros(1))
+        self.register_buffer("cluster_usage", torch.ones(size))
+        self.register_buffer("embedding_sum", torch.zeros(size, dim))
+        self.register_buffer("centroids", torch.zeros(size, dim), persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, _: module.refresh_centroids())
+
+    def refresh_centroids(self) -> None:
+        """Recompute the centroid table; needed after the statistics change (loading, EMA update)."""
+        with torch.no_grad():
+            usage = self.cluster_usage.clamp(min=self.epsilon)[:, None]
+            self.centroids = (self.embedding_sum / usage).to(self.embedding_sum.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        for old, new in LEGACY_CODEBOOK_NAMES.items():
+            if prefix + old in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def ema_update(self, vectors: torch.Tensor, codes: torch.Tensor, decay: float) -> None:
+        """Move the statistics towards this batch: ``vectors`` ``[N, D]`` assigned to ``codes`` ``[N]``."""
+        counts = torch.bincount(codes, minlength=self.size).to(self.cluster_usage.dtype)
+        sums = torch.zeros_like(self.embedding_sum).index_add_(0, codes, vectors.to(self.embedding_sum.dtype))
+        self.cluster_usage.mul_(decay).add_(counts, alpha=1 - decay)
+        self.embedding_sum.mul_(decay).add_(sums, alpha=1 - decay)
+        self._initialized.fill_(1.0)
+        self.refresh_centroids()
+
+
+class _CodebookLayer(nn.Module):
+    """Holds one codebook as ``_codebook``: the extra level exists only for checkpoint key names."""
+
+    def __init__(self, dim: int, size: int) -> None:
+        super().__init__()
+        self._codebook = EuclideanCodebook(dim, size)
+
+
+class _CodebookStack(nn.Module):
+    def __init__(self, num_codebooks: int, dim: int, size: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([_CodebookLayer(dim, size) for _ in range(num_codebooks)])
+
+
+class ResidualVectorQuantizer(nn.Module):
+    """Projection to the codebook space, then residual VQ over ``num_codebooks`` levels."""
+
+    def __init__(
+        self,
+        num_codebooks: int,
+        dimension: int,
+        bins: int,
+        input_dim: int,
+        output_dim: int,
+        decay: float = 0.99,
+    ) -> None:
+        super().__init__()
+        self.max_codebooks = num_codebooks
+        self.decay = decay
+        self.input_proj = nn.Conv1d(input_dim, dimension, 1, bias=False)
+        self.output_proj = nn.Conv1d(dimension, output_dim, 1, bias=False)
+        self.vq = _CodebookStack(num_codebooks, dimension, bins)
+
+    def codebooks(self) -> list[EuclideanCodebook]:
+        return [layer._codebook for layer in self.vq.layers]
+
+    def encode(self, latent: torch.Tensor, num_codebooks: int) -> torch.Tensor:
+        """``latent`` ``[B, C, T]`` -> codes ``[B, num_codebooks, T]``."""
+        batch, _, frames = latent.shape
+        projected = self.input_proj(latent)
+        residual = projected.transpose(1, 2).reshape(batch * frames, -1)  # contiguous rows, as cdist wants
+        all_codes = []
+        for codebook in self.codebooks()[:num_codebooks]:
+            codes = nearest_codes(residual, codebook.centroids)
+            residual = residual - lookup(codes, codebook.centroids)
+            all_codes.append(codes)
+        if not all_codes:
+            return latent.new_zeros(batch, 0, frames, dtype=torch.long)
+        return torch.stack(all_codes, dim=1).view(batch, frames, -1).transpose(1, 2)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """``codes`` ``[B, K, T]`` -> latent ``[B, C_out, T]`` (sum of centroids, then projection)."""
+        total = None
+        for level, codebook in enumerate(self.codebooks()[: codes.shape[1]]):
+            vectors = lookup(codes[:, level], codebook.centroids)
+            total = vectors if total is None else total + vectors
+        if total is None:
+            raise ValueError("cannot decode zero codebooks")
+        return self.output_proj(total.transpose(1, 2))
+
+    def quantize_for_training(
+        self, latent: torch.Tensor, num_codebooks: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training path: straight-through quantized latent ``[B, C_out, T]`` and the commitment loss.
+
+        In training mode the codebooks also take an EMA step towards this batch.
+        """
+        batch, _, frames = latent.shape
+        projected = self.input_proj(latent).transpose(1, 2).reshape(batch * frames, -1)
+        residual = projected
+        quantized = torch.zeros_like(projected)
+        for codebook in self.codebooks()[:num_codebooks]:
+            codes = nearest_codes(residual.detach(), codebook.centroids)
+            if self.training:
+                codebook.ema_update(residual.detach(), codes, decay=self.decay)
+            vectors = lookup(codes, codebook.centroids)
+            residual = residual - vectors
+            quantized = quantized + vectors
+        commitment = F.mse_loss(projected, quantized.detach())
+        straight_through = projected + (quantized - projected).detach()
+        out = straight_through.view(batch, frames, -1).transpose(1, 2)
+        return self.output_proj(out), commitment
+
+
+class SplitResidualVectorQuantizer(nn.Module):
+    """Semantic codebooks (``rvq_first``) and acoustic ones (``rvq_rest``) over the same latent."""
+
+    def __init__(self, config: QuantizerConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        dims = (c.dimension, c.bins, c.input_dimension, c.output_dimension)
+        self.rvq_first = ResidualVectorQuantizer(c.n_q_semantic, *dims, decay=c.decay)
+        self.rvq_rest = ResidualVectorQuantizer(c.n_q - c.n_q_semantic, *dims, decay=c.decay)
+        self._num_codebooks = c.n_q
+
+    @property
+    def total_codebooks(self) -> int:
+        return self.config.n_q
+
+    @property
+    def cardinality(self) -> int:
+        return self.config.bins
+
+    @property
+    def num_codebooks(self) -> int:
+        return self._num_codebooks
+
+    @num_codebooks.setter
+    def num_codebooks(self, value: int) -> None:
+        low, high = self.config.n_q_semantic, self.total_codebooks
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ValueError(f"num_codebooks must be an integer in [{low}, {high}], got {value!r}")
+        self._num_codebooks = value
+
+    def encode(self, latent: torch.Tensor) -> torch.Tensor:
+        """``latent`` ``[B, C, T]`` -> codes ``[B, num_codebooks, T]`` (int64)."""
+        semantic = self.config.n_q_semantic
+        codes = self.rvq_first.encode(latent, semantic)
+        if self._num_codebooks > semantic:
+            acoustic = self.rvq_rest.encode(latent, self._num_codebooks - semantic)
+            codes = torch.cat([codes, acoustic], dim=1)
+        return codes
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """``codes`` ``[B, K, T]`` -> latent ``[B, C, T]``; all ``K`` given codebooks are used."""
+        semantic = self.config.n_q_semantic
+        latent = self.rvq_first.decode(codes[:, :semantic])
+        if codes.shape[1] > semantic:
+            latent = latent + self.rvq_rest.decode(codes[:, semantic:])
+        return latent
+
+    def quantize_for_training(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        semantic = self.config.n_q_semantic
+        first, first_loss = self.rvq_first.quantize_for_training(latent, semantic)
+        rest_count = self._num_codebooks - semantic
+        if rest_count == 0:
+            return first, first_loss
+        rest, rest_loss = self.rvq_rest.quantize_for_training(latent, rest_count)
+        loss = (first_loss * semantic + rest_loss * rest_count) / self._num_codebooks
+        return first + rest, loss
