@@ -1,0 +1,228 @@
+"""LMGen: one streaming step of Moshi per 80 ms frame, over a batch of independent slots.
+
+::
+
+    gen = LMGen(model, temp=0.8, temp_text=0.7, top_k=250, top_k_text=25)
+    with gen.streaming(batch_size=4):
+        gen.set_seed(0, 1234)                       # optional: slot 0 samples from its own generator
+        for user_frame in frames:                   # user_frame: [B, n_q - dep_q, 1] Mimi codes
+            out = gen.step(user_frame)              # None on the first max_delay calls
+            if out is not None:
+                text, audio = out[:, 0], out[:, 1:] # [B, 1] text token, [B, dep_q, 1] codes for Mimi
+
+Timing (spec 4.2, 4.3): the user frame given at call ``n`` is the model's input frame ``n - 1``
+(the first call's user frame is never seen), and call ``n`` returns Moshi's frame
+``n - max_delay``; the streams are re-aligned (un-delayed) before being returned. While a slot's
+delays fill, its row holds ``-2``.
+
+Slots (what the serving layer builds on):
+
+* ``gen.reset_streaming(slots)`` (bool mask ``[B]`` or index list; all when omitted) restarts the
+  chosen slots: their token cache, their step counter, the LM's KV caches and positions, and
+  their random generators (restarted from their seeds). The other slots continue untouched.
+* ``gen.set_seed(slot, seed)`` gives a slot its own ``torch.Generator`` (``None``: torch's global
+  generator); a slot's samples then depend only on its seed and its inputs.
+* ``gen.set_exec_mask(mask)`` freezes the slots where ``mask`` is false for the next calls: their
+  state does not advance and their output row is ``-2``.
+
+``use_sampling=False`` (or a temperature of 0) is greedy decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from duplex.codec.streaming import StreamingModule, StreamingState
+from duplex.lm.config import GenerationConfig
+from duplex.lm.model import UNGENERATED_TOKEN, LMModel
+from duplex.lm.sampling import SlotGenerators, sample_token
+
+
+@dataclass
+class LMGenState(StreamingState):
+    """``cache [B, 1 + n_q, max_delay + 2]``: a ring of recent token columns in delayed time;
+    ``offsets [B]``: frames generated per slot; ``calls``: steps since the last full reset."""
+
+    initial: torch.Tensor  # [1, 1 + n_q, 1] start-of-sequence tokens
+    delays: torch.Tensor  # [1 + n_q]
+    width: int
+    cache: torch.Tensor = field(init=False)
+    offsets: torch.Tensor = field(init=False)
+    calls: int = 0
+    rng: SlotGenerators = field(init=False)
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.initial.shape[1]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.cache = torch.full(
+            (self.batch_size, self.num_codebooks, self.width),
+            UNGENERATED_TOKEN,
+            dtype=torch.long,
+            device=self.device,
+        )
+        self.offsets = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)
+        self.rng = SlotGenerators(self.batch_size, self.device)
+
+    def reset(self, slots: torch.Tensor) -> None:
+        self.cache[slots] = UNGENERATED_TOKEN
+        self.offsets[slots] = 0
+        self.rng.reset(slots)
+        if bool(slots.all()):
+            self.calls = 0
+
+
+class LMGen(StreamingModule[LMGenState]):
+    def __init__(
+        self,
+        model: LMModel,
+        use_sampling: bool = True,
+        temp: float = 0.8,
+        temp_text: float = 0.7,
+        top_k: int = 250,
+        top_k_text: int = 25,
+        cfg_coef: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if model.training:
+            raise RuntimeError("LMGen needs the model in eval mode: call model.eval() first")
+        if cfg_coef != 1.0:
+            raise ValueError(
+                f"cfg_coef={cfg_coef}: classifier-free guidance needs a conditioned model (unsupported)"
+            )
+        if temp < 0 or temp_text < 0:
+            raise ValueError(f"temperatures must be >= 0, got temp={temp}, temp_text={temp_text}")
+        if top_k < 0 or top_k_text < 0:
+            raise ValueError(f"top_k values must be >= 0, got top_k={top_k}, top_k_text={top_k_text}")
+        self.model = model
+        self.use_sampling = use_sampling
+        self.temp = temp
+        self.temp_text = temp_text
+        self.top_k = top_k
+        self.top_k_text = top_k_text
+        self.cfg_coef = cfg_coef
+        config = model.config
+        self.max_delay = config.max_delay
+        self.num_user_codebooks = config.num_user_codebooks
+
+    @classmethod
+    def from_config(cls, model: LMModel, config: GenerationConfig | None = None, **overrides) -> LMGen:
+        """An LMGen with a checkpoint's ``lm_gen_config`` defaults (and explicit overrides)."""
+        config = model.config.lm_gen_config if config is None else config
+        kwargs = config.model_dump(
+            include={"use_sampling", "temp", "temp_text", "top_k", "top_k_text", "cfg_coef"}
+        )
+        return cls(model, **{**kwargs, **overrides})
+
+    # -- streaming lifecycle --------------------------------------------------------------------
+    def _init_streaming_state(self, batch_size: int) -> LMGenState:
+        device = self.model.device
+        return LMGenState(
+            batch_size,
+            device,
+            initial=self.model.initial_tokens(1),
+            delays=torch.tensor(self.model.delays, dtype=torch.long, device=device),
+            width=self.max_delay + 2,
+        )
+
+    def _start_streaming(self, batch_size: int) -> None:
+        super()._start_streaming(batch_size)
+        if self.model.depformer is not None:
+            self.model.depformer._start_streaming(batch_size)
+
+    def _stop_streaming(self) -> None:
+        if self.model.depformer is not None and self.model.depformer.is_streaming:
+            self.model.depformer._stop_streaming()
+        super()._stop_streaming()
+
+    def set_seed(self, slot: int, seed: int | None) -> None:
+        """Give ``slot`` its own random generator started from ``seed`` (None: the global one)."""
+        self.streaming_state.rng.set_seed(slot, seed)
+
+    # -- one frame ------------------------------------------------------------------------------
+    def _check_user_codes(self, user_codes: torch.Tensor, batch_size: int) -> None:
+        if user_codes.dtype.is_floating_point or user_codes.dtype == torch.bool:
+            raise TypeError(f"user codes must be integer token ids, got dtype {user_codes.dtype}")
+        expected = [batch_size, self.num_user_codebooks, 1]
+        if list(user_codes.shape) != expected:
+            raise ValueError(
+                f"user codes must have shape [B={batch_size}, n_q - dep_q={self.num_user_codebooks}, 1] "
+                f"(one frame of the user's codebooks), got {list(user_codes.shape)}"
+            )
+        if user_codes.numel():
+            low, high = int(user_codes.min()), int(user_codes.max())
+            card = self.model.config.card
+            if low < -1 or high >= card:
+                raise ValueError(
+                    f"user codes must lie in [0, {card}) (or -1 for none), got values in [{low}, {high}]"
+                )
+
+    @torch.no_grad()
+    def step(self, user_codes: torch.Tensor) -> torch.Tensor | None:
+        """Advance every executing slot by one frame; see the module docstring for the timing."""
+        state = self.streaming_state
+        model = self.model
+        self._check_user_codes(user_codes, state.batch_size)
+        cache, width = state.cache, state.width
+        executing = state.exec_mask
+        user_codes = user_codes.to(cache.device)
+
+        # Store the user's frame at its delayed position.
+        first_user = model.dep_q + 1
+        user_columns = (state.offsets[:, None] + state.delays[None, first_user:]) % width  # [B, Ku]
+        rows = cache[:, first_user:]
+        kept = rows.gather(2, user_columns[..., None])
+        new = torch.where(executing[:, None, None], user_codes, kept)
+        rows.scatter_(2, user_columns[..., None], new)
+
+        # This frame's input column; streams still inside their delay read the initial token.
+        column = (state.offsets % width)[:, None, None].expand(-1, model.num_codebooks, 1)
+        tokens = cache.gather(2, column)
+        use_initial = state.offsets[:, None, None] <= state.delays[None, :, None]
+        use_initial = use_initial | ~executing[:, None, None]
+        tokens = torch.where(use_initial, state.initial, tokens)
+
+        generators = state.rng.generators()
+        hidden, text_logits = model.forward_text(tokens)
+        text = sample_token(
+            text_logits.float(), self.use_sampling, self.temp_text, self.top_k_text, generators=generators
+        )[:, 0, 0]
+        audio = self._depformer_step(text, hidden, generators) if model.depformer is not None else None
+
+        # Write the generated frame at the new offset.
+        state.offsets = torch.where(executing, state.offsets + 1, state.offsets)
+        state.calls += 1
+        generated = text[:, None] if audio is None else torch.cat([text[:, None], audio], dim=1)
+        gen_rows = cache[:, : 1 + model.dep_q]
+        column = (state.offsets % width)[:, None, None].expand(-1, gen_rows.shape[1], 1)
+        kept = gen_rows.gather(2, column)
+        gen_rows.scatter_(2, column, torch.where(executing[:, None, None], generated[..., None], kept))
+
+        if state.calls <= self.max_delay:
+            return None
+        read = (state.offsets[:, None] - self.max_delay + state.delays[None, : 1 + model.dep_q]) % width
+        out = cache[:, : 1 + model.dep_q].gather(2, read[..., None])
+        not_ready = (state.offsets <= self.max_delay) | ~executing
+        return out.masked_fill(not_ready[:, None, None], UNGENERATED_TOKEN)
+
+    def _depformer_step(
+        self, text: torch.Tensor, hidden: torch.Tensor, generators: list[torch.Generator | None] | None
+    ) -> torch.Tensor:
+        """Sample Moshi's ``dep_q`` codebooks of this frame, one depformer position each."""
+        model = self.model
+        depformer = model.depformer
+        depformer.reset_streaming()
+        token = text
+        tokens = []
+        for k in range(model.dep_q):
+            out = depformer(model.depformer_input(k, token[:, None], hidden))
+            logits = model.depformer_logits(k, out)[:, None]  # [B, 1, 1, card]
+            token = sample_token(
+                logits.float(), self.use_sampling, self.temp, self.top_k, generators=generators
+            )
+            token = token[:, 0, 0]
+            tokens.append(token)
+        return torch.stack(tokens, dim=1)

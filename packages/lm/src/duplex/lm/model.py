@@ -1,0 +1,290 @@
+"""LMModel: Moshi's language model over one text stream and ``n_q`` audio streams.
+
+Per frame the temporal transformer (a registered backbone, Helium by default) reads the sum of
+the embeddings of all streams and predicts the text token; the depth transformer then predicts
+Moshi's ``dep_q`` audio codebooks one after the other (spec 3.3, 3.4). Parameters carry the
+official on-disk names, so ``model.state_dict()`` and a checkpoint's safetensors match key for key.
+
+``model(codes [B, 1 + n_q, T])`` is the training (teacher-forcing) forward. ``codes`` are in
+un-delayed time; the returned logits are aligned with them (spec 3.8)::
+
+    out = model(codes)
+    out.logits       [B, dep_q, T, card]       predicts codes[:, 1:1 + dep_q]
+    out.mask         [B, dep_q, T]             false where a delay leaves no context, or code == -1
+    out.text_logits  [B, 1, T, text_card_out]  predicts codes[:, :1]
+    out.text_mask    [B, 1, T]
+
+Generation goes through :class:`duplex.lm.generate.LMGen`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from duplex.codec.nn import make_norm
+from duplex.codec.streaming import StreamingModule, StreamingState
+from duplex.lm.config import LMConfig
+from duplex.lm.depformer import Depformer
+from duplex.lm.embedding import ZERO_TOKEN, StreamEmbedding
+from duplex.lm.registry import BACKBONES
+from torch import nn
+
+UNGENERATED_TOKEN = -2
+
+
+@dataclass
+class LMOutput:
+    logits: torch.Tensor
+    mask: torch.Tensor
+    text_logits: torch.Tensor
+    text_mask: torch.Tensor
+
+
+def delay_codes(codes: torch.Tensor, delays: list[int], fill: torch.Tensor) -> torch.Tensor:
+    """Shift stream ``k`` of ``codes [B, K, T]`` right by ``delays[k]``, filling with ``fill [B, K, 1]``."""
+    length = codes.shape[-1]
+    streams = []
+    for k, delay in enumerate(delays):
+        head = fill[:, k].expand(-1, min(delay, length))
+        streams.append(torch.cat([head, codes[:, k, : max(length - delay, 0)]], dim=-1))
+    return torch.stack(streams, dim=1)
+
+
+def undelay_logits(logits: torch.Tensor, delays: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift stream ``k`` of ``logits [B, K, T, N]`` left by ``delays[k]``; the uncovered tail is NaN.
+
+    Returns the shifted logits and the mask ``[B, K, T]`` of positions that have a prediction.
+    """
+    batch, _, length, _ = logits.shape
+    mask = torch.ones(batch, len(delays), length, dtype=torch.bool, device=logits.device)
+    if not any(delays):
+        return logits, mask
+    streams = []
+    for k, delay in enumerate(delays):
+        delay = min(delay, length)
+        tail = logits.new_full((batch, delay, logits.shape[-1]), float("nan"))
+        streams.append(torch.cat([logits[:, k, delay:], tail], dim=1))
+        mask[:, k, length - delay :] = False
+    return torch.stack(streams, dim=1), mask
+
+
+class LMModel(StreamingModule[StreamingState]):
+    """The Moshi LM. ``config`` is an :class:`LMConfig`; weights are random until loaded."""
+
+    def __init__(self, config: LMConfig) -> None:
+        super().__init__()
+        if config.conditioners or (config.fuser and config.fuser.get("sum")):
+            raise NotImplementedError(
+                "conditioners / fuser: conditioned models (Hibiki, the 2B dev model) are not supported yet"
+            )
+        self.config = config
+        dim = config.dim
+        self.emb = nn.ModuleList(
+            [StreamEmbedding(config.card + 1, dim, norm=config.norm_emb) for _ in range(config.n_q)]
+        )
+        self.text_emb = StreamEmbedding(
+            config.text_card + 1,
+            dim,
+            norm=config.norm_emb,
+            demux_second_stream=config.demux_second_text_stream,
+        )
+        self.transformer = BACKBONES.get(config.backbone)(config.temporal_transformer_config())
+        self.out_norm = make_norm(config.norm, dim)
+        self.text_linear = nn.Linear(dim, config.text_out_card, bias=config.bias_proj)
+
+        depformer_config = config.depformer_transformer_config()
+        self.depformer: Depformer | None = None
+        if depformer_config is not None:
+            dep_dim = config.depformer_dim
+            self.depformer_in = nn.ModuleList(
+                [nn.Linear(dim, dep_dim, bias=False) for _ in range(config.num_depformer_inputs)]
+            )
+            low_rank = config.depformer_low_rank_embeddings
+            self.depformer_emb = nn.ModuleList(
+                [
+                    StreamEmbedding(config.card + 1, dep_dim, low_rank=low_rank, norm=config.norm_emb)
+                    for _ in range(config.dep_q - 1)
+                ]
+            )
+            self.depformer_text_emb = StreamEmbedding(
+                config.text_card + 1,
+                dep_dim,
+                low_rank=low_rank,
+                norm=config.norm_emb,
+                demux_second_stream=config.demux_second_text_stream,
+            )
+            self.depformer = Depformer(depformer_config)
+            self.depformer_norms = nn.ModuleList(
+                [
+                    nn.Identity()
+                    if config.depformer_norm is None
+                    else make_norm(config.depformer_norm, dep_dim)
+                    for _ in range(config.dep_q)
+                ]
+            )
+            self.linears = nn.ModuleList(
+                [nn.Linear(dep_dim, config.card, bias=config.bias_proj) for _ in range(config.dep_q)]
+            )
+        self.extra_heads = nn.ModuleList(
+            [nn.Linear(dim, config.extra_heads_dim, bias=False) for _ in range(config.extra_heads_num_heads)]
+        )
+        self.init_weights()
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        config: LMConfig | str | Path | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> LMModel:
+        """Load a checkpoint: a directory (``config.json`` + the weights it names), a weights file
+        with ``config``, or a Hugging Face repo id. See :mod:`duplex.lm.checkpoint`."""
+        from duplex.lm.checkpoint import load_lm
+
+        return load_lm(source, config=config, device=device, dtype=dtype)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` in the official layout."""
+        from duplex.lm.checkpoint import save_lm
+
+        save_lm(self, directory)
+
+    def init_weights(self) -> None:
+        """Truncated normal (std ``1/sqrt(fan_in)``, +-3 std) of embeddings, text head, temporal
+        layers and audio heads, as the official models were trained; the rest keeps torch's init."""
+
+        def init(module: nn.Module) -> None:
+            if isinstance(module, nn.Embedding | nn.Linear):
+                fan_in = module.embedding_dim if isinstance(module, nn.Embedding) else module.in_features
+                std = 1 / math.sqrt(fan_in)
+                with torch.no_grad():
+                    nn.init.trunc_normal_(module.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+                    if getattr(module, "bias", None) is not None:
+                        module.bias.zero_()
+
+        if next(self.parameters()).device.type == "meta":
+            return
+        for module in [*self.emb, self.text_emb, self.text_linear]:
+            init(module)
+        self.transformer.apply(init)
+        if self.depformer is not None:
+            for module in [*self.depformer_emb, self.depformer_text_emb, *self.linears]:
+                init(module)
+
+    def _init_streaming_state(self, batch_size: int) -> StreamingState:
+        return StreamingState(batch_size, self.device)
+
+    # -- properties -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.text_emb.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.text_emb.weight.dtype
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.config.num_codebooks
+
+    @property
+    def dep_q(self) -> int:
+        return self.config.dep_q
+
+    @property
+    def delays(self) -> list[int]:
+        return list(self.config.delays)
+
+    def initial_tokens(self, batch_size: int = 1) -> torch.Tensor:
+        """The start-of-sequence column ``[B, 1 + n_q, 1]``: ``text_card`` for text, ``card`` for audio."""
+        tokens = torch.full((batch_size, self.num_codebooks, 1), self.config.card, dtype=torch.long)
+        tokens[:, 0] = self.config.text_card
+        return tokens.to(self.device)
+
+    def check_tokens(self, tokens: torch.Tensor, what: str = "codes") -> None:
+        """Fail with a clear message when ``tokens [B, 1 + n_q, T]`` holds ids outside the tables."""
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise TypeError(f"{what} must be integer token ids, got dtype {tokens.dtype}")
+        if tokens.dim() != 3 or tokens.shape[1] != self.num_codebooks:
+            raise ValueError(
+                f"{what} must have shape [B, {self.num_codebooks}, T] (text + n_q={self.config.n_q} audio "
+                f"streams), got {list(tokens.shape)}"
+            )
+        for stream, name, top in (
+            (slice(0, 1), "text", self.config.text_card),
+            (slice(1, None), "audio", self.config.card),
+        ):
+            part = tokens[:, stream]
+            if part.numel() == 0:
+                continue
+            low, high = int(part.min()), int(part.max())
+            if low < UNGENERATED_TOKEN or high > top:
+                raise ValueError(
+                    f"{what}: {name} token ids must lie in [{UNGENERATED_TOKEN}, {top}] "
+                    f"(-1 = zero token, {top} = initial token), got values in [{low}, {high}]"
+                )
+
+    # -- forward passes -------------------------------------------------------------------------
+    def embed(self, sequence: torch.Tensor) -> torch.Tensor:
+        """Sum of the stream embeddings of ``sequence [B, 1 + n_q, S]`` -> ``[B, S, dim]``.
+
+        Audio streams are added in order, then text (the order matters for bf16 rounding)."""
+        total = None
+        for k, table in enumerate(self.emb):
+            emb = table(sequence[:, k + 1])
+            total = emb if total is None else total + emb
+        text = self.text_emb(sequence[:, 0])
+        return text if total is None else total + text
+
+    def forward_text(self, sequence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Temporal pass over (delayed) ``sequence [B, 1 + n_q, S]``.
+
+        Returns the normalised hidden state ``[B, S, dim]`` (the depformer's input) and the text
+        logits ``[B, 1, S, text_card_out]``."""
+        hidden = self.out_norm(self.transformer(self.embed(sequence)))
+        return hidden, self.text_linear(hidden)[:, None]
+
+    def depformer_input(self, step: int, token: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Input of depformer position ``step``: projection of ``hidden [B, S, dim]`` plus the
+        embedding of ``token [B, S]`` (text for step 0, audio codebook ``step - 1`` otherwise)."""
+        index = self.config.depformer_step_weights(step) if self.config.depformer_multi_linear else 0
+        projected = self.depformer_in[index](hidden)
+        table = self.depformer_text_emb if step == 0 else self.depformer_emb[step - 1]
+        return projected + table(token)
+
+    def depformer_logits(self, step: int, out: torch.Tensor) -> torch.Tensor:
+        return self.linears[step](self.depformer_norms[step](out))
+
+    def forward_depformer_training(self, sequence: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced depformer over every frame: ``sequence [B, 1 + n_q, T]`` holds the tokens
+        of each frame, ``hidden [B, T, dim]`` the temporal state. Returns ``[B, dep_q, T, card]``."""
+        assert self.depformer is not None
+        batch, _, length = sequence.shape
+        inputs = torch.stack(
+            [self.depformer_input(k, sequence[:, k], hidden) for k in range(self.dep_q)], dim=2
+        )  # [B, T, dep_q, D]
+        out = self.depformer(inputs.reshape(batch * length, self.dep_q, -1))
+        logits = [self.depformer_logits(k, out[:, k]).view(batch, length, -1) for k in range(self.dep_q)]
+        return torch.stack(logits, dim=1)
+
+    def forward(self, codes: torch.Tensor) -> LMOutput:
+        self.check_tokens(codes)
+        batch, _, length = codes.shape
+        initial = self.initial_tokens(batch)
+        delayed = torch.cat([initial, delay_codes(codes, self.delays, initial)], dim=2)
+        hidden, text_logits = self.forward_text(delayed[:, :, :-1])
+        audio_delays = self.delays[1 : 1 + self.dep_q]
+        if self.depformer is not None:
+            logits = self.forward_depformer_training(delayed[:, :, 1:], hidden)
+        else:
+            logits = hidden.new_zeros(batch, 0, length, self.config.card)
+        logits, mask = undelay_logits(logits, audio_delays)
+        mask &= codes[:, 1 : 1 + self.dep_q] != ZERO_TOKEN
+        text_logits, text_mask = undelay_logits(text_logits, self.delays[:1])
+        text_mask &= codes[:, :1] != ZERO_TOKEN
+        return LMOutput(logits, mask, text_logits, text_mask)
