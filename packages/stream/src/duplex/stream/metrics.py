@@ -1,0 +1,78 @@
+"""Just enough of the Prometheus text exposition format for the server's /metrics."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable, Sequence
+
+# Step and reply times, in seconds, around the 80 ms frame budget.
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.16, 0.24, 0.32, 0.5, 1.0, 2.0)
+
+
+def _number(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+class Counter:
+    def __init__(self, name: str, help: str) -> None:
+        self.name, self.help = name, help
+        self._value = 0.0
+        self._lock = threading.Lock()
+
+    def inc(self, amount: float = 1.0) -> None:
+        with self._lock:
+            self._value += amount
+
+    @property
+    def value(self) -> float:
+        return self._value
+
+    def render(self) -> str:
+        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} counter\n{self.name} {_number(self._value)}\n"
+
+
+class Gauge:
+    """A value read when rendered; ``kind="counter"`` for running totals kept elsewhere."""
+
+    def __init__(self, name: str, help: str, read: Callable[[], float], kind: str = "gauge") -> None:
+        self.name, self.help, self._read, self.kind = name, help, read, kind
+
+    def render(self) -> str:
+        value = _number(self._read())
+        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} {self.kind}\n{self.name} {value}\n"
+
+
+class Histogram:
+    def __init__(self, name: str, help: str, buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.name, self.help = name, help
+        self.buckets = tuple(sorted(buckets))
+        self._counts = [0] * (len(self.buckets) + 1)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        with self._lock:
+            self._counts[bisect.bisect_left(self.buckets, value)] += 1
+            self._sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self._counts)
+
+    def render(self) -> str:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        with self._lock:
+            cumulative = 0
+            for bound, count in zip((*self.buckets, float("inf")), self._counts, strict=True):
+                cumulative += count
+                lines.append(f'{self.name}_bucket{{le="{_number(bound)}"}} {cumulative}')
+            lines.append(f"{self.name}_sum {_number(self._sum)}")
+            lines.append(f"{self.name}_count {cumulative}")
+        return "\n".join(lines) + "\n"
+
+
+def render(metrics: Sequence[Counter | Gauge | Histogram]) -> str:
+    return "".join(metric.render() for metric in metrics)

@@ -1,0 +1,184 @@
+"""Conversation slots: a fixed table of N batch items that conversations join and leave.
+
+Each conversation owns one slot (one batch row of the engine) for its whole life. Joining marks
+the row for a reset before the next step, so a new conversation never sees anything of the one
+before it; leaving frees the row at once. All methods are thread safe: the server pushes audio
+from its event loop while the engine steps in a worker thread.
+
+Pacing policy, per slot:
+
+* **Late audio.** A slot steps only when it holds a whole 80 ms frame. A slot that has none is
+  left out of the step (its model state does not move); nothing is invented for it and the other
+  slots step as usual. A frame that arrives more than ``late_tolerance_s`` behind the slot's
+  real-time schedule is counted as late, and the schedule restarts from it.
+* **Audio too fast.** At most ``max_backlog_frames`` frames wait per slot; beyond that the oldest
+  audio is dropped (and counted), so a client that sends faster than real time can neither grow
+  memory nor make its replies lag further and further behind.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class ServerFull(RuntimeError):
+    """Every slot is taken."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-conversation sampling, as the official web client sends it in the query string."""
+
+    temp: float = 0.8
+    temp_text: float = 0.7
+    top_k: int = 250
+    top_k_text: int = 25
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("temp", "temp_text"):
+            value = getattr(self, name)
+            if not (0.0 <= value <= 10.0):
+                raise ValueError(f"{name} must be in [0, 10], got {value}")
+        for name in ("top_k", "top_k_text"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+@dataclass
+class Frame:
+    """One 80 ms frame of user audio, with the time its last sample arrived."""
+
+    pcm: np.ndarray
+    arrived_at: float
+    index: int
+
+
+@dataclass
+class Conversation:
+    """The state a slot keeps for one conversation."""
+
+    slot: int
+    params: SamplingParams
+    id: int
+    joined_at: float = field(default_factory=time.monotonic)
+    pending: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    frames: deque[Frame] = field(default_factory=deque)
+    frames_in: int = 0
+    frames_stepped: int = 0
+    frames_late: int = 0
+    frames_dropped: int = 0
+    schedule_start: float | None = None
+    needs_reset: bool = True
+    closed: bool = False
+
+
+class SlotTable:
+    def __init__(
+        self,
+        num_slots: int,
+        frame_size: int,
+        frame_rate: float,
+        max_backlog_frames: int = 25,
+        late_tolerance_s: float = 0.24,
+    ) -> None:
+        if num_slots < 1:
+            raise ValueError(f"num_slots must be >= 1, got {num_slots}")
+        if max_backlog_frames < 1:
+            raise ValueError(f"max_backlog_frames must be >= 1, got {max_backlog_frames}")
+        self.num_slots = num_slots
+        self.frame_size = frame_size
+        self.frame_period = 1.0 / frame_rate
+        self.max_backlog_frames = max_backlog_frames
+        self.late_tolerance_s = late_tolerance_s
+        self._slots: list[Conversation | None] = [None] * num_slots
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self.total_late = 0
+        self.total_dropped = 0
+
+    # -- membership -----------------------------------------------------------------------------
+    def join(self, params: SamplingParams | None = None) -> Conversation:
+        with self._lock:
+            for slot, occupant in enumerate(self._slots):
+                if occupant is None:
+                    conversation = Conversation(slot, params or SamplingParams(), next(self._ids))
+                    self._slots[slot] = conversation
+                    return conversation
+        raise ServerFull(f"all {self.num_slots} conversation slots are in use")
+
+    def leave(self, conversation: Conversation) -> None:
+        with self._lock:
+            conversation.closed = True
+            if self._slots[conversation.slot] is conversation:
+                self._slots[conversation.slot] = None
+
+    def is_current(self, conversation: Conversation) -> bool:
+        return self._slots[conversation.slot] is conversation
+
+    @property
+    def active(self) -> int:
+        return sum(occupant is not None for occupant in self._slots)
+
+    def conversations(self) -> list[Conversation]:
+        with self._lock:
+            return [c for c in self._slots if c is not None]
+
+    # -- audio in -------------------------------------------------------------------------------
+    def push(self, conversation: Conversation, pcm: np.ndarray, now: float | None = None) -> int:
+        """Append user PCM; returns how many whole frames it completed."""
+        now = time.monotonic() if now is None else now
+        completed = 0
+        with self._lock:
+            if conversation.closed:
+                return 0
+            pending = np.concatenate([conversation.pending, np.asarray(pcm, dtype=np.float32).ravel()])
+            while len(pending) >= self.frame_size:
+                frame = Frame(pending[: self.frame_size].copy(), now, conversation.frames_in)
+                pending = pending[self.frame_size :]
+                self._admit(conversation, frame)
+                completed += 1
+            conversation.pending = pending
+        return completed
+
+    def _admit(self, conversation: Conversation, frame: Frame) -> None:
+        if conversation.schedule_start is None:
+            conversation.schedule_start = frame.arrived_at
+        due = conversation.schedule_start + frame.index * self.frame_period
+        if frame.arrived_at - due > self.late_tolerance_s:
+            conversation.frames_late += 1
+            self.total_late += 1
+            conversation.schedule_start = frame.arrived_at - frame.index * self.frame_period
+        conversation.frames.append(frame)
+        conversation.frames_in += 1
+        while len(conversation.frames) > self.max_backlog_frames:
+            conversation.frames.popleft()
+            conversation.frames_dropped += 1
+            self.total_dropped += 1
+
+    # -- stepping -------------------------------------------------------------------------------
+    def all_ready(self) -> bool:
+        """True when some slot is active and every active slot holds a frame."""
+        with self._lock:
+            active = [c for c in self._slots if c is not None]
+            return bool(active) and all(c.frames for c in active)
+
+    def any_ready(self) -> bool:
+        with self._lock:
+            return any(c is not None and c.frames for c in self._slots)
+
+    def take(self) -> tuple[list[Conversation | None], list[Frame | None]]:
+        """For one step: the occupant of every slot and its next frame (None where it has none)."""
+        with self._lock:
+            occupants = list(self._slots)
+            frames: list[Frame | None] = []
+            for occupant in occupants:
+                frames.append(occupant.frames.popleft() if occupant is not None and occupant.frames else None)
+            return occupants, frames
