@@ -7,7 +7,6 @@ text " f<n-1>". Any mixing of rows, missed reset or skipped frame shows up in th
 from __future__ import annotations
 
 import numpy as np
-
 from duplex.stream.pipeline import StepOutput
 from duplex.stream.slots import SamplingParams
 

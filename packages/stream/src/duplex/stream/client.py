@@ -9,7 +9,6 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import numpy as np
-
 from duplex.stream import protocol
 from duplex.stream.opus import SAMPLE_RATE, OpusDecoder, OpusEncoder
 from duplex.stream.protocol import Kind

@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-
 from duplex.stream.metrics import Histogram
 from duplex.stream.pipeline import FramePipeline
 from duplex.stream.slots import Conversation, SamplingParams, SlotTable

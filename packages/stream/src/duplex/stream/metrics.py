@@ -31,7 +31,8 @@ class Counter:
         return self._value
 
     def render(self) -> str:
-        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} counter\n{self.name} {_number(self._value)}\n"
+        value = _number(self._value)
+        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} counter\n{self.name} {value}\n"
 
 
 class Gauge:

@@ -22,7 +22,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-
 from duplex.stream.slots import SamplingParams
 
 # Text ids the server never prints: 0 (also the "end of padding" id) and 3 (padding).

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-
 from duplex.stream import protocol
 from duplex.stream.engine import AsyncEngine, DuplexEngine, Reply
 from duplex.stream.metrics import Counter, Gauge, Histogram, render
