@@ -1,0 +1,174 @@
+"""Streaming multi-head self-attention (spec 2.2, 2.3, 3.7).
+
+Parameters are stored fused exactly as in the official checkpoints: ``in_proj_weight``
+``[mult * (D + 2 * D_kv), D]`` (rows ``[Q; K; V]``, heads contiguous within each block, weight
+sets stacked along dim 0) and ``out_proj.weight`` ``[mult * D, D]``. The reference's in-memory
+names (``in_projs.{i}.weight``, ``out_projs.{i}.weight``, ``in_proj.weight``) are accepted by
+``load_state_dict`` too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from duplex.codec.nn.kv_cache import RingKVCache
+from duplex.codec.nn.per_step import apply_per_step, weight_set_count
+from duplex.codec.nn.rope import RotaryEmbedding
+from duplex.codec.streaming import StreamingModule, StreamingState, module_device
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class AttentionState(StreamingState):
+    offset: torch.Tensor  # [B] long: positions already processed by each item
+    cache: RingKVCache
+    step: int = 0  # steps processed by the whole batch: selects the per-step weights
+
+    def reset(self, slots: torch.Tensor) -> None:
+        self.offset[slots] = 0
+        self.cache.reset(slots)
+        # per-step weights assume the batch moves in lockstep (the depformer restarts every frame)
+        self.step = 0
+
+
+class StreamingMultiheadAttention(StreamingModule[AttentionState]):
+    """Causal (optionally windowed) self-attention with RoPE, GQA and per-step weights."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        causal: bool = True,
+        context: int | None = None,
+        rope: RotaryEmbedding | None = None,
+        weights_per_step: int = 0,
+        weights_per_step_schedule: Sequence[int] | None = None,
+        kv_repeat: int = 1,
+    ) -> None:
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        if kv_repeat < 1 or num_heads % kv_repeat != 0:
+            raise ValueError(f"num_heads {num_heads} is not divisible by kv_repeat {kv_repeat}")
+        if context is not None and context < 1:
+            raise ValueError(f"context must be None or >= 1, got {context}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.kv_repeat = kv_repeat
+        self.num_kv_heads = num_heads // kv_repeat
+        self.causal = causal
+        self.context = context
+        self.rope = rope
+        self.weights_per_step = weights_per_step
+        self.schedule = list(weights_per_step_schedule) if weights_per_step_schedule is not None else None
+        self.mult = weight_set_count(weights_per_step, self.schedule)
+
+        self.proj_dim = embed_dim + 2 * self.num_kv_heads * self.head_dim
+        bound = 1 / math.sqrt(embed_dim)
+        self.in_proj_weight = nn.Parameter(
+            torch.empty(self.mult * self.proj_dim, embed_dim).uniform_(-bound, bound)
+        )
+        self.out_proj = nn.Linear(embed_dim, self.mult * embed_dim, bias=False)
+        self.register_load_state_dict_pre_hook(_accept_reference_names)
+
+    # -- streaming state --------------------------------------------------------------------------
+    def _init_streaming_state(self, batch_size: int) -> AttentionState:
+        capacity = self.context if self.context is not None else self.weights_per_step
+        if not capacity:
+            raise RuntimeError(
+                "streaming attention needs a context (or weights_per_step) to size its KV cache"
+            )
+        weight = self.in_proj_weight
+        cache = RingKVCache(
+            batch_size, self.num_kv_heads, capacity, self.head_dim, weight.dtype, weight.device
+        )
+        offset = torch.zeros(batch_size, dtype=torch.long, device=weight.device)
+        return AttentionState(batch_size=batch_size, device=module_device(self), offset=offset, cache=cache)
+
+    # -- weights ----------------------------------------------------------------------------------
+    def in_proj(self, index: int) -> torch.Tensor:
+        """Fused ``[Q; K; V]`` projection of weight set ``index``: ``[D + 2 * D_kv, D]``."""
+        return self.in_proj_weight.view(self.mult, self.proj_dim, self.embed_dim)[index]
+
+    def out_proj_weight(self, index: int) -> torch.Tensor:
+        return self.out_proj.weight.view(self.mult, self.embed_dim, self.embed_dim)[index]
+
+    def _project(self, x: torch.Tensor, first_step: int, out: bool) -> torch.Tensor:
+        weight = self.out_proj_weight if out else self.in_proj
+        if self.mult == 1:
+            return F.linear(x, weight(0))
+        return apply_per_step(
+            lambda i, xs: F.linear(xs, weight(i)), x, first_step, self.weights_per_step, self.schedule
+        )
+
+    # -- forward ----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, T, D]`` -> ``[B, T, D]``; in streaming, positions continue from the last call."""
+        batch, length, _ = x.shape
+        state = self._streaming_state
+        steps = torch.arange(length, device=x.device)
+        if state is None:
+            positions = steps.expand(batch, length)
+            first_step = 0
+        else:
+            positions = state.offset[:, None] + steps
+            first_step = state.step
+
+        projected = self._project(x, first_step, out=False)
+        q_dim, kv_dim = self.embed_dim, self.num_kv_heads * self.head_dim
+        q = projected[..., :q_dim].unflatten(-1, (self.num_heads, self.head_dim))
+        k = projected[..., q_dim : q_dim + kv_dim].unflatten(-1, (self.num_kv_heads, self.head_dim))
+        v = projected[..., q_dim + kv_dim :].unflatten(-1, (self.num_kv_heads, self.head_dim))
+        if self.rope is not None:
+            q = self.rope.rotate(q, positions)
+            k = self.rope.rotate(k, positions)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, Dh]
+
+        if state is None:
+            key_positions = positions
+        else:
+            k, v, key_positions = state.cache.write(k, v, positions, state.exec_mask)
+
+        mask = self._attention_mask(positions, key_positions) if self.causal else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv_repeat > 1)
+        out = self._project(out.transpose(1, 2).flatten(2), first_step, out=True)
+
+        if state is not None:
+            state.offset += length * state.exec_mask
+            state.step += length
+        return out
+
+    def _attention_mask(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, T, S]`` bool: a query sees written keys at or before it, within the context."""
+        delta = query_positions[:, :, None] - key_positions[:, None, :]
+        allowed = (key_positions[:, None, :] >= 0) & (delta >= 0)
+        if self.context is not None:
+            allowed &= delta < self.context
+        return allowed[:, None]
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, kv_repeat={self.kv_repeat}, "
+            f"causal={self.causal}, context={self.context}, rope={self.rope is not None}, mult={self.mult}"
+        )
+
+
+def _accept_reference_names(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Fuse the reference's per-set names into ours before loading (in place on ``state_dict``)."""
+    assert isinstance(module, StreamingMultiheadAttention)
+    if prefix + "in_proj.weight" in state_dict:
+        state_dict[prefix + "in_proj_weight"] = state_dict.pop(prefix + "in_proj.weight")
+    for split, fused in (("in_projs", "in_proj_weight"), ("out_projs", "out_proj.weight")):
+        names = [f"{prefix}{split}.{i}.weight" for i in range(module.mult)]
+        present = [name in state_dict for name in names]
+        if any(present):
+            if not all(present):
+                missing = [name for name, here in zip(names, present, strict=True) if not here]
+                raise KeyError(f"incomplete per-step attention weights, missing {missing}")
+            state_dict[prefix + fused] = torch.cat([state_dict.pop(name) for name in names], dim=0)
