@@ -19,7 +19,7 @@ import math
 import torch
 import triton
 import triton.language as tl
-from duplex.codec.kernels._triton_utils import block_size, dot_precision
+from duplex.codec.kernels._triton_utils import block_size, check_dtype, dot_precision, mma, upcast_dot
 from duplex.codec.kernels.dispatch import KernelUnsupportedError
 from duplex.codec.kernels.rope import rope_frequencies
 from torch import Tensor
@@ -82,6 +82,7 @@ def _attention_kernel(
     BLOCK_DH: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
     PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     batch_head = tl.program_id(1)
     b = batch_head // H
@@ -112,6 +113,7 @@ def _attention_kernel(
     row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DH], tl.float32)
+    zeros = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k_start in range(0, TK, BLOCK_N):
         cols = k_start + tl.arange(0, BLOCK_N)
         col_ok = cols < TK
@@ -134,15 +136,15 @@ def _attention_kernel(
                     other=0.0,
                 )
                 k_even, k_odd = _rotate(k_even, k_odd, k_pos, frequencies, dtype)
-                scores = tl.dot(q_even, tl.trans(k_even), input_precision=PRECISION)
-                scores = tl.dot(q_odd, tl.trans(k_odd), scores, input_precision=PRECISION)
+                scores = mma(q_even, tl.trans(k_even), zeros, PRECISION, UPCAST)
+                scores = mma(q_odd, tl.trans(k_odd), scores, PRECISION, UPCAST)
             else:
                 keys = tl.load(
                     k_base + cols[:, None] * stride_kt + dims[None, :] * stride_kd,
                     mask=col_ok[:, None] & dim_ok[None, :],
                     other=0.0,
                 )
-                scores = tl.dot(q, tl.trans(keys), input_precision=PRECISION)
+                scores = mma(q, tl.trans(keys), zeros, PRECISION, UPCAST)
             scores = tl.where(visible, scores * qk_scale, float("-inf"))
             new_max = tl.maximum(row_max, tl.max(scores, axis=1))
             shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows that still see nothing
@@ -154,7 +156,7 @@ def _attention_kernel(
                 mask=col_ok[:, None] & dim_ok[None, :],
                 other=0.0,
             )
-            acc = tl.dot(probs.to(dtype), values, acc * correction[:, None], input_precision=PRECISION)
+            acc = mma(probs.to(dtype), values, acc * correction[:, None], PRECISION, UPCAST)
             row_max = new_max
 
     out = acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]
@@ -181,6 +183,7 @@ def _launch(
         raise KernelUnsupportedError(
             f"the Triton attention kernel handles Dh <= {MAX_HEAD_DIM}, got {head_dim}"
         )
+    check_dtype(q.dtype)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if q.numel() == 0:
         return out
@@ -218,6 +221,7 @@ def _launch(
         BLOCK_DH=block_size(head_dim),
         BLOCK_HALF=block_size(head_dim // 2),
         PRECISION=dot_precision(q.dtype),
+        UPCAST=upcast_dot(q.dtype),
         num_warps=4 if head_dim <= 64 else 8,
     )
     return out

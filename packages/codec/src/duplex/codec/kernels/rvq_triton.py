@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from duplex.codec.kernels._triton_utils import block_size, dot_precision
+from duplex.codec.kernels._triton_utils import block_size, check_dtype, dot_precision, mma, upcast_dot
 from duplex.codec.kernels.dispatch import KernelUnsupportedError
 from torch import Tensor
 
@@ -185,6 +185,7 @@ def _rvq_decode_project_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_O: tl.constexpr,
     PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     outs = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
@@ -215,7 +216,7 @@ def _rvq_decode_project_kernel(
             mask=dim_ok[:, None] & out_ok[None, :],
             other=0.0,
         )
-        acc = tl.dot(total, weights, acc, input_precision=PRECISION)
+        acc = mma(total, weights, acc, PRECISION, UPCAST)
     tl.store(
         out_ptr + rows[:, None] * stride_on + outs[None, :] * stride_oo,
         acc.to(out_ptr.dtype.element_ty),
@@ -229,6 +230,7 @@ def rvq_encode(x: Tensor, centroids: Tensor) -> Tensor:
     levels, k, _ = centroids.shape
     if dim > MAX_DIM:
         raise KernelUnsupportedError(f"the Triton RVQ encoder handles D <= {MAX_DIM}, got D={dim}")
+    check_dtype(x.dtype)
     codes = torch.empty((n, levels), dtype=torch.long, device=x.device)
     if n == 0 or levels == 0:
         return codes
@@ -259,6 +261,7 @@ def rvq_decode(codes: Tensor, centroids: Tensor, proj: Tensor | None = None) -> 
     """Sum of the chosen centroids ``[N, D]``, times ``proj.T`` when given (inputs already checked)."""
     n, levels = codes.shape
     dim = centroids.shape[-1]
+    check_dtype(centroids.dtype)
     if proj is not None and n <= FUSED_PROJECTION_MAX_ROWS and n > 0:
         return _decode_projected(codes, centroids, proj)
     total = torch.empty((n, dim), dtype=centroids.dtype, device=centroids.device)
@@ -303,5 +306,6 @@ def _decode_projected(codes: Tensor, centroids: Tensor, proj: Tensor) -> Tensor:
         BLOCK_D=block_d,
         BLOCK_O=block_o,
         PRECISION=dot_precision(centroids.dtype),
+        UPCAST=upcast_dot(centroids.dtype),
     )
     return out

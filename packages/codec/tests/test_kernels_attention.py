@@ -1,0 +1,210 @@
+"""Windowed causal attention kernels: the torch path against the reference attention module (bit for
+bit, batch and ring-buffer streaming), and the Triton kernel (run by Triton's CPU interpreter)
+against the torch path."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
+
+import pytest
+import torch
+from duplex.codec.kernels import apply_rope, attention, rope_attention, use_backend
+from moshi.modules.rope import RotaryEmbedding as ReferenceRope
+from moshi.modules.rope import apply_rope as reference_apply_rope
+from moshi.modules.transformer import StreamingMultiheadAttention
+from moshi.utils.compile import no_compile  # the eager reference: torch.compile's fusions round differently
+
+TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
+
+
+def ring_buffer_positions(end_offsets: list[int], capacity: int) -> torch.Tensor:
+    """Absolute position held by each slot of a ring buffer after ``end_offset`` writes (-1: empty)."""
+    positions = torch.full((len(end_offsets), capacity), -1, dtype=torch.long)
+    for item, end in enumerate(end_offsets):
+        for position in range(max(0, end - capacity), end):
+            positions[item, position % capacity] = position
+    return positions
+
+
+def random_qkv(batch, heads, kv_heads, q_len, k_len, head_dim, dtype=torch.float32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, q_len, head_dim, generator=generator)
+    k = torch.randn(batch, kv_heads, k_len, head_dim, generator=generator)
+    v = torch.randn(batch, kv_heads, k_len, head_dim, generator=generator)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def both_paths(op, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    with use_backend("torch"):
+        expected = op(*args, **kwargs)
+    with use_backend("triton"):
+        got = op(*args, **kwargs)
+    return got, expected
+
+
+def assert_close(got: torch.Tensor, expected: torch.Tensor) -> None:
+    tolerance = TOLERANCE[expected.dtype]
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+
+
+# Prefill / training: q_pos = k_pos = arange(T).
+PREFILL_CASES = [
+    # batch, heads, kv_heads, T, Dh, context
+    (1, 1, 1, 1, 16, None),
+    (2, 3, 3, 37, 24, None),  # T and Dh not multiples of the tiles
+    (2, 3, 3, 37, 24, 5),  # a window shorter than a tile
+    (1, 2, 2, 70, 64, 40),  # Mimi's head dim, two query tiles, a ragged last key tile
+    (2, 4, 2, 19, 32, 7),  # grouped kv heads
+]
+
+
+@pytest.mark.parametrize(("batch", "heads", "kv_heads", "length", "head_dim", "context"), PREFILL_CASES)
+@pytest.mark.parametrize("rope", [False, True])
+def test_triton_prefill_matches_torch(batch, heads, kv_heads, length, head_dim, context, rope) -> None:
+    q, k, v = random_qkv(batch, heads, kv_heads, length, length, head_dim, seed=length)
+    positions = torch.arange(length).expand(batch, length)
+    op = rope_attention if rope else attention
+    assert_close(*both_paths(op, q, k, v, positions, positions, context))
+
+
+@pytest.mark.parametrize("rope", [False, True])
+def test_triton_bfloat16_matches_torch(rope: bool) -> None:
+    q, k, v = random_qkv(2, 2, 2, 33, 32, 32, dtype=torch.bfloat16, seed=1)
+    q_pos = torch.arange(33).expand(2, 33)
+    k_pos = torch.arange(-1, 31).expand(2, 32)  # keys one step behind, first slot empty
+    op = rope_attention if rope else attention
+    assert_close(*both_paths(op, q, k, v, q_pos, k_pos, 20, scale=0.3))
+
+
+@pytest.mark.parametrize(
+    ("end_offsets", "steps", "capacity", "context"),
+    [
+        ([1, 5], 1, 8, 8),  # a buffer still filling up, items at different offsets
+        ([13, 30], 1, 8, 8),  # wrapped around
+        ([31, 6], 2, 10, 10),  # two new queries per call (Mimi: 2 steps per 80 ms frame)
+        ([70, 3], 3, 20, None),  # no window: the buffer capacity limits what is seen
+    ],
+)
+@pytest.mark.parametrize("rope", [False, True])
+def test_triton_ring_buffer_step_matches_torch(end_offsets, steps, capacity, context, rope) -> None:
+    batch = len(end_offsets)
+    q, k, v = random_qkv(batch, 2, 2, steps, capacity, 24, seed=sum(end_offsets))
+    k_pos = ring_buffer_positions(end_offsets, capacity)
+    q_pos = torch.tensor(end_offsets)[:, None] - steps + torch.arange(steps)
+    op = rope_attention if rope else attention
+    assert_close(*both_paths(op, q, k, v, q_pos, k_pos, context))
+
+
+def test_queries_that_see_nothing_get_zeros_on_both_paths() -> None:
+    q, k, v = random_qkv(1, 2, 2, 3, 4, 16, seed=2)
+    q_pos = torch.tensor([[0, 1, 5]])
+    k_pos = torch.tensor([[2, 3, 4, -1]])
+    got, expected = both_paths(attention, q, k, v, q_pos, k_pos, None)
+    assert_close(got, expected)
+    assert torch.equal(got[:, :, :2], torch.zeros_like(got[:, :, :2]))
+
+
+def test_non_contiguous_inputs() -> None:
+    # [B, T, H, Dh] projections viewed as [B, H, T, Dh], as attention modules produce them.
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(3, 2, 21, 3, 16, generator=generator).transpose(2, 3).unbind(0)
+    positions = torch.arange(21).expand(2, 21)
+    assert not q.is_contiguous()
+    assert_close(*both_paths(rope_attention, q, k, v, positions, positions, 6))
+
+
+def test_apply_rope_equals_reference_bit_for_bit() -> None:
+    q, k, _ = random_qkv(2, 3, 3, 7, 7, 32, seed=4)
+    offsets = torch.tensor([0, 1234])
+    positions = offsets[:, None] + torch.arange(7)
+    with no_compile():
+        reference_q, reference_k = reference_apply_rope(q, k, offsets, max_period=10_000)
+    assert torch.equal(apply_rope(q, positions), reference_q)
+    assert torch.equal(apply_rope(k, positions), reference_k)
+
+
+def _reference_attention_module(embed_dim: int, heads: int, context: int) -> StreamingMultiheadAttention:
+    torch.manual_seed(5)
+    return StreamingMultiheadAttention(
+        embed_dim, heads, causal=True, context=context, rope=ReferenceRope(interleave=True)
+    ).eval()
+
+
+def _project(module: StreamingMultiheadAttention, x: torch.Tensor, heads: int):
+    projected = torch.nn.functional.linear(x, module.in_projs[0].weight)
+    batch, length, _ = projected.shape
+    return projected.view(batch, length, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def _output(module: StreamingMultiheadAttention, out: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.linear(out.transpose(1, 2).flatten(2), module.out_projs[0].weight)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_batch_attention_equals_reference_module(backend: str) -> None:
+    embed_dim, heads, context, length = 32, 2, 6, 23
+    module = _reference_attention_module(embed_dim, heads, context)
+    x = torch.randn(2, length, embed_dim, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad(), no_compile():
+        expected = module(x, x, x)
+        q, k, v = _project(module, x, heads)
+        positions = torch.arange(length).expand(2, length)
+        with use_backend(backend):
+            got = _output(module, rope_attention(q, k, v, positions, positions, context))
+    if backend == "torch":
+        assert torch.equal(got, expected)
+    else:
+        torch.testing.assert_close(got, expected, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_ring_buffer_streaming_equals_reference_module(backend: str) -> None:
+    # Steps per call 1 and 2 with capacity = context: reproduces the reference's ring-buffer
+    # behaviour, including its overwrite-before-attend quirk once the buffer wraps (spec 2.2).
+    embed_dim, heads, context, batch = 32, 2, 5, 2
+    module = _reference_attention_module(embed_dim, heads, context)
+    chunks = [1, 2, 2, 1, 2, 2, 2, 1, 2]
+    x = torch.randn(batch, sum(chunks), embed_dim, generator=torch.Generator().manual_seed(7))
+    head_dim = embed_dim // heads
+    keys = torch.zeros(batch, heads, context, head_dim)
+    values = torch.zeros_like(keys)
+    written = 0
+    with torch.no_grad(), no_compile(), module.streaming(batch):
+        for steps in chunks:
+            chunk = x[:, written : written + steps]
+            expected = module(chunk, chunk, chunk)
+            q, k, v = _project(module, chunk, heads)
+            q_pos = (written + torch.arange(steps)).expand(batch, steps)
+            q, k = apply_rope(q, q_pos), apply_rope(k, q_pos)
+            slots = (written + torch.arange(steps)) % context
+            keys[:, :, slots], values[:, :, slots] = k, v
+            written += steps
+            k_pos = ring_buffer_positions([written] * batch, context)
+            with use_backend(backend):
+                got = _output(module, attention(q, keys, values, q_pos, k_pos, context))
+            if backend == "torch":
+                assert torch.equal(got, expected)
+            else:
+                torch.testing.assert_close(got, expected, rtol=2e-5, atol=2e-5)
+
+
+def test_bad_inputs_name_the_problem() -> None:
+    q, k, v = random_qkv(1, 2, 2, 3, 3, 8)
+    positions = torch.arange(3)[None]
+    with pytest.raises(ValueError, match=r"q must be \[B, H, T, Dh\]"):
+        attention(q[0], k, v, positions, positions, None)
+    with pytest.raises(ValueError, match="k_pos must be"):
+        attention(q, k, v, positions, positions[:, :2], None)
+    with pytest.raises(TypeError, match="integer positions"):
+        attention(q, k, v, positions.float(), positions, None)
+    with pytest.raises(ValueError, match="context must be a positive int"):
+        attention(q, k, v, positions, positions, 0)
+    with pytest.raises(ValueError, match="not a multiple"):
+        attention(q, k[:, :1].repeat(1, 3, 1, 1), v[:, :1].repeat(1, 3, 1, 1), positions, positions, None)
+    with pytest.raises(TypeError, match="share a dtype"):
+        attention(q, k.double(), v, positions, positions, None)
+    with pytest.raises(ValueError, match="even head dimension"):
+        rope_attention(q[..., :7], k[..., :7], v[..., :7], positions, positions, None)

@@ -1,0 +1,162 @@
+"""Residual VQ kernels: the torch path against the reference Mimi quantizer (bit for bit), and the
+Triton kernels (run by Triton's CPU interpreter) against the torch path."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
+
+import pytest
+import torch
+from duplex.codec.kernels import rvq_decode, rvq_encode, rvq_torch, use_backend
+from moshi.quantization.core_vq import ResidualVectorQuantization
+
+
+def random_centroids(levels: int, k: int, dim: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    # Shrinking scales level after level, like a trained RVQ, so later levels see small residuals.
+    scales = 0.6 ** torch.arange(levels, dtype=torch.float32)
+    return torch.randn(levels, k, dim, generator=generator) * scales[:, None, None]
+
+
+def assert_equal_up_to_near_ties(x: torch.Tensor, centroids: torch.Tensor, got: torch.Tensor) -> None:
+    """``got`` equals the torch codes, except where the torch and the chosen centroid are equally near.
+
+    For each row, compare up to the first level that differs; there, both centroids must be at
+    the same distance (float64) from the residual, within float32 rounding of the distances.
+    """
+    expected = rvq_torch.rvq_encode(x, centroids)
+    assert got.dtype == torch.long and got.shape == expected.shape
+    differs = got != expected
+    rows = differs.any(dim=1).nonzero().flatten().tolist()
+    assert len(rows) <= max(1, x.shape[0] // 100), f"{len(rows)} of {x.shape[0]} rows have other codes"
+    for row in rows:
+        level = int(differs[row].nonzero()[0])
+        residual = x[row].double()
+        for previous in range(level):
+            residual = residual - centroids[previous, expected[row, previous]].double()
+        table = centroids[level].double()
+        near = (residual - table[expected[row, level]]).norm()
+        chosen = (residual - table[got[row, level]]).norm()
+        assert abs(near - chosen) <= 1e-5 * (1 + near), f"row {row} level {level}: {chosen} vs {near}"
+
+
+def test_torch_path_equals_reference_rvq_bit_for_bit() -> None:
+    levels, k, dim, batch, frames = 5, 64, 32, 2, 9
+    reference = ResidualVectorQuantization(num_quantizers=levels, codebook_offset=0, dim=dim, codebook_size=k)
+    generator = torch.Generator().manual_seed(0)
+    for layer in reference.layers:
+        usage = torch.rand(k, generator=generator) * 3 + 0.1
+        layer._codebook.cluster_usage.copy_(usage)
+        layer._codebook.embedding_sum.copy_(torch.randn(k, dim, generator=generator) * usage[:, None])
+    centroids = torch.stack([layer._codebook.embedding for layer in reference.layers])
+    latent = torch.randn(batch, dim, frames, generator=generator)
+
+    reference_codes = reference.encode(latent)  # [L, B, T]
+    x = latent.transpose(1, 2).reshape(-1, dim)  # a non-contiguous [N, D] view
+    with use_backend("torch"):
+        codes = rvq_encode(x, centroids)
+        decoded = rvq_decode(codes, centroids)
+    assert torch.equal(codes, reference_codes.permute(1, 2, 0).reshape(-1, levels))
+    assert torch.equal(decoded, reference.decode(reference_codes).transpose(1, 2).reshape(-1, dim))
+
+
+@pytest.mark.parametrize(
+    ("n", "dim", "levels", "k"),
+    [
+        (1, 16, 1, 16),  # one row, one level, one tile
+        (37, 24, 3, 70),  # nothing a multiple of a block size: masked rows, dims, centroids
+        (65, 256, 4, 130),  # Mimi's codebook dim, three row tiles, a ragged last centroid tile
+        (8, 8, 2, 2048),  # Mimi's codebook size: 32 centroid tiles per level
+    ],
+)
+def test_triton_encode_matches_torch(n: int, dim: int, levels: int, k: int) -> None:
+    centroids = random_centroids(levels, k, dim, seed=n)
+    x = torch.randn(n, dim, generator=torch.Generator().manual_seed(1)) * 1.5
+    with use_backend("triton"):
+        codes = rvq_encode(x, centroids)
+    assert_equal_up_to_near_ties(x, centroids, codes)
+
+
+def test_triton_encode_reads_strided_input() -> None:
+    centroids = random_centroids(3, 50, 20, seed=3)
+    latent = torch.randn(3, 20, 11, generator=torch.Generator().manual_seed(4))  # [B, D, T]
+    x = latent.transpose(1, 2).reshape(-1, 20)
+    strided = torch.randn(20, 66, generator=torch.Generator().manual_seed(5)).t()[::2]
+    with use_backend("triton"):
+        assert_equal_up_to_near_ties(x, centroids, rvq_encode(x, centroids))
+        assert_equal_up_to_near_ties(strided, centroids, rvq_encode(strided, centroids))
+
+
+def test_exact_ties_go_to_the_lowest_index_on_both_paths() -> None:
+    # Integer-valued vectors make every distance exact, so duplicated centroids tie exactly.
+    generator = torch.Generator().manual_seed(6)
+    centroids = torch.randint(-3, 4, (2, 150, 12), generator=generator).float()
+    centroids[:, 140] = centroids[:, 5]  # the duplicate sits in a later tile (tiles of 64)
+    centroids[:, 70] = centroids[:, 66]  # and in the same tile
+    x = torch.cat(
+        [centroids[0, [5, 66, 140, 70]], torch.randint(-3, 4, (9, 12), generator=generator).float()]
+    )
+    with use_backend("torch"):
+        expected = rvq_encode(x, centroids)
+    with use_backend("triton"):
+        codes = rvq_encode(x, centroids)
+    assert torch.equal(codes, expected)
+    assert expected[:4, 0].tolist() == [5, 66, 5, 66]
+
+
+@pytest.mark.parametrize(("n", "dim", "levels", "k"), [(1, 16, 1, 16), (37, 24, 3, 70), (50, 256, 8, 300)])
+def test_triton_decode_is_bit_identical(n: int, dim: int, levels: int, k: int) -> None:
+    generator = torch.Generator().manual_seed(7)
+    centroids = random_centroids(levels, k, dim, seed=8)
+    codes = torch.randint(0, k, (n, levels), generator=generator)
+    with use_backend("torch"):
+        expected = rvq_decode(codes, centroids)
+        expected_first_levels = rvq_decode(codes[:, :1], centroids)
+    with use_backend("triton"):
+        assert torch.equal(rvq_decode(codes, centroids), expected)
+        assert torch.equal(rvq_decode(codes[:, :1], centroids), expected_first_levels)
+
+
+@pytest.mark.parametrize("n", [3, 45, 1100])  # 1100 > FUSED_PROJECTION_MAX_ROWS: gather, then matmul
+def test_triton_decode_with_projection(n: int) -> None:
+    generator = torch.Generator().manual_seed(9)
+    levels, k, dim, out_dim = 3, 40, 24, 36
+    centroids = random_centroids(levels, k, dim, seed=10)
+    proj = torch.randn(out_dim, dim, generator=generator) / dim**0.5
+    codes = torch.randint(0, k, (n, levels), generator=generator)
+    with use_backend("torch"):
+        expected = rvq_decode(codes, centroids, proj)
+    with use_backend("triton"):
+        got = rvq_decode(codes, centroids, proj)
+    assert got.shape == (n, out_dim)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_round_trip_codes_of_decoded_vectors() -> None:
+    centroids = random_centroids(3, 90, 16, seed=11)
+    codes = torch.randint(0, 90, (20, 1), generator=torch.Generator().manual_seed(12))
+    for backend in ("torch", "triton"):
+        with use_backend(backend):
+            assert torch.equal(rvq_encode(rvq_decode(codes, centroids), centroids[:1]), codes)
+
+
+def test_bad_inputs_name_the_problem() -> None:
+    centroids = random_centroids(2, 10, 8, seed=13)
+    with pytest.raises(ValueError, match=r"x must be \[N, D\]"):
+        rvq_encode(torch.randn(2, 3, 8), centroids)
+    with pytest.raises(ValueError, match="D=7"):
+        rvq_encode(torch.randn(4, 7), centroids)
+    with pytest.raises(TypeError, match="dtype"):
+        rvq_encode(torch.randn(4, 8, dtype=torch.float64), centroids)
+    with pytest.raises(ValueError, match=r"centroids must be \[L, K, D\]"):
+        rvq_encode(torch.randn(4, 8), centroids[0])
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 10\)"):
+        rvq_decode(torch.tensor([[0, 10]]), centroids)
+    with pytest.raises(ValueError, match="only 2 codebooks"):
+        rvq_decode(torch.zeros(1, 3, dtype=torch.long), centroids)
+    with pytest.raises(TypeError, match="integers"):
+        rvq_decode(torch.zeros(1, 2), centroids)
+    with pytest.raises(ValueError, match=r"proj must be \[Dout, 8\]"):
+        rvq_decode(torch.zeros(1, 2, dtype=torch.long), centroids, torch.randn(4, 5))
