@@ -17,15 +17,15 @@ batch N):
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
+from duplex.codec.streaming import module_device
 from duplex.stream.slots import SamplingParams
-
-# Text ids the server never prints: 0 (also the "end of padding" id) and 3 (padding).
-SILENT_TEXT_IDS = frozenset({0, 3})
 
 
 @dataclass
@@ -55,36 +55,35 @@ class FramePipeline(Protocol):
         """One 80 ms step: ``pcm`` [N, frame_size] user audio, ``active`` [N] rows to advance."""
 
 
-def text_piece(tokenizer, token: int) -> str | None:
-    """The text the official server sends for a text token: the piece with "▁" as a space."""
-    if token in SILENT_TEXT_IDS or token < 0:
-        return None
-    return tokenizer.id_to_piece(int(token)).replace("\u2581", " ")
-
-
 class MoshiPipeline:
-    """Mimi + LMGen, batched over rows."""
+    """Mimi + LMGen + the text tokenizer, batched over rows."""
 
-    def __init__(self, mimi, lm_gen, tokenizer, device: torch.device | str = "cpu") -> None:
+    def __init__(self, mimi, lm_gen, tokenizer) -> None:
         self.mimi = mimi
         self.lm_gen = lm_gen
         self.tokenizer = tokenizer
-        self.device = torch.device(device)
+        self.device = module_device(lm_gen.model)
         self.sample_rate = int(mimi.sample_rate)
         self.frame_rate = float(mimi.frame_rate)
         self.frame_size = int(mimi.frame_size)
-        self._first_frame: np.ndarray | None = None
+        self.user_codebooks = int(lm_gen.num_user_codebooks)
+        if mimi.num_codebooks < self.user_codebooks:
+            raise ValueError(
+                f"the LM reads {self.user_codebooks} user codebooks but Mimi makes {mimi.num_codebooks}"
+            )
+        self._contexts: ExitStack | None = None
+        self._first_frame = np.zeros(0, dtype=bool)
         self._batch_size = 0
 
     @classmethod
     def from_checkpoint(
-        cls,
-        source=None,
-        device: torch.device | str = "cpu",
-        use_sampling: bool = True,
-        **lm_gen_overrides,
+        cls, source: str | Path | None = None, device: torch.device | str = "cpu", **sampling
     ) -> MoshiPipeline:
-        """Load a checkpoint (anything ``load_checkpoint`` accepts; None = the tiny demo one)."""
+        """Load anything ``duplex.lm.load_checkpoint`` accepts (None: the tiny demo checkpoint).
+
+        ``sampling`` overrides the checkpoint's ``lm_gen_config`` (``use_sampling``, ``temp``,
+        ``temp_text``, ``top_k``, ``top_k_text``).
+        """
         from duplex.lm import LMGen, load_checkpoint
 
         if source is None:
@@ -92,71 +91,69 @@ class MoshiPipeline:
 
             source = default_checkpoint()
         bundle = load_checkpoint(source, device=device)
-        gen_kwargs = {**bundle.lm_gen_config, **lm_gen_overrides}
-        gen_kwargs.setdefault("use_sampling", use_sampling)
-        lm_gen = LMGen(bundle.lm.eval(), **gen_kwargs)
-        return cls(bundle.mimi.eval(), lm_gen, bundle.tokenizer, device=device)
+        lm_gen = LMGen.from_config(bundle.lm.eval(), **sampling)
+        return cls(bundle.mimi.eval(), lm_gen, bundle.tokenizer)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self, batch_size: int) -> None:
-        self.mimi.streaming_forever(batch_size)
-        self.lm_gen.streaming_forever(batch_size)
+        if self._contexts is not None:
+            raise RuntimeError("the pipeline is already streaming; stop() it first")
+        contexts = ExitStack()
+        contexts.enter_context(self.mimi.streaming(batch_size))
+        contexts.enter_context(self.lm_gen.streaming(batch_size))
+        self._contexts = contexts
         self._batch_size = batch_size
         self._first_frame = np.zeros(batch_size, dtype=bool)
 
     def stop(self) -> None:
-        self.mimi._stop_streaming()
-        self.lm_gen._stop_streaming()
-        self._batch_size = 0
+        if self._contexts is not None:
+            self._contexts.close()
+            self._contexts = None
 
     def reset(self, row: int, params: SamplingParams) -> None:
-        mask = self._row_mask([row])
+        mask = self._mask(np.arange(self._batch_size) == row)
         self.mimi.reset_streaming(mask)
-        self.lm_gen.reset_streaming(mask, seed=params.seed)
-        assert self._first_frame is not None
+        self.lm_gen.set_seed(row, params.seed)
+        self.lm_gen.reset_streaming(mask)
         self._first_frame[row] = True
 
-    def _row_mask(self, rows) -> torch.Tensor:
-        mask = torch.zeros(self._batch_size, dtype=torch.bool, device=self.device)
-        mask[list(rows)] = True
-        return mask
+    def _mask(self, rows: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(rows, dtype=torch.bool, device=self.device)
 
     # -- one step -------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, pcm: np.ndarray, active: np.ndarray) -> StepOutput:
         n = self._batch_size
         if pcm.shape != (n, self.frame_size) or active.shape != (n,):
-            raise ValueError(f"expected pcm [{n}, {self.frame_size}] and active [{n}]")
-        assert self._first_frame is not None
-        exec_mask = torch.as_tensor(active, device=self.device)
+            raise ValueError(
+                f"expected pcm [{n}, {self.frame_size}] and active [{n}], "
+                f"got {list(pcm.shape)} and {list(active.shape)}"
+            )
+        executing = self._mask(active)
         wav = torch.as_tensor(pcm, dtype=torch.float32, device=self.device)[:, None]
 
-        self.mimi.set_exec_mask(exec_mask)
-        codes = self.mimi.encode(wav)
+        self.mimi.set_exec_mask(executing)
+        codes = self.mimi.encode(wav)[:, : self.user_codebooks]
         starting = active & self._first_frame
         if starting.any():
-            self.mimi.reset_streaming(torch.as_tensor(starting, device=self.device))
+            self.mimi.reset_streaming(self._mask(starting))
             self._first_frame &= ~starting
 
-        self.lm_gen.set_exec_mask(exec_mask)
+        self.lm_gen.set_exec_mask(executing)
         tokens = self.lm_gen.step(codes)
         out_pcm = np.zeros((n, self.frame_size), dtype=np.float32)
         text: list[str | None] = [None] * n
         if tokens is None:
             return StepOutput(out_pcm, np.zeros(n, dtype=bool), text)
 
-        has_reply = exec_mask & (tokens[:, 1:, 0] >= 0).all(dim=1)
+        replying = executing & (tokens[:, 1:, 0] >= 0).all(dim=1)
+        has_reply = replying.cpu().numpy()
         if has_reply.any():
-            audio = tokens[:, 1:].clamp_min(0)
-            self.mimi.set_exec_mask(has_reply)
-            decoded = self.mimi.decode(audio)
+            self.mimi.set_exec_mask(replying)
+            decoded = self.mimi.decode(tokens[:, 1:].clamp_min(0))
             out_pcm = decoded[:, 0].float().cpu().numpy()
-        self.mimi.set_exec_mask(torch.ones(n, dtype=torch.bool, device=self.device))
-        self.lm_gen.set_exec_mask(torch.ones(n, dtype=torch.bool, device=self.device))
-        has_reply_np = has_reply.cpu().numpy()
-        text_ids = tokens[:, 0, 0].tolist()
-        for row in range(n):
-            if has_reply_np[row]:
-                text[row] = text_piece(self.tokenizer, text_ids[row])
-        out_pcm[~has_reply_np] = 0.0
-        return StepOutput(out_pcm, has_reply_np, text)
+            out_pcm[~has_reply] = 0.0
+        for row, token in enumerate(tokens[:, 0, 0].tolist()):
+            if has_reply[row]:
+                text[row] = self.tokenizer.token_text(token) or None
+        return StepOutput(out_pcm, has_reply, text)

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -65,9 +67,11 @@ class ServerConfig:
 def sampling_from_query(query: Mapping[str, str], defaults: SamplingParams | None = None) -> SamplingParams:
     """Sampling parameters from the query string the official web client sends.
 
-    ``text_temperature``, ``text_topk``, ``audio_temperature``, ``audio_topk`` and the seeds are
-    used; the client's other parameters (``pad_mult``, repetition penalty, ...) are accepted and
-    ignored. A value that does not parse raises ``ValueError`` naming the parameter.
+    All values are validated (a value that does not parse raises ``ValueError`` naming the
+    parameter). The seeds (``text_seed``, ``audio_seed``) give the conversation its own random
+    generator. Temperatures and top-k are carried in :class:`SamplingParams`, but every slot of
+    one batched engine samples with the engine's settings (``LMGen`` takes one value for the whole
+    batch). The client's other parameters (``pad_mult``, repetition penalty, ...) are ignored.
     """
     defaults = defaults or SamplingParams()
 
@@ -190,6 +194,8 @@ class DuplexServer:
         except ValueError as exc:
             await self._refuse(ws, f"bad query string: {exc}", CLOSE_POLICY_VIOLATION)
             return ws
+        if params.seed is None:  # every conversation samples from its own generator
+            params = dataclasses.replace(params, seed=secrets.randbelow(2**31))
 
         replies: asyncio.Queue[Reply] = asyncio.Queue()
 
