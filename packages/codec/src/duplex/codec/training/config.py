@@ -1,0 +1,67 @@
+"""Codec training configuration, with named presets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from duplex.codec.config import MimiConfig
+from duplex.codec.presets import PresetConfig
+from pydantic import Field
+
+
+class CodecTrainingConfig(PresetConfig):
+    """Everything a codec training run needs besides its data and output folder."""
+
+    codec: MimiConfig = Field(default_factory=MimiConfig)
+    init: str | None = None  # start from these weights (a Mimi checkpoint) instead of random ones
+    segment_seconds: float = Field(0.96, gt=0)
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(3e-4, gt=0)
+    discriminator_learning_rate: float = Field(3e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.9)
+    gradient_clip: float | None = 1.0
+    # Loss weights. The official Mimi used adversarial and feature losses only; a reconstruction
+    # term (mel, and optionally waveform L1) makes short runs on small data converge.
+    mel_weight: float = Field(15.0, ge=0)
+    waveform_weight: float = Field(0.0, ge=0)
+    adversarial: bool = True
+    adversarial_weight: float = Field(1.0, ge=0)
+    feature_weight: float = Field(2.0, ge=0)
+    commitment_weight: float = Field(1.0, ge=0)
+    distillation_weight: float = Field(1.0, ge=0)
+    teacher: str = "mel-projection"
+    teacher_dim: int = Field(64, ge=1)
+    quantizer_dropout: bool = True
+    discriminator_channels: int = Field(32, ge=1)
+    discriminator_n_ffts: list[int] = Field(default_factory=lambda: [2048, 1024, 512, 256, 128], min_length=1)
+    validation_segments: int = Field(16, ge=1)
+    seed: int = 0
+
+    @property
+    def segment_samples(self) -> int:
+        frame = self.codec.frame_size
+        return max(1, round(self.segment_seconds * self.codec.sample_rate / frame)) * frame
+
+
+@CodecTrainingConfig.preset("mimi")
+def _mimi() -> dict[str, Any]:
+    return {}
+
+
+@CodecTrainingConfig.preset("tiny")
+def _tiny() -> dict[str, Any]:
+    """The tiny Mimi, a small discriminator: trains on a CPU in minutes."""
+    return {
+        "codec": MimiConfig.from_preset("tiny"),
+        "batch_size": 4,
+        "learning_rate": 3e-3,
+        "discriminator_learning_rate": 1e-3,
+        "waveform_weight": 10.0,
+        "mel_weight": 1.0,
+        "adversarial_weight": 0.1,
+        "feature_weight": 0.2,
+        "teacher_dim": 16,
+        "discriminator_channels": 4,
+        "discriminator_n_ffts": [512, 256, 128],
+        "validation_segments": 8,
+    }

@@ -1,0 +1,91 @@
+"""``train_codec``: the whole codec training run (data, trainer, resume, export)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+from duplex.codec.training.config import CodecTrainingConfig
+from duplex.codec.training.data import AudioSegments
+from duplex.codec.training.module import CodecTrainingModule
+from duplex.codec.training.trainer import StepBatchSampler, build_trainer, last_checkpoint
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, Dataset
+
+
+class StepDataModule(L.LightningDataModule):
+    """Training batches from :class:`StepBatchSampler` (sharded by rank), a fixed validation set."""
+
+    def __init__(
+        self, train: Dataset, validation: Dataset, batch_size: int, steps_per_epoch: int, seed: int
+    ) -> None:
+        super().__init__()
+        self.train = train
+        self.validation = validation
+        self.batch_size = batch_size
+        self.steps_per_epoch = steps_per_epoch
+        self.seed = seed
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = StepBatchSampler(
+            len(self.train),
+            self.batch_size,
+            self.steps_per_epoch,
+            seed=self.seed,
+            rank=self.trainer.global_rank,
+            world_size=self.trainer.world_size,
+        )
+        return DataLoader(self.train, batch_sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.validation, batch_size=self.batch_size)
+
+
+def _validation_subset(dataset: Dataset, count: int) -> list:
+    step = max(1, len(dataset) // count)
+    return [dataset[i] for i in range(0, len(dataset), step)][:count]
+
+
+def train_codec(
+    data: str | Path,
+    output: str | Path,
+    config: CodecTrainingConfig,
+    max_steps: int,
+    checkpoint_every: int = 50,
+    strategy: str = "auto",
+    devices: int | str = 1,
+    accelerator: str = "auto",
+    precision: str | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress_bar: bool = True,
+) -> CodecTrainingModule:
+    """Train (or resume, when ``output`` holds a checkpoint) and export ``output/mimi.safetensors``."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    dataset = AudioSegments.from_folder(data, config.codec.sample_rate, config.segment_samples)
+    module = CodecTrainingModule(config)
+    datamodule = StepDataModule(
+        dataset,
+        _validation_subset(dataset, config.validation_segments),
+        config.batch_size,
+        checkpoint_every,
+        config.seed,
+    )
+    trainer = build_trainer(
+        output,
+        max_steps=max_steps,
+        checkpoint_every=checkpoint_every,
+        optimizer_steps_per_batch=module.optimizer_steps_per_batch,
+        strategy=strategy,
+        devices=devices,
+        accelerator=accelerator,
+        precision=precision,
+        callbacks=callbacks,
+        progress_bar=progress_bar,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=last_checkpoint(output))
+    if trainer.is_global_zero:
+        module.export(output / "mimi.safetensors")
+    return module

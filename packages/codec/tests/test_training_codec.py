@@ -1,0 +1,162 @@
+"""Codec training: weight norm folding, export to the official format, metrics, a short run."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from duplex.codec import Mimi, MimiConfig
+from duplex.codec.training.config import CodecTrainingConfig
+from duplex.codec.training.losses import (
+    discriminator_hinge_loss,
+    distillation_loss,
+    feature_matching_loss,
+    generator_hinge_loss,
+)
+from duplex.codec.training.metrics import SISDR, CodebookUsage, MelDistance
+from duplex.codec.training.module import CodecTrainingModule
+from duplex.codec.training.run import train_codec
+from duplex.codec.training.teachers import MelProjectionTeacher
+from duplex.codec.training.weight_norm import add_weight_norm, fold_weight_norm, has_weight_norm
+
+torch.set_num_threads(1)
+
+
+def _tiny_config(**overrides) -> CodecTrainingConfig:
+    return CodecTrainingConfig.from_preset(
+        "tiny", segment_seconds=0.24, batch_size=2, validation_segments=2, **overrides
+    )
+
+
+def test_weight_norm_folds_to_the_same_function():
+    torch.manual_seed(0)
+    codec = Mimi(MimiConfig.from_preset("tiny")).eval()
+    wav = torch.randn(1, 1, 3840)
+    before = codec.decode(codec.encode(wav))
+    count = add_weight_norm(codec)
+    assert count == sum(
+        isinstance(m, torch.nn.Conv1d | torch.nn.ConvTranspose1d) for m in codec.encoder.modules()
+    ) + sum(isinstance(m, torch.nn.Conv1d | torch.nn.ConvTranspose1d) for m in codec.decoder.modules())
+    assert any("parametrizations.weight.original0" in k for k in codec.state_dict())
+    torch.testing.assert_close(codec.decode(codec.encode(wav)), before, rtol=1e-5, atol=1e-6)
+    assert fold_weight_norm(codec) == count and not has_weight_norm(codec)
+    assert set(codec.state_dict()) == set(Mimi(MimiConfig.from_preset("tiny")).state_dict())
+    torch.testing.assert_close(codec.decode(codec.encode(wav)), before, rtol=1e-5, atol=1e-6)
+
+
+def test_export_loads_in_duplex_and_in_the_reference(tmp_path):
+    from moshi.models.loaders import get_mimi
+
+    torch.manual_seed(0)
+    module = CodecTrainingModule(_tiny_config())
+    wav = torch.randn(2, 1, 3840) * 0.1
+    module.train()
+    module.reconstruct(wav, torch.Generator().manual_seed(0), 0)  # k-means init of the first levels
+    path = module.export(tmp_path / "mimi.safetensors")
+    ours = Mimi.from_pretrained(path, num_codebooks=8)
+    reference = get_mimi(path, ours.config.to_dict(), num_codebooks=8).eval()
+    with torch.no_grad():
+        codes = ours.encode(wav)
+        assert torch.equal(codes, reference.encode(wav))
+        torch.testing.assert_close(ours.decode(codes), reference.decode(codes), rtol=1e-4, atol=1e-5)
+        module.eval()  # folding only reorders float operations: the latent is the same
+        torch.testing.assert_close(
+            module.codec.encode_latent(wav), ours.encode_latent(wav), rtol=1e-4, atol=1e-5
+        )
+
+
+def test_si_sdr_matches_torchmetrics():
+    from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio
+
+    target = torch.randn(3, 1, 4000)
+    estimate = target * 0.5 + 0.1 * torch.randn(3, 1, 4000)
+    metric = SISDR()
+    metric.update(estimate[:2], target[:2])
+    metric.update(estimate[2:], target[2:])
+    expected = scale_invariant_signal_distortion_ratio(estimate, target, zero_mean=True).mean()
+    torch.testing.assert_close(metric.compute(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_codebook_usage_and_perplexity():
+    from moshi.quantization.core_vq import _compute_entropy
+
+    codes = torch.tensor([[[0, 0, 1, 2], [3, 3, 3, 3]], [[0, 1, 1, 1], [3, 3, 3, 3]]])  # [B=2, K=2, T=4]
+    metric = CodebookUsage(num_codebooks=3, cardinality=4)
+    metric.update(codes)
+    result = metric.compute()
+    counts = torch.tensor([3.0, 4.0, 1.0, 0.0])
+    assert result["usage"].tolist() == [0.75, 0.25]  # the unused third codebook is left out
+    torch.testing.assert_close(result["perplexity"][0], _compute_entropy(counts).exp())
+    torch.testing.assert_close(result["perplexity"][1], torch.tensor(1.0))
+
+
+def test_mel_distance_and_losses():
+    wav = torch.randn(2, 1, 4800)
+    metric = MelDistance()
+    metric.update(wav, wav)
+    assert metric.compute().item() == 0.0
+    metric.update(wav * 2, wav)
+    assert metric.compute().item() == pytest.approx(math.log(2) / 2, rel=1e-3)  # half the items off by log 2
+    real, fake = [torch.tensor([2.0, 0.5])], [torch.tensor([-2.0, 0.5])]
+    assert discriminator_hinge_loss(real, fake).item() == pytest.approx((0 + 0.5) / 2 + (0 + 1.5) / 2)
+    assert generator_hinge_loss(fake).item() == pytest.approx((3 + 0.5) / 2)
+    features = [[torch.ones(2, 3)]]
+    assert feature_matching_loss(features, [[torch.full((2, 3), 1.5)]]).item() == pytest.approx(0.5)
+    student = torch.randn(2, 4, 6)
+    assert distillation_loss(student, 3 * student).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(student, -student).item() == pytest.approx(2.0)
+
+
+def test_teacher_is_registered_and_frame_aligned():
+    from duplex.codec.registry import TEACHERS
+
+    TEACHERS.refresh()
+    assert "mel-projection" in TEACHERS.names()
+    assert TEACHERS.get("mel-projection") is MelProjectionTeacher
+    wav = torch.randn(2, 1, 1920 * 5)
+    features = MelProjectionTeacher(dim=16)(wav)
+    assert features.shape == (2, 16, 5)
+    torch.testing.assert_close(MelProjectionTeacher(dim=16)(wav), features)  # fixed, seeded projection
+    assert not any(p.requires_grad for p in MelProjectionTeacher().parameters())
+
+
+@pytest.fixture(scope="module")
+def speech_dir(tmp_path_factory):
+    """Two short stereo files of espeak-ng speech."""
+    from duplex.lm.data.synth import SynthConfig, WordSpeaker
+
+    out = tmp_path_factory.mktemp("speech")
+    speaker = WordSpeaker(SynthConfig())
+    for i, words in enumerate([("hello", "there", "friend"), ("music", "books", "and", "food")]):
+        left = np.concatenate([speaker(w, "en+m3") for w in words])
+        right = np.concatenate([speaker(w, "en+f3") for w in reversed(words)])
+        n = max(len(left), len(right))
+        stereo = np.zeros((n, 2), dtype=np.float32)
+        stereo[: len(left), 0], stereo[: len(right), 1] = left, right
+        soundfile.write(str(out / f"clip{i}.wav"), stereo, 24000)
+    return out
+
+
+def test_short_run_learns_logs_and_exports(speech_dir, tmp_path):
+    config = _tiny_config(adversarial=True)
+    train_codec(speech_dir, tmp_path, config, max_steps=8, checkpoint_every=4, progress_bar=False)
+    with open(tmp_path / "logs" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    train = [r for r in rows if r["train/loss"]]
+    val = [r for r in rows if r["val/si_sdr"]]
+    assert len(train) == 8 and len(val) == 2
+    first, last = float(train[0]["train/waveform_l1"]), float(train[-1]["train/waveform_l1"])
+    assert last < first
+    for key in ("val/mel_distance", "val/codebook_usage", "val/codebook_perplexity", "train/discriminator"):
+        assert all(math.isfinite(float(r[key])) for r in (val if key.startswith("val") else train))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "last.ckpt",
+        "step-step=16.ckpt",
+        "step-step=8.ckpt",
+    ]
+    exported = Mimi.from_pretrained(tmp_path / "mimi.safetensors")
+    assert exported.config == config.codec
