@@ -98,6 +98,34 @@ def test_triton_ring_buffer_step_matches_torch(end_offsets, steps, capacity, con
     assert_close(*both_paths(op, q, k, v, q_pos, k_pos, context))
 
 
+@pytest.mark.parametrize(
+    ("num_splits", "dtype", "context"), [(2, torch.float32, None), (3, torch.bfloat16, 40)]
+)
+def test_triton_key_slices_match_torch(num_splits: int, dtype: torch.dtype, context: int | None) -> None:
+    # A streaming step over a long ring buffer splits the keys over programs (flash-decoding);
+    # item 1 has an empty tail, and its queries see only part of the slices.
+    from duplex.codec.kernels import attention_torch, attention_triton
+
+    q, k, v = random_qkv(2, 2, 2, 2, 150, 32, dtype=dtype, seed=num_splits)
+    k_pos = ring_buffer_positions([300, 100], 150)
+    q_pos = torch.tensor([[298, 299], [98, 99]])
+    for op in ("attention", "rope_attention"):
+        expected = getattr(attention_torch, op)(q, k, v, q_pos, k_pos, context)
+        got = getattr(attention_triton, op)(q, k, v, q_pos, k_pos, context, num_splits=num_splits)
+        assert_close(got, expected)
+
+
+def test_key_slices_fill_the_gpu_only_when_heads_alone_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    from duplex.codec.kernels import attention_triton
+
+    monkeypatch.setattr(attention_triton, "_multiprocessors", lambda device: 132)
+    cuda = torch.device("cuda")
+    assert attention_triton.default_splits(programs=32, key_tiles=47, device=cuda) == 9  # Moshi step, B=1
+    assert attention_triton.default_splits(programs=8, key_tiles=4, device=cuda) == 2  # Mimi step, B=1
+    assert attention_triton.default_splits(programs=512, key_tiles=47, device=cuda) == 1  # batch of 16
+    assert attention_triton.default_splits(programs=1, key_tiles=1000, device=cuda) == 64
+
+
 def test_queries_that_see_nothing_get_zeros_on_both_paths() -> None:
     q, k, v = random_qkv(1, 2, 2, 3, 4, 16, seed=2)
     q_pos = torch.tensor([[0, 1, 5]])

@@ -25,6 +25,7 @@ from duplex.codec.kernels.rope import rope_frequencies
 from torch import Tensor
 
 MAX_HEAD_DIM = 256
+MAX_SPLITS = 64
 LOG2_E = 1.4426950408889634
 
 
@@ -75,7 +76,11 @@ def _attention_kernel(
     stride_qpt,
     stride_kpb,
     stride_kpt,
+    partial_ptr,
+    stats_ptr,
+    KEYS_PER_SPLIT,
     HAS_CONTEXT: tl.constexpr,
+    SPLIT: tl.constexpr,
     ROPE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -114,9 +119,11 @@ def _attention_kernel(
     row_sum = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DH], tl.float32)
     zeros = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k_start in range(0, TK, BLOCK_N):
+    k_begin = tl.program_id(2) * KEYS_PER_SPLIT
+    k_end = tl.minimum(k_begin + KEYS_PER_SPLIT, TK)
+    for k_start in range(k_begin, k_end, BLOCK_N):
         cols = k_start + tl.arange(0, BLOCK_N)
-        col_ok = cols < TK
+        col_ok = cols < k_end
         k_pos = tl.load(k_pos_ptr + b * stride_kpb + cols * stride_kpt, mask=col_ok, other=-1)
         delta = q_pos[:, None] - k_pos[None, :]
         visible = (k_pos[None, :] >= 0) & (delta >= 0) & row_ok[:, None]
@@ -159,12 +166,85 @@ def _attention_kernel(
             acc = mma(probs.to(dtype), values, acc * correction[:, None], PRECISION, UPCAST)
             row_max = new_max
 
-    out = acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]
-    tl.store(
-        out_ptr + b * stride_ob + h * stride_oh + rows[:, None] * stride_ot + dims[None, :] * stride_od,
-        out.to(dtype),
-        mask=row_ok[:, None] & dim_ok[None, :],
+    if SPLIT:  # this program saw one slice of the keys: leave its softmax state for _combine_kernel
+        all_rows = tl.num_programs(1) * TQ
+        row_index = tl.program_id(2) * all_rows + batch_head * TQ + rows
+        tl.store(stats_ptr + row_index, row_max, mask=row_ok)
+        tl.store(stats_ptr + tl.num_programs(2) * all_rows + row_index, row_sum, mask=row_ok)
+        tl.store(
+            partial_ptr + row_index[:, None] * BLOCK_DH + dims[None, :],
+            acc,
+            mask=row_ok[:, None] & dim_ok[None, :],
+        )
+    else:
+        out = acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]
+        tl.store(
+            out_ptr + b * stride_ob + h * stride_oh + rows[:, None] * stride_ot + dims[None, :] * stride_od,
+            out.to(dtype),
+            mask=row_ok[:, None] & dim_ok[None, :],
+        )
+
+
+@triton.jit
+def _combine_kernel(
+    partial_ptr,
+    stats_ptr,
+    out_ptr,
+    SPLITS,
+    ROWS,
+    H,
+    TQ,
+    DH,
+    stride_ob,
+    stride_oh,
+    stride_ot,
+    stride_od,
+    BLOCK_SPLITS: tl.constexpr,
+    BLOCK_DH: tl.constexpr,
+):
+    """Merge the per-slice softmax states of one query row: rescale to the common max, then normalise."""
+    row = tl.program_id(0)
+    t = row % TQ
+    b = row // TQ // H
+    h = row // TQ % H
+    splits = tl.arange(0, BLOCK_SPLITS)
+    split_ok = splits < SPLITS
+    dims = tl.arange(0, BLOCK_DH)
+    dim_ok = dims < DH
+    row_max = tl.load(stats_ptr + splits * ROWS + row, mask=split_ok, other=float("-inf"))
+    row_sum = tl.load(stats_ptr + (SPLITS + splits) * ROWS + row, mask=split_ok, other=0.0)
+    common_max = tl.max(row_max, axis=0)
+    weights = tl.exp2(row_max - tl.where(common_max == float("-inf"), 0.0, common_max))
+    partial = tl.load(
+        partial_ptr + (splits[:, None] * ROWS + row) * BLOCK_DH + dims[None, :],
+        mask=split_ok[:, None] & dim_ok[None, :],
+        other=0.0,
     )
+    total = tl.sum(weights * row_sum, axis=0)
+    out = tl.sum(weights[:, None] * partial, axis=0) / tl.where(total == 0.0, 1.0, total)
+    tl.store(
+        out_ptr + b * stride_ob + h * stride_oh + t * stride_ot + dims * stride_od,
+        out.to(out_ptr.dtype.element_ty),
+        mask=dim_ok,
+    )
+
+
+def _multiprocessors(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def default_splits(programs: int, key_tiles: int, device: torch.device) -> int:
+    """Key slices per (query tile, head): enough programs to fill the GPU, at least 2 key tiles each.
+
+    A streaming step has one query tile per head, so without slicing a batch of one would run
+    only H programs, each walking the whole ring buffer (flash-decoding).
+    """
+    processors = _multiprocessors(device)
+    if programs >= processors:
+        return 1
+    return max(1, min(triton.cdiv(2 * processors, programs), key_tiles // 2, MAX_SPLITS))
 
 
 def _launch(
@@ -176,6 +256,7 @@ def _launch(
     context: int | None,
     scale: float | None,
     frequencies: Tensor | None,
+    num_splits: int | None = None,
 ) -> Tensor:
     batch, heads, q_len, head_dim = q.shape
     k_len = k.shape[2]
@@ -192,8 +273,22 @@ def _launch(
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     block_m = 64 if q_len >= 64 else 16
     block_n = 64 if head_dim <= 128 else 32
-    grid = (triton.cdiv(q_len, block_m), batch * heads)
-    _attention_kernel[grid](
+    q_tiles = triton.cdiv(q_len, block_m)
+    key_tiles = triton.cdiv(k_len, block_n)
+    splits = (
+        default_splits(q_tiles * batch * heads, key_tiles, q.device) if num_splits is None else num_splits
+    )
+    splits = max(1, min(splits, key_tiles))
+    keys_per_split = triton.cdiv(key_tiles, splits) * block_n
+    splits = triton.cdiv(k_len, keys_per_split)
+    block_dh = block_size(head_dim)
+    rows = batch * heads * q_len
+    if splits > 1:
+        partial = torch.empty((splits * rows, block_dh), dtype=torch.float32, device=q.device)
+        stats = torch.empty((2, splits, rows), dtype=torch.float32, device=q.device)
+    else:
+        partial = stats = out  # unused
+    _attention_kernel[(q_tiles, batch * heads, splits)](
         q,
         k,
         v,
@@ -214,16 +309,34 @@ def _launch(
         *out.stride(),
         *q_pos.stride(),
         *k_pos.stride(),
+        partial,
+        stats,
+        keys_per_split,
         HAS_CONTEXT=context is not None,
+        SPLIT=splits > 1,
         ROPE=frequencies is not None,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
-        BLOCK_DH=block_size(head_dim),
+        BLOCK_DH=block_dh,
         BLOCK_HALF=block_size(head_dim // 2),
         PRECISION=dot_precision(q.dtype),
         UPCAST=upcast_dot(q.dtype),
         num_warps=4 if head_dim <= 64 else 8,
     )
+    if splits > 1:
+        _combine_kernel[(rows,)](
+            partial,
+            stats,
+            out,
+            splits,
+            rows,
+            heads,
+            q_len,
+            head_dim,
+            *out.stride(),
+            BLOCK_SPLITS=block_size(splits, minimum=2),
+            BLOCK_DH=block_dh,
+        )
     return out
 
 
@@ -235,8 +348,9 @@ def attention(
     k_pos: Tensor,
     context: int | None,
     scale: float | None = None,
+    num_splits: int | None = None,
 ) -> Tensor:
-    return _launch(q, k, v, q_pos, k_pos, context, scale, None)
+    return _launch(q, k, v, q_pos, k_pos, context, scale, None, num_splits)
 
 
 def rope_attention(
@@ -248,5 +362,7 @@ def rope_attention(
     context: int | None,
     scale: float | None = None,
     max_period: float = 10_000,
+    num_splits: int | None = None,
 ) -> Tensor:
-    return _launch(q, k, v, q_pos, k_pos, context, scale, rope_frequencies(q.shape[-1], max_period, q.device))
+    frequencies = rope_frequencies(q.shape[-1], max_period, q.device)
+    return _launch(q, k, v, q_pos, k_pos, context, scale, frequencies, num_splits)
