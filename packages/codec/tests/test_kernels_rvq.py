@@ -79,6 +79,27 @@ def test_triton_encode_matches_torch(n: int, dim: int, levels: int, k: int) -> N
     assert_equal_up_to_near_ties(x, centroids, codes)
 
 
+@pytest.mark.parametrize(("n", "num_splits"), [(1, 2), (5, 3), (37, 4)])
+def test_triton_encode_with_centroid_slices_matches_torch(n: int, num_splits: int) -> None:
+    # Few rows (a streaming step): each level's centroids are searched by several programs.
+    from duplex.codec.kernels import rvq_triton
+
+    centroids = random_centroids(4, 230, 24, seed=20 + n)  # 4 tiles of 64, the last one ragged
+    x = torch.randn(n, 24, generator=torch.Generator().manual_seed(21)) * 1.5
+    assert_equal_up_to_near_ties(x, centroids, rvq_triton.rvq_encode(x, centroids, num_splits=num_splits))
+
+
+def test_centroid_slices_only_when_rows_leave_the_gpu_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    from duplex.codec.kernels import rvq_triton
+
+    monkeypatch.setattr(rvq_triton, "_multiprocessors", lambda device: 132)
+    cuda = torch.device("cuda")
+    assert rvq_triton.default_splits(row_tiles=1, centroid_tiles=32, device=cuda) == 32  # B=1 step
+    assert rvq_triton.default_splits(row_tiles=4, centroid_tiles=32, device=cuda) == 32  # B=64 step
+    assert rvq_triton.default_splits(row_tiles=20, centroid_tiles=32, device=cuda) == 14
+    assert rvq_triton.default_splits(row_tiles=250, centroid_tiles=32, device=cuda) == 1  # training batch
+
+
 def test_triton_encode_reads_strided_input() -> None:
     centroids = random_centroids(3, 50, 20, seed=3)
     latent = torch.randn(3, 20, 11, generator=torch.Generator().manual_seed(4))  # [B, D, T]
@@ -104,6 +125,10 @@ def test_exact_ties_go_to_the_lowest_index_on_both_paths() -> None:
         codes = rvq_encode(x, centroids)
     assert torch.equal(codes, expected)
     assert expected[:4, 0].tolist() == [5, 66, 5, 66]
+    from duplex.codec.kernels import rvq_triton
+
+    # With slices of 64 centroids, 5 and 140 are found by different programs.
+    assert torch.equal(rvq_triton.rvq_encode(x, centroids, num_splits=3), expected)
 
 
 @pytest.mark.parametrize(("n", "dim", "levels", "k"), [(1, 16, 1, 16), (37, 24, 3, 70), (50, 256, 8, 300)])

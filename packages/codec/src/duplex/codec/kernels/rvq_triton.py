@@ -3,7 +3,9 @@
 Encoding keeps a block of residuals in registers for all levels: for each level it streams the
 centroid table in tiles, computes ``|r|² − 2 r·c + |c|²`` for the tile with ``tl.dot``, keeps a
 running minimum and its index, then subtracts the chosen centroid. Neither the ``[N, K]``
-distance matrix nor the residual ever reaches memory.
+distance matrix nor the residual ever reaches memory. With few rows (a streaming step) that
+leaves most of the GPU idle, so each level's centroids are sliced over programs instead, one
+launch per level, and only each slice's minimum ``[slices, N]`` goes through memory.
 
 Ties: an exactly tied minimum goes to the lowest centroid index (``tl.min`` breaks ties to the
 left inside a tile, and a later tile must be strictly closer to win), which is what ``argmin``
@@ -29,6 +31,44 @@ FUSED_PROJECTION_MAX_ROWS = 1024  # beyond this, gather + cuBLAS matmul (untuned
 
 
 @triton.jit
+def _nearest_in_slice(
+    residual,
+    norms_ptr,
+    table_ptr,
+    k_begin,
+    k_end,
+    dims,
+    dim_ok,
+    stride_ck,
+    stride_cd,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Smallest squared distance and its centroid index, over centroids [k_begin, k_end), per row."""
+    residual_norm = tl.sum(residual * residual, axis=1)
+    best_distance = tl.full([BLOCK_N], float("inf"), tl.float32)
+    best_code = tl.zeros([BLOCK_N], tl.int32)
+    for k_start in range(k_begin, k_end, BLOCK_K):
+        ks = k_start + tl.arange(0, BLOCK_K)
+        k_ok = ks < k_end
+        centroids = tl.load(
+            table_ptr + ks[:, None] * stride_ck + dims[None, :] * stride_cd,
+            mask=k_ok[:, None] & dim_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        norms = tl.load(norms_ptr + ks, mask=k_ok, other=0.0)
+        dots = tl.dot(residual, tl.trans(centroids), input_precision=PRECISION)
+        distance = residual_norm[:, None] - 2.0 * dots + norms[None, :]
+        distance = tl.where(k_ok[None, :], distance, float("inf"))
+        tile_best, tile_code = tl.min(distance, axis=1, return_indices=True)
+        closer = tile_best < best_distance  # strictly: on a tie the earlier tile keeps it
+        best_distance = tl.where(closer, tile_best, best_distance)
+        best_code = tl.where(closer, tile_code + k_start, best_code)
+    return best_distance, best_code
+
+
+@triton.jit
 def _rvq_encode_kernel(
     x_ptr,
     centroids_ptr,
@@ -50,6 +90,7 @@ def _rvq_encode_kernel(
     BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    """All levels for one tile of rows: the residual stays in registers from the first to the last."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < N
@@ -60,31 +101,115 @@ def _rvq_encode_kernel(
     ).to(tl.float32)
     for level in range(L):
         table = centroids_ptr + level * stride_cl
-        residual_norm = tl.sum(residual * residual, axis=1)
-        best_distance = tl.full([BLOCK_N], float("inf"), tl.float32)
-        best_code = tl.zeros([BLOCK_N], tl.int32)
-        for k_start in range(0, K, BLOCK_K):
-            ks = k_start + tl.arange(0, BLOCK_K)
-            k_ok = ks < K
-            centroids = tl.load(
-                table + ks[:, None] * stride_ck + dims[None, :] * stride_cd,
-                mask=k_ok[:, None] & dim_ok[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            norms = tl.load(centroid_norms_ptr + level * K + ks, mask=k_ok, other=0.0)
-            dots = tl.dot(residual, tl.trans(centroids), input_precision=PRECISION)
-            distance = residual_norm[:, None] - 2.0 * dots + norms[None, :]
-            distance = tl.where(k_ok[None, :], distance, float("inf"))
-            tile_best, tile_code = tl.min(distance, axis=1, return_indices=True)
-            closer = tile_best < best_distance
-            best_distance = tl.where(closer, tile_best, best_distance)
-            best_code = tl.where(closer, tile_code + k_start, best_code)
+        _, best_code = _nearest_in_slice(
+            residual,
+            centroid_norms_ptr + level * K,
+            table,
+            0,
+            K,
+            dims,
+            dim_ok,
+            stride_ck,
+            stride_cd,
+            BLOCK_N,
+            BLOCK_K,
+            PRECISION,
+        )
         tl.store(codes_ptr + rows * stride_on + level * stride_ol, best_code.to(tl.int64), mask=row_ok)
         chosen = tl.load(
             table + best_code[:, None] * stride_ck + dims[None, :] * stride_cd, mask=tile_ok, other=0.0
         ).to(tl.float32)
         # Round the residual to the input dtype after each level, as the torch path does.
         residual = (residual - chosen).to(x_ptr.dtype.element_ty).to(tl.float32)
+
+
+@triton.jit
+def _rvq_encode_level_kernel(
+    x_ptr,
+    centroids_ptr,
+    centroid_norms_ptr,
+    codes_ptr,
+    residuals_ptr,
+    partial_distance_ptr,
+    partial_code_ptr,
+    level,
+    N,
+    K,
+    D,
+    L,
+    SPLITS,
+    KEYS_PER_SPLIT,
+    stride_xn,
+    stride_xd,
+    stride_cl,
+    stride_ck,
+    stride_cd,
+    stride_on,
+    stride_ol,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_SPLITS: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Launch ``level`` of the centroid-sliced encoder, for few rows (a streaming step).
+
+    Each program (row tile, centroid slice) first finishes level - 1: it merges the slices'
+    minima (the lowest slice wins a tie, so the lowest index does) and subtracts the chosen
+    centroid; slice 0 stores that code and the new residual. It then searches its slice of
+    level ``level``'s centroids. Residuals and minima alternate between two buffers by level
+    parity, so a launch never overwrites what its own programs read.
+    """
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    split = tl.program_id(1)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok = rows < N
+    dim_ok = dims < D
+    tile_ok = row_ok[:, None] & dim_ok[None, :]
+    scratch = rows[:, None] * BLOCK_D + dims[None, :]
+    if level == 0:
+        residual = tl.load(
+            x_ptr + rows[:, None] * stride_xn + dims[None, :] * stride_xd, mask=tile_ok, other=0.0
+        ).to(tl.float32)
+    else:
+        previous = level - 1
+        splits = tl.arange(0, BLOCK_SPLITS)
+        slots = ((previous % 2) * SPLITS + splits[None, :]) * N + rows[:, None]
+        slot_ok = row_ok[:, None] & (splits[None, :] < SPLITS)
+        distances = tl.load(partial_distance_ptr + slots, mask=slot_ok, other=float("inf"))
+        codes = tl.load(partial_code_ptr + slots, mask=slot_ok, other=0)
+        _, winner = tl.min(distances, axis=1, return_indices=True)
+        code = tl.sum(tl.where(splits[None, :] == winner[:, None], codes, 0), axis=1)
+        chosen = tl.load(
+            centroids_ptr + previous * stride_cl + code[:, None] * stride_ck + dims[None, :] * stride_cd,
+            mask=tile_ok,
+            other=0.0,
+        ).to(tl.float32)
+        residual = tl.load(residuals_ptr + (previous % 2) * N * BLOCK_D + scratch, mask=tile_ok, other=0.0)
+        residual = (residual - chosen).to(x_ptr.dtype.element_ty).to(tl.float32)
+        if split == 0:
+            tl.store(codes_ptr + rows * stride_on + previous * stride_ol, code.to(tl.int64), mask=row_ok)
+    if level < L:
+        if split == 0:
+            tl.store(residuals_ptr + (level % 2) * N * BLOCK_D + scratch, residual, mask=tile_ok)
+        k_begin = split * KEYS_PER_SPLIT
+        slice_distance, slice_code = _nearest_in_slice(
+            residual,
+            centroid_norms_ptr + level * K,
+            centroids_ptr + level * stride_cl,
+            k_begin,
+            tl.minimum(k_begin + KEYS_PER_SPLIT, K),
+            dims,
+            dim_ok,
+            stride_ck,
+            stride_cd,
+            BLOCK_N,
+            BLOCK_K,
+            PRECISION,
+        )
+        slot = ((level % 2) * SPLITS + split) * N + rows
+        tl.store(partial_distance_ptr + slot, slice_distance, mask=row_ok)
+        tl.store(partial_code_ptr + slot, slice_code, mask=row_ok)
 
 
 @triton.jit
@@ -224,8 +349,29 @@ def _rvq_decode_project_kernel(
     )
 
 
-def rvq_encode(x: Tensor, centroids: Tensor) -> Tensor:
-    """Codes ``[N, L]`` of ``x`` ``[N, D]`` against ``centroids`` ``[L, K, D]`` (inputs already checked)."""
+def _multiprocessors(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def default_splits(row_tiles: int, centroid_tiles: int, device: torch.device) -> int:
+    """Centroid slices per level: 1 (one fused kernel) when the row tiles alone fill the GPU.
+
+    A streaming step quantizes a handful of rows; one program per row tile would then read every
+    codebook alone, so the centroids are sliced across programs, one launch per level.
+    """
+    processors = _multiprocessors(device)
+    if row_tiles * 2 >= processors:
+        return 1
+    return max(1, min(centroid_tiles, triton.cdiv(2 * processors, row_tiles)))
+
+
+def rvq_encode(x: Tensor, centroids: Tensor, num_splits: int | None = None) -> Tensor:
+    """Codes ``[N, L]`` of ``x`` ``[N, D]`` against ``centroids`` ``[L, K, D]`` (inputs already checked).
+
+    ``num_splits`` slices each level's centroids over that many programs (default: by GPU size).
+    """
     n, dim = x.shape
     levels, k, _ = centroids.shape
     if dim > MAX_DIM:
@@ -235,25 +381,43 @@ def rvq_encode(x: Tensor, centroids: Tensor) -> Tensor:
     if n == 0 or levels == 0:
         return codes
     norms = centroids.float().pow(2).sum(dim=-1).contiguous()
-    block_n, block_k = 32, 64 if dim <= 256 else 32
-    _rvq_encode_kernel[(triton.cdiv(n, block_n),)](
-        x,
-        centroids,
-        norms,
-        codes,
-        n,
-        k,
-        dim,
-        levels,
-        *x.stride(),
-        *centroids.stride(),
-        *codes.stride(),
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
-        BLOCK_D=block_size(dim),
-        PRECISION=dot_precision(x.dtype),
-        num_warps=8,
-    )
+    block_n, block_k, block_d = (32 if n > 16 else 16), (64 if dim <= 256 else 32), block_size(dim)
+    row_tiles, centroid_tiles = triton.cdiv(n, block_n), triton.cdiv(k, block_k)
+    splits = default_splits(row_tiles, centroid_tiles, x.device) if num_splits is None else num_splits
+    splits = max(1, min(splits, centroid_tiles))
+    common = dict(BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, PRECISION=dot_precision(x.dtype))
+    strides = (*x.stride(), *centroids.stride(), *codes.stride())
+    if splits == 1:
+        _rvq_encode_kernel[(row_tiles,)](
+            x, centroids, norms, codes, n, k, dim, levels, *strides, **common, num_warps=8
+        )
+        return codes
+    keys_per_split = triton.cdiv(centroid_tiles, splits) * block_k
+    splits = triton.cdiv(k, keys_per_split)
+    residuals = torch.empty((2, n, block_d), dtype=torch.float32, device=x.device)
+    partial_distance = torch.empty((2, splits, n), dtype=torch.float32, device=x.device)
+    partial_code = torch.empty((2, splits, n), dtype=torch.int32, device=x.device)
+    for level in range(levels + 1):  # launch `levels` only finishes the last level
+        _rvq_encode_level_kernel[(row_tiles, splits if level < levels else 1)](
+            x,
+            centroids,
+            norms,
+            codes,
+            residuals,
+            partial_distance,
+            partial_code,
+            level,
+            n,
+            k,
+            dim,
+            levels,
+            splits,
+            keys_per_split,
+            *strides,
+            **common,
+            BLOCK_SPLITS=block_size(splits, minimum=2),
+            num_warps=4,
+        )
     return codes
 
 
