@@ -185,3 +185,13 @@ def test_bad_inputs_name_the_problem() -> None:
         rvq_decode(torch.zeros(1, 2), centroids)
     with pytest.raises(ValueError, match=r"proj must be \[Dout, 8\]"):
         rvq_decode(torch.zeros(1, 2, dtype=torch.long), centroids, torch.randn(4, 5))
+
+
+def test_triton_decode_never_reads_outside_the_table() -> None:
+    # CUDA codes are not range-checked on the host (a synchronisation); the kernel skips bad ones.
+    from duplex.codec.kernels import rvq_triton
+
+    centroids = random_centroids(2, 10, 8, seed=14)
+    codes = torch.tensor([[3, 10], [-1, 4]])
+    expected = torch.stack([centroids[0, 3], centroids[1, 4]])
+    assert torch.equal(rvq_triton.rvq_decode(codes, centroids), expected)

@@ -221,6 +221,7 @@ def _gather_sum_tile(
     dims,
     dim_ok,
     L,
+    K,
     stride_cn,
     stride_cl,
     stride_tl,
@@ -229,13 +230,18 @@ def _gather_sum_tile(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """The sum over levels of the chosen centroids, for a [rows, dims] tile, in the table's dtype."""
+    """The sum over levels of the chosen centroids, for a [rows, dims] tile, in the table's dtype.
+
+    A code outside [0, K) adds nothing instead of reading outside the table (CUDA inputs are not
+    range-checked on the host, which would cost a synchronisation).
+    """
     total = tl.zeros([BLOCK_N, BLOCK_D], dtype=table_ptr.dtype.element_ty)
     for level in range(L):
         code = tl.load(codes_ptr + rows * stride_cn + level * stride_cl, mask=row_ok, other=0)
+        code_ok = row_ok & (code >= 0) & (code < K)
         vectors = tl.load(
             table_ptr + level * stride_tl + code[:, None] * stride_tk + dims[None, :] * stride_td,
-            mask=row_ok[:, None] & dim_ok[None, :],
+            mask=code_ok[:, None] & dim_ok[None, :],
             other=0.0,
         )
         total = total + vectors
@@ -250,6 +256,7 @@ def _rvq_decode_kernel(
     N,
     D,
     L,
+    K,
     stride_cn,
     stride_cl,
     stride_tl,
@@ -272,6 +279,7 @@ def _rvq_decode_kernel(
         dims,
         dim_ok,
         L,
+        K,
         stride_cn,
         stride_cl,
         stride_tl,
@@ -296,6 +304,7 @@ def _rvq_decode_project_kernel(
     N,
     D,
     L,
+    K,
     OUT,
     stride_cn,
     stride_cl,
@@ -328,6 +337,7 @@ def _rvq_decode_project_kernel(
             dims,
             dim_ok,
             L,
+            K,
             stride_cn,
             stride_cl,
             stride_tl,
@@ -438,6 +448,7 @@ def rvq_decode(codes: Tensor, centroids: Tensor, proj: Tensor | None = None) -> 
             n,
             dim,
             levels,
+            centroids.shape[1],
             *codes.stride(),
             *centroids.stride(),
             *total.stride(),
@@ -461,6 +472,7 @@ def _decode_projected(codes: Tensor, centroids: Tensor, proj: Tensor) -> Tensor:
         n,
         dim,
         levels,
+        centroids.shape[1],
         out_dim,
         *codes.stride(),
         *centroids.stride(),
