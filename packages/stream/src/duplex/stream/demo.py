@@ -24,7 +24,7 @@ import torch
 DEMO_VERSION = "1"
 DEMO_SEED = 1234
 TEXT_VOCAB = 64
-MIMI_CODEBOOKS = 8
+MIMI_CODEBOOKS = 4
 
 # Words the tokenizer learns its pieces from (its vocabulary is all it needs to be realistic).
 _CORPUS = (

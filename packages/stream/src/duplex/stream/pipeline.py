@@ -73,26 +73,33 @@ class MoshiPipeline:
             )
         self._contexts: ExitStack | None = None
         self._first_frame = np.zeros(0, dtype=bool)
+        self._masks: dict[int, torch.Tensor] = {}
         self._batch_size = 0
 
     @classmethod
     def from_checkpoint(
-        cls, source: str | Path | None = None, device: torch.device | str = "cpu", **sampling
+        cls,
+        source: str | Path | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        **sampling,
     ) -> MoshiPipeline:
-        """Load anything ``duplex.lm.load_checkpoint`` accepts (None: the tiny demo checkpoint).
+        """Load anything ``duplex.lm.checkpoint.load_checkpoint`` accepts (None: the tiny demo).
 
-        ``sampling`` overrides the checkpoint's ``lm_gen_config`` (``use_sampling``, ``temp``,
-        ``temp_text``, ``top_k``, ``top_k_text``).
+        ``dtype`` casts the LM (default: as stored; Mimi stays float32). ``sampling`` overrides the
+        checkpoint's ``lm_gen_config`` (``use_sampling``, ``temp``, ``temp_text``, ``top_k``,
+        ``top_k_text``).
         """
-        from duplex.lm import LMGen, load_checkpoint
+        from duplex.lm.checkpoint import load_checkpoint
+        from duplex.lm.generate import LMGen
 
         if source is None:
             from duplex.stream.demo import default_checkpoint
 
             source = default_checkpoint()
-        bundle = load_checkpoint(source, device=device)
-        lm_gen = LMGen.from_config(bundle.lm.eval(), **sampling)
-        return cls(bundle.mimi.eval(), lm_gen, bundle.tokenizer)
+        bundle = load_checkpoint(source)
+        lm_gen = LMGen.from_config(bundle.lm(device=device, dtype=dtype), **sampling)
+        return cls(bundle.mimi(device=device), lm_gen, bundle.text_tokenizer())
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self, batch_size: int) -> None:
@@ -104,6 +111,7 @@ class MoshiPipeline:
         self._contexts = contexts
         self._batch_size = batch_size
         self._first_frame = np.zeros(batch_size, dtype=bool)
+        self._masks: dict[int, torch.Tensor] = {}
 
     def stop(self) -> None:
         if self._contexts is not None:
@@ -116,6 +124,13 @@ class MoshiPipeline:
         self.lm_gen.set_seed(row, params.seed)
         self.lm_gen.reset_streaming(mask)
         self._first_frame[row] = True
+
+    def _set_mask(self, module, mask: torch.Tensor) -> None:
+        # Walking the module tree costs more than a tiny model's step: only do it on a change.
+        current = self._masks.get(id(module))
+        if current is None or not torch.equal(current, mask):
+            module.set_exec_mask(mask)
+            self._masks[id(module)] = mask
 
     def _mask(self, rows: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(rows, dtype=torch.bool, device=self.device)
@@ -132,14 +147,14 @@ class MoshiPipeline:
         executing = self._mask(active)
         wav = torch.as_tensor(pcm, dtype=torch.float32, device=self.device)[:, None]
 
-        self.mimi.set_exec_mask(executing)
+        self._set_mask(self.mimi, executing)
         codes = self.mimi.encode(wav)[:, : self.user_codebooks]
         starting = active & self._first_frame
         if starting.any():
             self.mimi.reset_streaming(self._mask(starting))
             self._first_frame &= ~starting
 
-        self.lm_gen.set_exec_mask(executing)
+        self._set_mask(self.lm_gen, executing)
         tokens = self.lm_gen.step(codes)
         out_pcm = np.zeros((n, self.frame_size), dtype=np.float32)
         text: list[str | None] = [None] * n
@@ -149,7 +164,7 @@ class MoshiPipeline:
         replying = executing & (tokens[:, 1:, 0] >= 0).all(dim=1)
         has_reply = replying.cpu().numpy()
         if has_reply.any():
-            self.mimi.set_exec_mask(replying)
+            self._set_mask(self.mimi, replying)
             decoded = self.mimi.decode(tokens[:, 1:].clamp_min(0))
             out_pcm = decoded[:, 0].float().cpu().numpy()
             out_pcm[~has_reply] = 0.0

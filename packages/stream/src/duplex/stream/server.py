@@ -146,8 +146,7 @@ class DuplexServer:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/health", self.health)
         if self.config.static_dir is not None:
-            index = self.config.static_dir / "index.html"
-            app.router.add_get("/", lambda _request: web.FileResponse(index))
+            app.router.add_get("/", self.index)
             app.router.add_static("/", self.config.static_dir, show_index=False)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
@@ -170,6 +169,10 @@ class DuplexServer:
         return hmac.compare_digest(given.encode(), token.encode())
 
     # -- plain endpoints ------------------------------------------------------------------------
+    async def index(self, _request: web.Request) -> web.FileResponse:
+        assert self.config.static_dir is not None
+        return web.FileResponse(self.config.static_dir / "index.html")
+
     async def health(self, _request: web.Request) -> web.Response:
         slots = self.engine.slots
         return web.json_response(

@@ -15,6 +15,7 @@ const stats = (window.duplexStats = {
   audioMessages: 0,
   samplesDecoded: 0,
   samplesScheduled: 0,
+  replySeconds: 0,
   replyPeak: 0,
   text: "",
   error: null,
@@ -187,6 +188,7 @@ class Session {
     node.start(this.playAt);
     this.playAt += buffer.duration;
     stats.samplesScheduled += frames;
+    stats.replySeconds += buffer.duration;
   }
 
   fail(reason) {

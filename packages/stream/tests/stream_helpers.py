@@ -1,0 +1,101 @@
+"""Helpers of the stream tests: a server in a thread, pipeline loading, a deterministic echo model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from duplex.stream.engine import DuplexEngine
+from duplex.stream.pipeline import MoshiPipeline, StepOutput
+from duplex.stream.server import DuplexServer, ServerConfig, bound_port, start_server
+from duplex.stream.slots import SamplingParams
+
+SAMPLE_RATE = 24_000
+FRAME = 1920
+
+
+def make_pipeline(checkpoint: Path, **sampling) -> MoshiPipeline:
+    torch.set_num_threads(1)
+    return MoshiPipeline.from_checkpoint(checkpoint, **sampling)
+
+
+class RunningServer:
+    """A server on 127.0.0.1 (free port) in a background thread, for the duration of a ``with``."""
+
+    def __init__(self, engine: DuplexEngine, **config) -> None:
+        self.server = DuplexServer(engine, ServerConfig(host="127.0.0.1", port=0, **config))
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self.port = 0
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        runner = await start_server(self.server)
+        self.port = bound_port(runner)
+        self._loop = asyncio.get_running_loop()
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/chat"
+
+    def __enter__(self) -> RunningServer:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("the server did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+
+class EchoPipeline:
+    """A stand-in model: each row replies with its own previous frame, halved.
+
+    Every 5th frame it emits the text " f<n>" (n: the row's frame count). Any mixing of rows,
+    missed reset or skipped frame shows up in the numbers.
+    """
+
+    sample_rate = SAMPLE_RATE
+    frame_rate = 12.5
+    frame_size = FRAME
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+
+    def start(self, batch_size: int) -> None:
+        self.previous = np.zeros((batch_size, self.frame_size), dtype=np.float32)
+        self.count = np.zeros(batch_size, dtype=np.int64)
+
+    def stop(self) -> None:
+        pass
+
+    def reset(self, row: int, params: SamplingParams) -> None:
+        self.previous[row] = 0.0
+        self.count[row] = 0
+
+    def step(self, pcm: np.ndarray, active: np.ndarray) -> StepOutput:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        has_reply = active & (self.count > 0)
+        out = np.where(has_reply[:, None], 0.5 * self.previous, 0.0).astype(np.float32)
+        text = [
+            f" f{self.count[r] - 1}" if has_reply[r] and (self.count[r] - 1) % 5 == 0 else None
+            for r in range(len(active))
+        ]
+        self.previous[active] = pcm[active]
+        self.count[active] += 1
+        return StepOutput(out, has_reply, text)

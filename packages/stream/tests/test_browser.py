@@ -1,0 +1,81 @@
+"""The web page in real headless Chromium, with a fake microphone playing a wav file."""
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+from duplex.stream.engine import DuplexEngine
+from stream_helpers import RunningServer, make_pipeline
+
+
+class RecordingPipeline:
+    """Passes everything to the real pipeline, remembering how loud the user's audio was."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.user_peak = 0.0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def step(self, pcm, active):
+        if active.any():
+            self.user_peak = max(self.user_peak, float(np.abs(pcm[active]).max()))
+        return self.inner.step(pcm, active)
+
+
+def chromium(fake_microphone_wav):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if binary is None or driver is None:
+        pytest.fail("the browser test needs Debian's chromium and chromium-driver (apt install them)")
+    options = Options()
+    options.binary_location = binary
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={fake_microphone_wav}",
+        "--autoplay-policy=no-user-gesture-required",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(driver))
+
+
+def test_the_page_talks_plays_the_reply_and_shows_the_text(demo_checkpoint, speech_wav):
+    pipeline = RecordingPipeline(make_pipeline(demo_checkpoint, use_sampling=False))
+    engine = DuplexEngine(pipeline, max_conversations=2)
+    with RunningServer(engine) as server:
+        browser = chromium(speech_wav)
+        try:
+            browser.get(server.http + "/")
+            assert browser.find_element("id", "status").text == "idle"
+            browser.find_element("id", "toggle").click()
+            deadline = time.monotonic() + 60
+            stats = {}
+            while time.monotonic() < deadline:
+                stats = browser.execute_script("return window.duplexStats")
+                if stats["error"] or (stats["replySeconds"] >= 2.0 and len(stats["text"]) >= 3):
+                    break
+                time.sleep(0.25)
+            transcript = browser.find_element("id", "transcript").text
+            status = browser.find_element("id", "status").text
+            logs = browser.get_log("browser")
+        finally:
+            browser.quit()
+    assert stats["error"] is None, (stats, logs)
+    assert stats["state"] == "live" and status.startswith("live")
+    assert stats["pagesSent"] > 20  # the microphone went out as Ogg/Opus pages
+    assert pipeline.user_peak > 0.05  # ... and the server decoded speech from them, not silence
+    assert stats["audioMessages"] > 10 and stats["replySeconds"] >= 2.0  # 2 s of reply played
+    assert stats["replyPeak"] > 0.01
+    assert transcript.strip() and transcript == stats["text"]  # the text shows up live on the page
+    severe = [entry for entry in logs if entry["level"] == "SEVERE"]
+    assert not severe, severe
