@@ -2,6 +2,8 @@
 
     uv run python benchmarks/bench_kernels_gpu.py            # all cases, on a CUDA GPU
     uv run python benchmarks/bench_kernels_gpu.py --only rvq  # or: attention
+    uv run python benchmarks/bench_kernels_gpu.py --variants  # also the strategies the heuristics
+                                                              # choose between (to tune them)
     uv run python benchmarks/bench_kernels_gpu.py --smoke     # tiny sizes on CPU through Triton's
                                                               # interpreter: checks the script only
 
@@ -15,6 +17,7 @@ kernel's numbers with the torch path. Prints a table headed by the GPU's name.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -36,21 +39,15 @@ class Row:
     def cells(self) -> list[str]:
         compiled = "-" if self.compiled_ms is None else f"{self.compiled_ms:.3f}"
         speedup = f"{self.torch_ms / self.triton_ms:.2f}x"
-        return [
-            self.op,
-            self.case,
-            f"{self.torch_ms:.3f}",
-            compiled,
-            f"{self.triton_ms:.3f}",
-            speedup,
-            self.check,
-        ]
+        timings = [f"{self.torch_ms:.3f}", compiled, f"{self.triton_ms:.3f}", speedup]
+        return [self.op, self.case, *timings, self.check]
 
 
 class Bench:
-    def __init__(self, device: str, smoke: bool) -> None:
+    def __init__(self, device: str, smoke: bool, variants: bool) -> None:
         self.device = device
         self.smoke = smoke
+        self.variants = variants
         self.generator = torch.Generator(device=device).manual_seed(0)
 
     def randn(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -79,18 +76,39 @@ class Bench:
     def row(
         self, op: str, case: str, torch_fn: Callable, triton_fn: Callable, args: tuple, check: str
     ) -> Row:
-        return Row(
-            op,
-            case,
-            self.time_ms(lambda: torch_fn(*args)),
-            self.compiled_ms(torch_fn, *args),
-            self.time_ms(lambda: triton_fn(*args)),
-            check,
-        )
+        torch_ms = self.time_ms(lambda: torch_fn(*args))
+        compiled = self.compiled_ms(torch_fn, *args)
+        return Row(op, case, torch_ms, compiled, self.time_ms(lambda: triton_fn(*args)), check)
+
+    def variant(
+        self,
+        op: str,
+        case: str,
+        torch_fn: Callable,
+        triton_fn: Callable,
+        args: tuple,
+        check: str | None = None,
+    ) -> Row:
+        """Another strategy for the same op (to tune the heuristics): checked and timed, not compiled."""
+        if check is None:
+            error = (triton_fn(*args).float() - torch_fn(*args).float()).abs().max().item()
+            check = f"max|d| {error:.1e}"
+        torch_ms = self.time_ms(lambda: torch_fn(*args))
+        return Row(op, case, torch_ms, None, self.time_ms(lambda: triton_fn(*args)), check)
+
+
+def rows_equal(got: torch.Tensor, expected: torch.Tensor) -> str:
+    return f"rows equal {(got == expected).all(dim=1).float().mean().item():.2%}"
 
 
 def rvq_rows(bench: Bench) -> list[Row]:
     from duplex.codec.kernels import rvq_torch, rvq_triton
+
+    def fused(codes: torch.Tensor, centroids: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+        return rvq_triton._decode_projected(codes, centroids, proj)
+
+    def gather_then_matmul(codes: torch.Tensor, centroids: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(rvq_triton.rvq_decode(codes, centroids), proj)
 
     k, dim, out_dim = (2048, 256, 512) if not bench.smoke else (100, 32, 48)
     batches = [(1, "step B=1"), (64, "step B=64"), (16 * 125, "10 s x 16"), (64 * 125, "10 s x 64")]
@@ -103,13 +121,16 @@ def rvq_rows(bench: Bench) -> list[Row]:
             x = bench.randn(n, dim)
             case = f"N={n} ({label}) L={levels}"
             codes = rvq_torch.rvq_encode(x, centroids)
-            rows_equal = (rvq_triton.rvq_encode(x, centroids) == codes).all(dim=1).float().mean().item()
-            check = f"rows equal {rows_equal:.2%}"
+            check = rows_equal(rvq_triton.rvq_encode(x, centroids), codes)
+            encode_args = (x, centroids)
             rows.append(
-                bench.row(
-                    "rvq_encode", case, rvq_torch.rvq_encode, rvq_triton.rvq_encode, (x, centroids), check
-                )
+                bench.row("rvq_encode", case, rvq_torch.rvq_encode, rvq_triton.rvq_encode, encode_args, check)
             )
+            for splits in (1, 8, 32) if bench.variants else ():
+                sliced = functools.partial(rvq_triton.rvq_encode, num_splits=splits)
+                check = rows_equal(sliced(x, centroids), codes)
+                op = f"rvq_encode[splits={splits}]"
+                rows.append(bench.variant(op, case, rvq_torch.rvq_encode, sliced, encode_args, check))
             for projection in (None, proj):
                 args = (codes, centroids, projection)
                 error = (rvq_triton.rvq_decode(*args) - rvq_torch.rvq_decode(*args)).abs().max().item()
@@ -117,6 +138,14 @@ def rvq_rows(bench: Bench) -> list[Row]:
                 rows.append(
                     bench.row(
                         op, case, rvq_torch.rvq_decode, rvq_triton.rvq_decode, args, f"max|d| {error:.1e}"
+                    )
+                )
+            if bench.variants:
+                args = (codes, centroids, proj)
+                rows.append(bench.variant("rvq_decode+proj[fused]", case, rvq_torch.rvq_decode, fused, args))
+                rows.append(
+                    bench.variant(
+                        "rvq_decode+proj[gather,mm]", case, rvq_torch.rvq_decode, gather_then_matmul, args
                     )
                 )
     return rows
@@ -171,6 +200,9 @@ def attention_rows(bench: Bench) -> list[Row]:
             torch_fn, triton_fn = getattr(attention_torch, op), getattr(attention_triton, op)
             error = (triton_fn(*args).float() - torch_fn(*args).float()).abs().max().item()
             rows.append(bench.row(op, case, torch_fn, triton_fn, args, f"max|d| {error:.1e}"))
+            for splits in (1, 4, 16) if bench.variants else ():
+                sliced = functools.partial(triton_fn, num_splits=splits)
+                rows.append(bench.variant(f"{op}[splits={splits}]", case, torch_fn, sliced, args))
     return rows
 
 
@@ -189,6 +221,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", choices=["rvq", "attention"], help="run one group of kernels")
+    parser.add_argument(
+        "--variants", action="store_true", help="also time the strategies heuristics pick from"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on CPU via TRITON_INTERPRET=1")
     options = parser.parse_args()
     if options.smoke:
@@ -213,7 +248,7 @@ def main() -> None:
     print(f"GPU: {name}  torch {torch.__version__}  triton {triton.__version__}")
     timing = "one call each (smoke run)" if options.smoke else "median ms per call (triton.testing.do_bench)"
     print(f"{timing}; 'vs torch' = torch ms / triton ms\n")
-    bench = Bench(device, options.smoke)
+    bench = Bench(device, options.smoke, options.variants)
     rows = []
     if options.only in (None, "rvq"):
         rows += rvq_rows(bench)
