@@ -100,47 +100,57 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState]):
         return self.out_proj.weight.view(self.mult, self.embed_dim, self.embed_dim)[index]
 
     def _project(self, x: torch.Tensor, first_step: int, out: bool) -> torch.Tensor:
-        weight = self.out_proj_weight if out else self.in_proj
         if self.mult == 1:
-            return F.linear(x, weight(0))
+            return F.linear(x, self.out_proj.weight if out else self.in_proj_weight)
+        weight = self.out_proj_weight if out else self.in_proj
         return apply_per_step(
             lambda i, xs: F.linear(xs, weight(i)), x, first_step, self.weights_per_step, self.schedule
         )
 
     # -- forward ----------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [B, T, D]`` -> ``[B, T, D]``; in streaming, positions continue from the last call."""
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, rotation: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x [B, T, D]`` -> ``[B, T, D]``; in streaming, positions continue from the last call.
+
+        A transformer passes the ``positions [B, T]`` it tracks (equal to this module's own) and
+        the shared RoPE ``rotation``, so that they are computed once per call, not per layer.
+        """
         batch, length, _ = x.shape
         state = self._streaming_state
-        steps = torch.arange(length, device=x.device)
-        if state is None:
-            positions = steps.expand(batch, length)
-            first_step = 0
-        else:
-            positions = state.offset[:, None] + steps
-            first_step = state.step
+        if positions is None:
+            steps = torch.arange(length, device=x.device)
+            positions = steps.expand(batch, length) if state is None else state.offset[:, None] + steps
+        first_step = state.step if state is not None else 0
 
         projected = self._project(x, first_step, out=False)
-        q_dim, kv_dim = self.embed_dim, self.num_kv_heads * self.head_dim
-        q = projected[..., :q_dim].unflatten(-1, (self.num_heads, self.head_dim))
-        k = projected[..., q_dim : q_dim + kv_dim].unflatten(-1, (self.num_kv_heads, self.head_dim))
-        v = projected[..., q_dim + kv_dim :].unflatten(-1, (self.num_kv_heads, self.head_dim))
+        heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
+        qk = projected[..., : (heads + kv_heads) * head_dim].unflatten(-1, (heads + kv_heads, head_dim))
+        v = projected[..., (heads + kv_heads) * head_dim :].unflatten(-1, (kv_heads, head_dim))
         if self.rope is not None:
-            q = self.rope.rotate(q, positions)
-            k = self.rope.rotate(k, positions)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, Dh]
+            if rotation is None:
+                rotation = self.rope.rotation(positions, head_dim)
+            qk = self.rope.rotate(qk, rotation)
+        q, k = qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2)  # [B, H, T, Dh]
+        v = v.transpose(1, 2)
 
         if state is None:
             key_positions = positions
         else:
             k, v, key_positions = state.cache.write(k, v, positions, state.exec_mask)
 
-        mask = self._attention_mask(positions, key_positions) if self.causal else None
+        mask = None
+        if self.causal:
+            if state is not None and length == 1:
+                # one new query, newest in its ring: every written slot is in its causal window
+                mask = (key_positions >= 0)[:, None, None, :]
+            else:
+                mask = self._attention_mask(positions, key_positions)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv_repeat > 1)
         out = self._project(out.transpose(1, 2).flatten(2), first_step, out=True)
 
         if state is not None:
-            state.offset += length * state.exec_mask
+            state.offset.add_(state.exec_mask, alpha=length)
             state.step += length
         return out
 

@@ -31,6 +31,15 @@ class RingKVCache:
         # slots [used, capacity) have never been written by any item, so attention can skip them
         self.used = 0
         self._batch_index = torch.arange(batch_size, device=device)[:, None]
+        self._mask_seen: tuple[torch.Tensor, int, bool] | None = None
+
+    def _all_active(self, exec_mask: torch.Tensor) -> bool:
+        """``exec_mask.all()``, recomputed only when the mask tensor or its contents change
+        (the reference to the tensor is kept so that its identity cannot be reused)."""
+        seen = self._mask_seen
+        if seen is None or seen[0] is not exec_mask or seen[1] != exec_mask._version:
+            seen = self._mask_seen = (exec_mask, exec_mask._version, bool(exec_mask.all()))
+        return seen[2]
 
     def reset(self, slots: torch.Tensor) -> None:
         self.positions[slots] = -1
@@ -51,7 +60,7 @@ class RingKVCache:
         slots = positions % self.capacity
         new_keys, new_values = keys.transpose(1, 2), values.transpose(1, 2)  # [B, T, H, Dh]
         index = (self._batch_index, slice(None), slots)
-        if not bool(exec_mask.all()):
+        if not self._all_active(exec_mask):
             keep = ~exec_mask
             new_keys = torch.where(keep[:, None, None, None], self.keys[index], new_keys)
             new_values = torch.where(keep[:, None, None, None], self.values[index], new_values)

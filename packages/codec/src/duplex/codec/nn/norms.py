@@ -10,6 +10,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 NormKind = Literal["layer_norm", "layer_norm_f32", "rms_norm", "rms_norm_f32"]
 
@@ -38,8 +39,8 @@ class RMSNorm(nn.Module):
         input_dtype = x.dtype
         if self.compute_dtype is not None:
             x = x.to(self.compute_dtype)
-        variance = self.eps + torch.mean(x.square(), dim=-1, keepdim=True)
-        return (x * (self.alpha.to(variance.dtype) * torch.rsqrt(variance))).to(input_dtype)
+        weight = self.alpha.view(-1).to(x.dtype)
+        return F.rms_norm(x, weight.shape, weight, self.eps).to(input_dtype)
 
 
 def make_norm(kind: NormKind, dim: int) -> nn.Module:

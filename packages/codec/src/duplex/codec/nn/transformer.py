@@ -148,10 +148,13 @@ class StreamingTransformerLayer(StreamingModule[LayerState]):
             return self.gating(x, first_step)
         return self.gating(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, rotation: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``positions`` / ``rotation``: see :meth:`StreamingMultiheadAttention.forward`."""
         state = self._streaming_state
         first_step = state.step if state is not None else 0
-        update = self.self_attn(self.norm1(x))
+        update = self.self_attn(self.norm1(x), positions, rotation)
         x = x.to(update.dtype) + self.layer_scale_1(update)
         update = self._feedforward(self.norm2(x), first_step)
         x = x.to(update.dtype) + self.layer_scale_2(update)
@@ -189,13 +192,16 @@ class StreamingTransformer(StreamingModule[TransformerState]):
         batch, length, dim = x.shape
         input_dtype = x.dtype
         state = self._streaming_state
-        if self.config.positional_embedding == "sin":
-            positions = torch.arange(length, device=x.device).expand(batch, length)
-            if state is not None:
-                positions = positions + state.offset[:, None]
-            x = x + sinusoidal_embedding(positions, dim, self.config.max_period, dtype=x.dtype)
-        for layer in self.layers:
-            x = layer(x)
+        positions = torch.arange(length, device=x.device).expand(batch, length)
         if state is not None:
-            state.offset += length * state.exec_mask
+            positions = positions + state.offset[:, None]
+        if self.config.positional_embedding == "sin":
+            x = x + sinusoidal_embedding(positions, dim, self.config.max_period, dtype=x.dtype)
+        rotation = None
+        if self.rope is not None:
+            rotation = self.rope.rotation(positions, dim // self.config.num_heads)
+        for layer in self.layers:
+            x = layer(x, positions, rotation)
+        if state is not None:
+            state.offset.add_(state.exec_mask, alpha=length)
         return x.to(input_dtype)
