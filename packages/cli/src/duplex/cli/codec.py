@@ -1,12 +1,172 @@
-"""`duplex codec` commands."""
+"""`duplex codec encode | decode | roundtrip`: Mimi on files.
+
+Files are run through Mimi in streaming mode, a few seconds per call, so memory stays flat and a
+progress bar can follow long files. Mimi's streaming output does not depend on that chunk size.
+A codes file is safetensors with one int64 tensor ``codes`` ``[1, K, F]`` and the metadata
+``sample_rate``, ``frame_rate``, ``num_samples`` (the input length, used to trim on decode).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 app = typer.Typer(no_args_is_help=True)
 
+DEFAULT_CHECKPOINT = "kyutai/moshiko-pytorch-bf16"
+CHUNK_FRAMES = 25  # 2 s of audio per streaming call
+PROGRESS_MIN_SECONDS = 10.0
+
+CheckpointOption = typer.Option(
+    DEFAULT_CHECKPOINT,
+    "--checkpoint",
+    "-c",
+    help="Mimi weights: a .safetensors file, a checkpoint directory, a Hugging Face repo id or hf://owner/repo/file.",
+)
+DeviceOption = typer.Option("cpu", "--device", help="torch device.")
+ProgressOption = typer.Option(True, "--progress/--no-progress", help="Progress bar on long files.")
+
 
 @app.callback()
 def _group() -> None:
     """Encode and decode audio with the Mimi codec."""
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=1)
+
+
+def _load_mimi(checkpoint: str, num_codebooks: int, device: str):  # noqa: ANN202
+    from duplex.codec import CheckpointError, Mimi
+
+    try:
+        return Mimi.from_pretrained(checkpoint, num_codebooks=num_codebooks, device=device)
+    except (CheckpointError, ValueError) as e:
+        _fail(str(e))
+
+
+def _bar(total: int, unit: str, show: bool):  # noqa: ANN202
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, disable=not show, leave=False)
+
+
+def _encode(mimi, wav, progress: bool):  # noqa: ANN001, ANN202
+    import torch
+
+    frame = mimi.frame_size
+    chunk = CHUNK_FRAMES * frame
+    padded = torch.nn.functional.pad(wav, (0, -wav.shape[-1] % frame))[None]  # [1, 1, T]
+    show = progress and wav.shape[-1] / mimi.sample_rate >= PROGRESS_MIN_SECONDS
+    pieces = []
+    with torch.no_grad(), mimi.streaming(1), _bar(padded.shape[-1] // frame, "frame", show) as bar:
+        for start in range(0, padded.shape[-1], chunk):
+            codes = mimi.encode(padded[..., start : start + chunk])
+            pieces.append(codes)
+            bar.update(codes.shape[-1])
+    return torch.cat(pieces, dim=-1)
+
+
+def _decode(mimi, codes, progress: bool):  # noqa: ANN001, ANN202
+    import torch
+
+    show = progress and codes.shape[-1] / mimi.frame_rate >= PROGRESS_MIN_SECONDS
+    pieces = []
+    with torch.no_grad(), mimi.streaming(codes.shape[0]), _bar(codes.shape[-1], "frame", show) as bar:
+        for start in range(0, codes.shape[-1], CHUNK_FRAMES):
+            part = codes[..., start : start + CHUNK_FRAMES]
+            pieces.append(mimi.decode(part))
+            bar.update(part.shape[-1])
+    return torch.cat(pieces, dim=-1)
+
+
+def _read_wav(path: Path):  # noqa: ANN202
+    from duplex.codec import load_audio
+
+    try:
+        return load_audio(path)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def encode(
+    input_audio: Path = typer.Argument(
+        ..., help="Audio file (any format soundfile reads; resampled to 24 kHz mono)."
+    ),
+    output_codes: Path = typer.Argument(..., help="Where to write the codes (.safetensors)."),
+    checkpoint: str = CheckpointOption,
+    num_codebooks: int = typer.Option(8, "--num-codebooks", "-k", help="Codebooks to keep (1..32)."),
+    device: str = DeviceOption,
+    progress: bool = ProgressOption,
+) -> None:
+    """Encode an audio file to Mimi codes."""
+    from safetensors.torch import save_file
+
+    wav = _read_wav(input_audio)
+    mimi = _load_mimi(checkpoint, num_codebooks, device)
+    codes = _encode(mimi, wav.to(device), progress)
+    metadata = {
+        "sample_rate": str(mimi.sample_rate),
+        "frame_rate": str(mimi.frame_rate),
+        "num_samples": str(wav.shape[-1]),
+    }
+    output_codes.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"codes": codes.cpu().contiguous()}, str(output_codes), metadata=metadata)
+    typer.echo(f"{input_audio} -> {output_codes}: {codes.shape[1]} codebooks x {codes.shape[2]} frames")
+
+
+@app.command()
+def decode(
+    input_codes: Path = typer.Argument(..., help="Codes written by `duplex codec encode` (.safetensors)."),
+    output_audio: Path = typer.Argument(..., help="Where to write the 24 kHz wav."),
+    checkpoint: str = CheckpointOption,
+    device: str = DeviceOption,
+    progress: bool = ProgressOption,
+) -> None:
+    """Decode Mimi codes to a wav file."""
+    from duplex.codec import CheckpointError, save_audio
+    from duplex.codec.checkpoint import read_safetensors
+
+    try:
+        tensors, metadata = read_safetensors(input_codes)
+    except CheckpointError as e:
+        _fail(str(e))
+    if set(tensors) != {"codes"}:
+        _fail(f"{input_codes} should hold one tensor named 'codes', found {sorted(tensors)}")
+    codes = tensors["codes"]
+    if codes.dim() == 2:
+        codes = codes[None]
+    if codes.dim() != 3 or codes.shape[0] != 1:
+        _fail(f"codes must have shape [1, K, F] or [K, F], got {list(tensors['codes'].shape)}")
+    mimi = _load_mimi(checkpoint, 1, device)  # decode uses every codebook it is given
+    try:
+        audio = _decode(mimi, codes.to(device), progress)
+    except (TypeError, ValueError) as e:
+        _fail(str(e))
+    if "num_samples" in metadata:
+        audio = audio[..., : int(metadata["num_samples"])]
+    save_audio(output_audio, audio.cpu(), mimi.sample_rate)
+    typer.echo(f"{input_codes} -> {output_audio}: {audio.shape[-1] / mimi.sample_rate:.2f} s")
+
+
+@app.command()
+def roundtrip(
+    input_audio: Path = typer.Argument(..., help="Audio file (any format soundfile reads)."),
+    output_audio: Path = typer.Argument(..., help="Where to write the reconstructed 24 kHz wav."),
+    checkpoint: str = CheckpointOption,
+    num_codebooks: int = typer.Option(8, "--num-codebooks", "-k", help="Codebooks to use (1..32)."),
+    device: str = DeviceOption,
+    progress: bool = ProgressOption,
+) -> None:
+    """Encode then decode an audio file (hear what Mimi keeps)."""
+    from duplex.codec import save_audio
+
+    wav = _read_wav(input_audio)
+    mimi = _load_mimi(checkpoint, num_codebooks, device)
+    codes = _encode(mimi, wav.to(device), progress)
+    audio = _decode(mimi, codes, progress)[..., : wav.shape[-1]]
+    save_audio(output_audio, audio.cpu(), mimi.sample_rate)
+    typer.echo(f"{input_audio} -> {output_audio}: {codes.shape[1]} codebooks, {codes.shape[2]} frames")

@@ -1,0 +1,193 @@
+"""Checkpoints: official key names both ways, save_pretrained read by the reference and rustymimi,
+strict checks that list what is wrong, pickle refusal, directory / hub resolution."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+
+import numpy as np
+import pytest
+import rustymimi
+import torch
+from duplex.codec import CheckpointError, Mimi, MimiConfig
+from duplex.codec.checkpoint import MIMI_FILE_NAME, canonical_state_dict, read_safetensors, resolve_checkpoint
+from moshi.models.loaders import get_mimi
+from safetensors.torch import save_file
+
+
+def _randomize(mimi: Mimi, seed: int) -> Mimi:
+    g = torch.Generator().manual_seed(seed)
+    state = mimi.state_dict()
+    for key, value in state.items():
+        if key.endswith("embedding_sum"):
+            state[key] = torch.randn(value.shape, generator=g) * 0.5
+        elif key.endswith("cluster_usage"):
+            state[key] = torch.rand(value.shape, generator=g) + 0.5
+        elif key.endswith("_initialized"):
+            state[key] = torch.ones_like(value)
+    mimi.load_state_dict(state)
+    return mimi.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Mimi:
+    torch.manual_seed(0)
+    return _randomize(Mimi(MimiConfig.from_preset("tiny")), 0)
+
+
+def _wav(batch: int, frames: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(frames * 1920) / 24000
+    tone = torch.sin(2 * torch.pi * 180 * t * (1 + 0.2 * torch.sin(2 * torch.pi * t)))
+    return (0.3 * tone + 0.05 * torch.randn(batch, 1, frames * 1920, generator=g)).float()
+
+
+@torch.no_grad()
+def test_official_size_file_loads_in_reference_and_rustymimi_with_the_same_codes(tmp_path):
+    torch.manual_seed(3)
+    ours = _randomize(Mimi(MimiConfig()), 3)
+    ours.num_codebooks = 8
+    path = ours.save_pretrained(tmp_path / "mimi.safetensors")
+    tensors, _ = read_safetensors(path)
+    assert (
+        len(tensors) == 318
+        and "decoder_transformer.transformer.layers.7.self_attn.out_proj.weight" in tensors
+    )
+
+    reference = get_mimi(str(path), device="cpu", num_codebooks=8)  # strict load of our file
+    wav = _wav(1, 12)
+    codes = ours.encode(wav)
+    assert torch.equal(reference.encode(wav), codes)
+    assert len(torch.unique(codes[:, 0])) > 3
+
+    rusty = rustymimi.Tokenizer(str(path), num_codebooks=8)
+    rusty_codes = torch.from_numpy(np.asarray(rusty.encode(wav.numpy())).astype(np.int64))
+    assert rusty_codes.shape == codes.shape
+    assert (rusty_codes == codes).float().mean() >= 0.99  # an independent float implementation
+    assert (rusty_codes[:, 0] == codes[:, 0]).float().mean() >= 0.99
+
+    again = Mimi.from_pretrained(path)
+    assert torch.equal(again.encode(wav), codes)
+
+
+@torch.no_grad()
+def test_round_trip_file_and_directory_keep_custom_configs(tiny, tmp_path):
+    wav = _wav(2, 4)
+    file = tiny.save_pretrained(tmp_path / "tiny.safetensors")
+    directory = tiny.save_pretrained(tmp_path / "ckpt").parent
+    assert json.loads((directory / "config.json").read_text())["mimi_name"] == "mimi.safetensors"
+    for source in (file, str(file), directory, f"file://{file}"):
+        loaded = Mimi.from_pretrained(source, num_codebooks=8)
+        assert loaded.config == tiny.config
+        assert torch.equal(loaded.encode(wav), tiny.encode(wav))
+        for key, value in tiny.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_official_directory_layout(tiny, tmp_path):
+    save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(tmp_path / MIMI_FILE_NAME))
+    (tmp_path / "mimi.json").write_text(json.dumps(tiny.config.to_dict()))
+    (tmp_path / "config.json").write_text(json.dumps({"mimi_config_name": "mimi.json", "dim": 4096}))
+    resolved = resolve_checkpoint(tmp_path)
+    assert resolved.weights == tmp_path / MIMI_FILE_NAME and resolved.config == tiny.config.to_dict()
+    assert Mimi.from_pretrained(tmp_path).config == tiny.config
+    (tmp_path / "config.json").write_text(json.dumps({"mimi_name": "other.safetensors"}))
+    with pytest.raises(CheckpointError, match=f"other.safetensors not found.*{MIMI_FILE_NAME}"):
+        resolve_checkpoint(tmp_path)
+
+
+@torch.no_grad()
+def test_reference_in_memory_and_legacy_names_load(tiny):
+    state = tiny.state_dict()
+    renamed = {}
+    for key, value in state.items():
+        key = key.replace("self_attn.in_proj_weight", "self_attn.in_projs.0.weight")
+        key = key.replace("self_attn.out_proj.weight", "self_attn.out_projs.0.weight")
+        key = key.replace("cluster_usage", "cluster_size").replace("embedding_sum", "embed_avg")
+        renamed[key.replace("_initialized", "inited")] = value
+    fresh = Mimi(tiny.config).eval()
+    fresh.load_state_dict(renamed)
+    wav = _wav(1, 3)
+    assert torch.equal(fresh.encode(wav), tiny.encode(wav))
+    # centroids are recomputed from the loaded statistics
+    codebook = fresh.quantizer.rvq_rest.vq.layers[2]._codebook
+    torch.testing.assert_close(codebook.centroids, codebook.embedding_sum / codebook.cluster_usage[:, None])
+
+
+def test_weight_norm_pairs_are_folded():
+    conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(4, 8, 3))
+    with torch.no_grad():
+        conv.parametrizations.weight.original0.mul_(torch.rand(8, 1, 1) + 0.5)
+    new_style = {f"a.conv.{k}": v for k, v in conv.state_dict().items() if "original" in k}
+    folded = canonical_state_dict(new_style)["a.conv.weight"]
+    torch.testing.assert_close(folded, conv.weight.detach())
+    g, v = (
+        new_style["a.conv.parametrizations.weight.original0"],
+        new_style["a.conv.parametrizations.weight.original1"],
+    )
+    old_style = canonical_state_dict({"a.conv.weight_g": g, "a.conv.weight_v": v})
+    torch.testing.assert_close(old_style["a.conv.weight"], conv.weight.detach())
+    with pytest.raises(CheckpointError, match="incomplete weight-norm pair for a.conv"):
+        canonical_state_dict({"a.conv.weight_g": g})
+
+
+def test_mismatched_checkpoint_lists_every_problem(tiny):
+    state = dict(tiny.state_dict())
+    del state["encoder.model.0.conv.conv.weight"]
+    del state["quantizer.rvq_first.vq.layers.0._codebook._initialized"]
+    state["encoder.model.99.conv.conv.weight"] = torch.zeros(1)
+    state["decoder.model.0.conv.conv.bias"] = torch.zeros(5)
+    with pytest.raises(CheckpointError) as info:
+        Mimi(tiny.config).load_state_dict(state)
+    message = str(info.value)
+    assert "missing keys (2)" in message and "encoder.model.0.conv.conv.weight" in message
+    assert "quantizer.rvq_first.vq.layers.0._codebook._initialized" in message
+    assert "unexpected keys (1)" in message and "encoder.model.99.conv.conv.weight" in message
+    assert "decoder.model.0.conv.conv.bias: expected [32], got [5]" in message
+
+
+def test_official_file_does_not_fit_a_tiny_config(tiny, tmp_path):
+    path = tiny.save_pretrained(tmp_path / "tiny.safetensors")
+    with pytest.raises(CheckpointError, match="wrong shapes"):
+        Mimi.from_pretrained(
+            path, config=MimiConfig.from_preset("tiny", seanet={"dimension": 16, "n_filters": 4})
+        )
+
+
+@pytest.mark.parametrize("kind", ["torch", "pickle"])
+def test_pickles_are_refused(tiny, tmp_path, kind):
+    path = tmp_path / "mimi.safetensors"
+    if kind == "torch":
+        torch.save({"model": tiny.state_dict()}, path)
+    else:
+        path.write_bytes(pickle.dumps({"model": 1}))
+    with pytest.raises(
+        CheckpointError, match="pickle.*refuses pickles because loading one can run arbitrary code"
+    ):
+        Mimi.from_pretrained(path)
+
+
+def test_garbage_and_missing_files(tmp_path):
+    (tmp_path / "x.safetensors").write_bytes(b"hello world, not a tensor file")
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        Mimi.from_pretrained(tmp_path / "x.safetensors")
+    with pytest.raises(CheckpointError, match="not found"):
+        Mimi.from_pretrained(tmp_path / "missing.safetensors")
+
+
+def test_hub_sources_without_huggingface_hub_say_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    with pytest.raises(CheckpointError, match=r"pip install 'duplex-codec\[hub\]'"):
+        resolve_checkpoint("hf://kyutai/moshiko-pytorch-bf16/" + MIMI_FILE_NAME)
+
+
+def test_hub_sources_offline_give_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError, match="could not get .* offline, download the file"):
+        resolve_checkpoint("kyutai/moshiko-pytorch-bf16")
