@@ -1,0 +1,93 @@
+"""The LM LightningModule: multistream loss, metrics, full or LoRA fine-tuning."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from duplex.lm.model import LMModel
+from duplex.lm.training.config import LMTrainingConfig
+from duplex.lm.training.loss import multistream_loss
+from duplex.lm.training.metrics import LMMetrics
+
+
+class LMTrainingModule(L.LightningModule):
+    def __init__(self, model: LMModel, config: LMTrainingConfig, lora: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.lora = lora
+        self.save_hyperparameters({"config": config.model_dump(mode="json"), "lora": lora})
+        self.train_metrics = LMMetrics()
+        self.val_metrics = LMMetrics()
+
+    def _loss(self, codes: torch.Tensor):  # noqa: ANN202
+        c = self.config
+        output = self.model(codes)
+        loss = multistream_loss(
+            output.logits,
+            output.mask,
+            output.text_logits,
+            output.text_mask,
+            codes,
+            semantic_weight=c.semantic_weight,
+            text_padding_weight=c.text_padding_weight,
+            text_padding_id=self.model.config.existing_text_padding_id,
+            text_weight=c.text_weight,
+        )
+        return output, loss
+
+    def training_step(self, codes: torch.Tensor, batch_index: int) -> torch.Tensor:
+        output, loss = self._loss(codes)
+        with torch.no_grad():
+            self.train_metrics.update(output, codes)
+            metrics = self.train_metrics.compute()
+            self.train_metrics.reset()
+        logs = {
+            "train/loss": loss.total.detach(),
+            "train/text_loss": loss.text.detach(),
+            "train/audio_loss": loss.audio.detach(),
+            **{f"train/{name}": value for name, value in metrics.items()},
+        }
+        batch = codes.shape[0]
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch)
+        self.log("loss", loss.total.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=batch)
+        return loss.total
+
+    @torch.no_grad()
+    def validation_step(self, codes: torch.Tensor, batch_index: int) -> None:
+        output, loss = self._loss(codes)
+        self.val_metrics.update(output, codes)
+        self.log("val/loss", loss.total, on_epoch=True, batch_size=codes.shape[0], sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.val_metrics.compute()
+        self.log_dict({f"val/{name}": value for name, value in metrics.items()}, prog_bar=False)
+        self.val_metrics.reset()
+
+    def configure_optimizers(self):  # noqa: ANN201
+        c = self.config
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        if not parameters:
+            raise ValueError("the model has no trainable parameters")
+        learning_rate = c.lora_learning_rate if self.lora else c.learning_rate
+        optimizer = torch.optim.AdamW(
+            parameters, lr=learning_rate, betas=c.betas, weight_decay=c.weight_decay
+        )
+        total = max(self.trainer.max_steps, 1) if self.trainer is not None else 1
+
+        def schedule(step: int) -> float:
+            if step < c.warmup_steps:
+                return (step + 1) / (c.warmup_steps + 1)
+            progress = min(1.0, (step - c.warmup_steps) / max(1, total - c.warmup_steps))
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):  # noqa: ANN001, ANN201
+        if self.config.gradient_clip:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.config.gradient_clip, gradient_clip_algorithm="norm"
+            )
