@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
+import torch
+from duplex.codec.audio import resample
 from duplex.lm.data.format import MAIN_SPEAKER
 
 USER_SPEAKER = "SPEAKER_USER"
@@ -52,18 +54,6 @@ def _require_espeak() -> str:
     return exe
 
 
-def resample(wav: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
-    """Band-limited resampling of a short mono signal through its spectrum."""
-    if source_rate == target_rate:
-        return wav
-    target_length = round(len(wav) * target_rate / source_rate)
-    spectrum = np.fft.rfft(wav)
-    kept = np.zeros(target_length // 2 + 1, dtype=spectrum.dtype)
-    n = min(len(kept), len(spectrum))
-    kept[:n] = spectrum[:n]
-    return np.fft.irfft(kept, n=target_length) * (target_length / len(wav))
-
-
 def _trim_silence(wav: np.ndarray, threshold: float = 1e-3) -> np.ndarray:
     loud = np.flatnonzero(np.abs(wav) > threshold)
     if len(loud) == 0:
@@ -89,7 +79,8 @@ class WordSpeaker:
                     capture_output=True,
                 )
                 wav, rate = soundfile.read(tmp.name, dtype="float32")
-            wav = _trim_silence(resample(wav, rate, self.config.sample_rate)).astype(np.float32)
+            wav = resample(torch.from_numpy(wav), rate, self.config.sample_rate).numpy()
+            wav = _trim_silence(wav).astype(np.float32)
             self._cache[key] = wav
         return self._cache[key]
 

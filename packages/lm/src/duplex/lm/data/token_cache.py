@@ -14,8 +14,8 @@ from typing import Protocol
 import numpy as np
 import soundfile
 import torch
+from duplex.codec.audio import resample
 from duplex.lm.data.format import DatasetError
-from duplex.lm.data.synth import resample
 from safetensors.torch import load_file, save_file
 
 
@@ -73,8 +73,7 @@ class TokenCache:
         wav, rate = soundfile.read(str(audio_path), dtype="float32", always_2d=True)
         if wav.shape[1] != 2:
             raise DatasetError(f"{audio_path}: expected stereo audio, got {wav.shape[1]} channel(s)")
-        channels = [resample(wav[:, c], rate, self.sample_rate) for c in range(2)]
-        stereo = torch.from_numpy(np.stack(channels).astype(np.float32))[:, None]  # [2, 1, T]
+        stereo = resample(torch.from_numpy(np.ascontiguousarray(wav.T)), rate, self.sample_rate)[:, None]
         parameter = next(iter(self.codec.parameters()), None)  # type: ignore[attr-defined]
         if parameter is not None:
             stereo = stereo.to(parameter.device)
