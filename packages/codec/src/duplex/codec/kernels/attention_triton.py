@@ -271,7 +271,7 @@ def _launch(
     if k_len == 0:
         return out.zero_()
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
-    block_m = 64 if q_len >= 64 else 16
+    block_m = 16 if q_len < 64 else (64 if head_dim <= 128 else 32)
     block_n = 64 if head_dim <= 128 else 32
     q_tiles = triton.cdiv(q_len, block_m)
     key_tiles = triton.cdiv(k_len, block_n)
@@ -322,6 +322,7 @@ def _launch(
         PRECISION=dot_precision(q.dtype),
         UPCAST=upcast_dot(q.dtype),
         num_warps=4 if head_dim <= 64 else 8,
+        num_stages=2,
     )
     if splits > 1:
         _combine_kernel[(rows,)](

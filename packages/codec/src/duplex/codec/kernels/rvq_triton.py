@@ -391,7 +391,8 @@ def rvq_encode(x: Tensor, centroids: Tensor, num_splits: int | None = None) -> T
     if n == 0 or levels == 0:
         return codes
     norms = centroids.float().pow(2).sum(dim=-1).contiguous()
-    block_n, block_k, block_d = (32 if n > 16 else 16), (64 if dim <= 256 else 32), block_size(dim)
+    # Tiles sized so that two pipeline stages of float32 centroids stay well inside shared memory.
+    block_n, block_k, block_d = (32 if n > 16 else 16), (64 if dim <= 128 else 32), block_size(dim)
     row_tiles, centroid_tiles = triton.cdiv(n, block_n), triton.cdiv(k, block_k)
     splits = default_splits(row_tiles, centroid_tiles, x.device) if num_splits is None else num_splits
     splits = max(1, min(splits, centroid_tiles))
@@ -399,7 +400,7 @@ def rvq_encode(x: Tensor, centroids: Tensor, num_splits: int | None = None) -> T
     strides = (*x.stride(), *centroids.stride(), *codes.stride())
     if splits == 1:
         _rvq_encode_kernel[(row_tiles,)](
-            x, centroids, norms, codes, n, k, dim, levels, *strides, **common, num_warps=8
+            x, centroids, norms, codes, n, k, dim, levels, *strides, **common, num_warps=8, num_stages=2
         )
         return codes
     keys_per_split = triton.cdiv(centroid_tiles, splits) * block_k
@@ -427,6 +428,7 @@ def rvq_encode(x: Tensor, centroids: Tensor, num_splits: int | None = None) -> T
             **common,
             BLOCK_SPLITS=block_size(splits, minimum=2),
             num_warps=4,
+            num_stages=2,
         )
     return codes
 
