@@ -115,6 +115,17 @@ def test_depformer_refuses_more_steps_than_weight_sets():
 
 
 @torch.no_grad()
+def test_bfloat16_close_to_the_reference():
+    ref, ours = make_pair(seed=8, **LM_MAIN_SMALL)
+    ref, ours = ref.to(torch.bfloat16), ours.to(torch.bfloat16)
+    x = torch.randn(2, 12, 128, dtype=torch.bfloat16)
+    ours_stream = stream(ours, x, 1)
+    assert ours_stream.dtype == torch.bfloat16
+    assert rel_l2(ours_stream.float(), stream(ref, x, 1).float()) <= 1e-2
+    assert rel_l2(ours(x).float(), ref(x).float()) <= 1e-2
+
+
+@torch.no_grad()
 def test_kv_repeat():
     config = dict(LM_MAIN_SMALL, num_heads=4, kv_repeat=2)
     ref, ours = make_pair(seed=3, **config)
@@ -186,6 +197,17 @@ def test_exec_mask_freezes_the_masked_items(positional: str):
         ours.set_exec_mask(torch.tensor([True, True]))
         second = ours(x[:, 8:])
     expected = stream(ours, x[:1], 8)
+    assert rel_l2(torch.cat([first[:1], second[:1]], dim=1), expected) <= TOL
+
+    # a mask tensor edited in place between calls is honoured too
+    mask = torch.tensor([True, True])
+    with ours.streaming(2):
+        ours.set_exec_mask(mask)
+        first = ours(x[:, :8])
+        mask[0] = False
+        ours(skipped)
+        mask[0] = True
+        second = ours(x[:, 8:])
     assert rel_l2(torch.cat([first[:1], second[:1]], dim=1), expected) <= TOL
 
 
