@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
+os.environ["TRITON_INTERPRET"] = "1"  # Triton kernels on CPU: must precede the first import of triton
 
 import pytest
 import torch
-from duplex.codec.kernels import apply_rope, attention, rope_attention, use_backend
+from duplex.codec.kernels import apply_rope, attention, enable_triton_interpreter, rope_attention, use_backend
 from moshi.modules.rope import RotaryEmbedding as ReferenceRope
 from moshi.modules.rope import apply_rope as reference_apply_rope
 from moshi.modules.transformer import StreamingMultiheadAttention
 from moshi.utils.compile import no_compile  # the eager reference: torch.compile's fusions round differently
+
+enable_triton_interpreter()  # fails clearly if triton was loaded before without the interpreter
 
 TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
+os.environ["TRITON_INTERPRET"] = "1"  # Triton kernels on CPU: must precede the first import of triton
 
 import subprocess
 import sys
@@ -19,10 +19,13 @@ from duplex.codec.kernels import (
     attention,
     choose_backend,
     dispatch,
+    enable_triton_interpreter,
     rvq_encode,
     use_backend,
 )
 from duplex.codec.registry import KERNELS
+
+enable_triton_interpreter()  # fails clearly if triton was loaded before without the interpreter
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +39,7 @@ def test_every_op_has_a_torch_and_a_triton_implementation_registered() -> None:
         assert f"{op}/triton" in KERNELS
 
 
-def test_cpu_import_and_calls_never_import_triton() -> None:
+def test_cpu_import_and_calls_never_import_triton_and_a_late_interpreter_is_refused() -> None:
     script = (
         "import sys, torch\n"
         "import duplex.codec, duplex.codec.kernels as kernels\n"
@@ -47,6 +50,14 @@ def test_cpu_import_and_calls_never_import_triton() -> None:
         "kernels.rope_attention(q, q, q, p, p, None)\n"
         "assert kernels.active_backend('attention') == 'torch'\n"
         "assert 'triton' not in sys.modules, 'calls'\n"
+        # Triton loaded without its interpreter (torch._dynamo imports it) cannot be switched later.
+        "import torch._dynamo\n"
+        "try:\n"
+        "    kernels.enable_triton_interpreter()\n"
+        "except kernels.KernelBackendError as error:\n"
+        "    assert 'imported before TRITON_INTERPRET=1' in str(error)\n"
+        "else:\n"
+        "    raise AssertionError('no error')\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in (BACKEND_ENV, "TRITON_INTERPRET")}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
@@ -94,6 +105,7 @@ def test_a_plugin_backend_is_picked_by_name(monkeypatch: pytest.MonkeyPatch) -> 
 def test_auto_falls_back_to_torch_when_a_kernel_cannot_take_the_input(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+
     x, centroids = torch.randn(5, 4, dtype=torch.float64), torch.randn(2, 6, 4, dtype=torch.float64)
     with use_backend("torch"):
         expected = rvq_encode(x, centroids)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
+os.environ["TRITON_INTERPRET"] = "1"  # Triton kernels on CPU: must precede the first import of triton
 
 import pytest
 import torch
-from duplex.codec.kernels import rvq_decode, rvq_encode, rvq_torch, use_backend
+from duplex.codec.kernels import enable_triton_interpreter, rvq_decode, rvq_encode, rvq_torch, use_backend
 from moshi.quantization.core_vq import ResidualVectorQuantization
+
+enable_triton_interpreter()  # fails clearly if triton was loaded before without the interpreter
 
 
 def random_centroids(levels: int, k: int, dim: int, seed: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ from duplex.codec.kernels.dispatch import (
     LazyKernel,
     active_backend,
     choose_backend,
+    enable_triton_interpreter,
     use_backend,
 )
 from duplex.codec.kernels.rope import apply_rope
@@ -49,6 +50,7 @@ __all__ = [
     "apply_rope",
     "attention",
     "choose_backend",
+    "enable_triton_interpreter",
     "rope_attention",
     "rvq_decode",
     "rvq_encode",

@@ -25,6 +25,7 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -103,6 +104,22 @@ def triton_installed() -> bool:
 
 def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
+
+
+def enable_triton_interpreter() -> None:
+    """Run the Triton kernels on CPU through Triton's interpreter (``TRITON_INTERPRET=1``), for tests.
+
+    Triton decides at import time whether its own library functions are interpreted, so this must
+    run before anything imports triton (``import torch._dynamo`` does, and lightning with it);
+    if triton is already loaded without the interpreter, this raises instead of failing later.
+    """
+    os.environ["TRITON_INTERPRET"] = "1"
+    triton = sys.modules.get("triton")
+    if triton is not None and type(triton.language.sum).__name__ != "InterpretedFunction":
+        raise KernelBackendError(
+            "triton was imported before TRITON_INTERPRET=1 was set, so its kernels cannot run on CPU "
+            "in this process; set TRITON_INTERPRET=1 in the environment (or in a conftest.py)"
+        )
 
 
 def _triton_can_run_on(device: torch.device) -> bool:
