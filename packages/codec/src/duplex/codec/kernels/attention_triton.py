@@ -26,6 +26,7 @@ from torch import Tensor
 
 MAX_HEAD_DIM = 256
 MAX_SPLITS = 64
+_FREQUENCIES: dict[tuple[int, float, torch.device], Tensor] = {}
 LOG2_E = 1.4426950408889634
 
 
@@ -365,5 +366,8 @@ def rope_attention(
     max_period: float = 10_000,
     num_splits: int | None = None,
 ) -> Tensor:
-    frequencies = rope_frequencies(q.shape[-1], max_period, q.device)
+    key = (q.shape[-1], float(max_period), q.device)
+    if key not in _FREQUENCIES:  # a streaming step should not launch three tiny kernels for this
+        _FREQUENCIES[key] = rope_frequencies(*key)
+    frequencies = _FREQUENCIES[key]
     return _launch(q, k, v, q_pos, k_pos, context, scale, frequencies, num_splits)
