@@ -133,10 +133,18 @@ def test_exact_ties_go_to_the_lowest_index_on_both_paths() -> None:
     assert torch.equal(rvq_triton.rvq_encode(x, centroids, num_splits=3), expected)
 
 
-@pytest.mark.parametrize(("n", "dim", "levels", "k"), [(1, 16, 1, 16), (37, 24, 3, 70), (50, 256, 8, 300)])
-def test_triton_decode_is_bit_identical(n: int, dim: int, levels: int, k: int) -> None:
+@pytest.mark.parametrize(
+    ("n", "dim", "levels", "k", "dtype"),
+    [
+        (1, 16, 1, 16, torch.float32),
+        (37, 24, 3, 70, torch.float32),
+        (50, 256, 8, 300, torch.float32),
+        (37, 24, 3, 70, torch.float16),  # the sum is rounded to the table's dtype level by level
+    ],
+)
+def test_triton_decode_is_bit_identical(n: int, dim: int, levels: int, k: int, dtype: torch.dtype) -> None:
     generator = torch.Generator().manual_seed(7)
-    centroids = random_centroids(levels, k, dim, seed=8)
+    centroids = random_centroids(levels, k, dim, seed=8).to(dtype)
     codes = torch.randint(0, k, (n, levels), generator=generator)
     with use_backend("torch"):
         expected = rvq_decode(codes, centroids)
