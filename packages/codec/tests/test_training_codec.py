@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 
 import numpy as np
@@ -21,6 +20,7 @@ from duplex.codec.training.metrics import SISDR, CodebookUsage, MelDistance
 from duplex.codec.training.module import CodecTrainingModule
 from duplex.codec.training.run import train_codec
 from duplex.codec.training.teachers import MelProjectionTeacher
+from duplex.codec.training.trainer import read_metrics
 from duplex.codec.training.weight_norm import add_weight_norm, fold_weight_norm, has_weight_norm
 
 torch.set_num_threads(1)
@@ -144,15 +144,13 @@ def speech_dir(tmp_path_factory):
 def test_short_run_learns_logs_and_exports(speech_dir, tmp_path):
     config = _tiny_config(adversarial=True)
     train_codec(speech_dir, tmp_path, config, max_steps=8, checkpoint_every=4, progress_bar=False)
-    with open(tmp_path / "logs" / "metrics.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    train = [r for r in rows if r["train/loss"]]
-    val = [r for r in rows if r["val/si_sdr"]]
+    rows = read_metrics(tmp_path)
+    train = [r for r in rows if "train/loss" in r]
+    val = [r for r in rows if "val/si_sdr" in r]
     assert len(train) == 8 and len(val) == 2
-    first, last = float(train[0]["train/waveform_l1"]), float(train[-1]["train/waveform_l1"])
-    assert last < first
+    assert train[-1]["train/waveform_l1"] < train[0]["train/waveform_l1"]
     for key in ("val/mel_distance", "val/codebook_usage", "val/codebook_perplexity", "train/discriminator"):
-        assert all(math.isfinite(float(r[key])) for r in (val if key.startswith("val") else train))
+        assert all(math.isfinite(r[key]) for r in (val if key.startswith("val") else train))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "last.ckpt",
         "step-step=16.ckpt",

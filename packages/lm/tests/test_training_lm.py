@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import math
 
 import pytest
 import torch
 from duplex.codec import Mimi, MimiConfig
+from duplex.codec.training.trainer import read_metrics
 from duplex.lm.checkpoint import load_checkpoint
 from duplex.lm.config import LMConfig
 from duplex.lm.data.synth import synthesize_dataset
@@ -37,8 +37,7 @@ def _config(**overrides) -> LMTrainingConfig:
 
 
 def _rows(output):
-    with open(output / "logs" / "metrics.csv") as handle:
-        return list(csv.DictReader(handle))
+    return read_metrics(output)
 
 
 def _run(setup, output, init, steps, **kwargs):
@@ -60,11 +59,11 @@ def _run(setup, output, init, steps, **kwargs):
 def test_full_training_learns_and_exports(setup, tmp_path):
     module = _run(setup, tmp_path, "preset:tiny", 10)
     rows = _rows(tmp_path)
-    train = [r for r in rows if r["train/loss"]]
-    val = [r for r in rows if r["val/loss"]]
+    train = [r for r in rows if "train/loss" in r]
+    val = [r for r in rows if "val/loss" in r]
     assert len(train) == 10 and len(val) == 2
-    assert float(train[-1]["train/loss"]) < float(train[0]["train/loss"])
-    assert float(val[-1]["val/loss"]) < float(val[0]["val/loss"])
+    assert train[-1]["train/loss"] < train[0]["train/loss"]
+    assert val[-1]["val/loss"] < val[0]["val/loss"]
     for key in (
         "text_accuracy",
         "audio_accuracy",
@@ -72,7 +71,7 @@ def test_full_training_learns_and_exports(setup, tmp_path):
         "audio_perplexity",
         "semantic_accuracy",
     ):
-        assert math.isfinite(float(val[-1][f"val/{key}"]))
+        assert math.isfinite(val[-1][f"val/{key}"])
     # The exported checkpoint is a regular one: LMModel.from_pretrained and load_checkpoint read it.
     exported = LMModel.from_pretrained(tmp_path / "checkpoint")
     trained = module.model.eval()
@@ -113,8 +112,8 @@ def test_lora_fine_tuning(setup, tmp_path):
 
 def test_bf16_mixed_precision(setup, tmp_path):
     _run(setup, tmp_path, "preset:tiny", 2, precision="bf16-mixed")
-    train = [r for r in _rows(tmp_path) if r["train/loss"]]
-    assert len(train) == 2 and all(math.isfinite(float(r["train/loss"])) for r in train)
+    train = [r for r in _rows(tmp_path) if "train/loss" in r]
+    assert len(train) == 2 and all(math.isfinite(r["train/loss"]) for r in train)
 
 
 def test_incompatible_init_is_rejected(setup, tmp_path):

@@ -122,6 +122,7 @@ class CodecTrainingModule(L.LightningModule):
         self.manual_backward(loss)
         self._clip(g_optimizer)
         g_optimizer.step()
+        logs["train/step"] = torch.tensor(float(step))  # Lightning's own step column shifts on resume
         logs["train/loss"] = loss.detach()
         logs["train/si_sdr"] = si_sdr(estimate.detach(), wav).mean()
         logs["train/codebooks"] = torch.tensor(float(quantized.codes.shape[1]))

@@ -84,6 +84,20 @@ def last_checkpoint(output: str | Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def read_metrics(output: str | Path) -> list[dict[str, float]]:
+    """Every logged row of a run, across resumed sessions, in order (empty cells left out)."""
+    import csv
+
+    rows = []
+    sessions = sorted((Path(output) / "logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    for session in sessions:
+        path = session / "metrics.csv"
+        if path.is_file():
+            with open(path) as handle:
+                rows += [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
+    return rows
+
+
 def check_strategy(strategy: str) -> str:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
@@ -128,7 +142,8 @@ def build_trainer(
         devices=devices,
         accelerator=accelerator,
         precision=precision,
-        logger=CSVLogger(output, name="logs", version=""),
+        # One version folder per (resumed) session, flushed often so that a crash loses little.
+        logger=CSVLogger(output, name="logs", flush_logs_every_n_steps=10),
         log_every_n_steps=log_every,
         callbacks=[*extra, *callbacks],
         enable_progress_bar=progress_bar,

@@ -45,6 +45,7 @@ class LMTrainingModule(L.LightningModule):
             metrics = self.train_metrics.compute()
             self.train_metrics.reset()
         logs = {
+            "train/step": float(self.global_step),  # Lightning's own step column shifts on resume
             "train/loss": loss.total.detach(),
             "train/text_loss": loss.text.detach(),
             "train/audio_loss": loss.audio.detach(),
