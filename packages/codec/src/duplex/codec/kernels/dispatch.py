@@ -22,6 +22,7 @@ lazily, the first time a Triton kernel actually runs, so importing the codec nev
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import os
@@ -97,9 +98,14 @@ def use_backend(backend: str) -> Iterator[None]:
         _override = previous
 
 
+@functools.cache
+def _triton_found() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def triton_installed() -> bool:
-    """Whether ``triton`` can be found, checked without importing it."""
-    return not _triton_broken and importlib.util.find_spec("triton") is not None
+    """Whether ``triton`` can be found (and has not failed to import), checked without importing it."""
+    return not _triton_broken and _triton_found()
 
 
 def triton_interpreting() -> bool:
