@@ -53,6 +53,33 @@ def demo_lm_config() -> dict:
     return config.to_dict()
 
 
+@torch.no_grad()
+def _spread_codebooks(mimi) -> None:
+    """Give the random Mimi codebooks that tell sounds apart.
+
+    Fresh codebooks are all zeros, so every frame would get code 0 and every code would decode to
+    the same sound. Each codebook instead takes its centroids from the (residual) latents of a
+    few seconds of synthetic audio, as a k-means initialisation would.
+    """
+    seconds = 8
+    t = torch.arange(seconds * mimi.sample_rate) / mimi.sample_rate
+    pitch = 120 + 80 * torch.sin(2 * torch.pi * 0.3 * t)
+    tone = 0.3 * torch.sin(2 * torch.pi * torch.cumsum(pitch, 0) / mimi.sample_rate)
+    envelope = 0.5 + 0.5 * torch.sin(2 * torch.pi * 2.5 * t).clamp(min=0)
+    audio = (tone * envelope + 0.05 * torch.randn_like(t))[None, None]
+    latent = mimi.encode_latent(audio)
+    for rvq in (mimi.quantizer.rvq_first, mimi.quantizer.rvq_rest):
+        residual = rvq.input_proj(latent).transpose(1, 2).reshape(-1, rvq.input_proj.out_channels)
+        for codebook in rvq.codebooks():
+            chosen = torch.randperm(residual.shape[0])[: codebook.size]
+            codebook.embedding_sum.copy_(residual[chosen])
+            codebook.cluster_usage.fill_(1.0)
+            codebook._initialized.fill_(1.0)
+            codebook.refresh_centroids()
+            nearest = torch.cdist(residual, codebook.centroids).argmin(dim=1)
+            residual = residual - codebook.centroids[nearest]
+
+
 def _train_tokenizer() -> bytes:
     import sentencepiece
 
@@ -89,6 +116,7 @@ def build_demo_checkpoint(directory: str | Path, seed: int = DEMO_SEED) -> Path:
         torch.manual_seed(seed)
         mimi_config = MimiConfig.from_preset("tiny")
         mimi = Mimi(mimi_config)
+        _spread_codebooks(mimi)
         lm_fields = demo_lm_config()
         lm = LMModel(LMConfig.model_validate(lm_fields))
     finally:

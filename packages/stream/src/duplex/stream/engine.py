@@ -41,6 +41,7 @@ class Reply:
     text: str | None
     frame_index: int
     user_frame_arrived_at: float
+    tokens: np.ndarray | None = None  # the generated frame (text token, then audio codes), if known
 
 
 class DuplexEngine:
@@ -118,8 +119,16 @@ class DuplexEngine:
                     continue
                 occupant.frames_stepped += 1
                 if out.has_reply[row]:
+                    tokens = None if out.tokens is None else out.tokens[row].copy()
                     replies.append(
-                        Reply(occupant, out.pcm[row].copy(), out.text[row], frame.index, frame.arrived_at)
+                        Reply(
+                            occupant,
+                            out.pcm[row].copy(),
+                            out.text[row],
+                            frame.index,
+                            frame.arrived_at,
+                            tokens,
+                        )
                     )
             return replies
 
