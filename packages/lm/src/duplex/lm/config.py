@@ -32,6 +32,20 @@ MIMI_NAME = "tokenizer-e351c8d8-checkpoint125.safetensors"
 TEXT_TOKENIZER_NAME = "tokenizer_spm_32k_3.model"
 
 
+LOADER_KEYS = (
+    "moshi_name",
+    "mimi_name",
+    "mimi_config_name",
+    "tokenizer_name",
+    "lora_name",
+    "model_type",
+    "lm_gen_config",
+    "tts_config",
+    "stt_config",
+    "model_id",
+)
+
+
 class GenerationConfig(BaseModel):
     """``lm_gen_config``: defaults for :class:`duplex.lm.generate.LMGen` stored with a checkpoint."""
 
@@ -298,6 +312,14 @@ class LMConfig(PresetConfig):
     def to_dict(self) -> dict[str, Any]:
         """The ``config.json`` form: the keys that were given (unset ``depformer_X`` keys inherit)."""
         return self.model_dump(mode="json", exclude_unset=True)
+
+    def lm_kwargs(self) -> dict[str, Any]:
+        """The model part of ``config.json`` (loader keys and duplex-only keys removed): the keyword
+        arguments the official loader passes to its LM class."""
+        data = self.to_dict()
+        for key in (*LOADER_KEYS, "backbone", "depformer_causal", "lora", "lora_rank", "lora_scaling"):
+            data.pop(key, None)
+        return data
 
     def save_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
