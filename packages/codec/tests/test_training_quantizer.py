@@ -93,3 +93,46 @@ def test_kmeans_finds_separated_clusters():
     order = torch.cdist(centers, means).argmin(dim=1)
     torch.testing.assert_close(means[order], centers, atol=0.1, rtol=0)
     assert counts.tolist() == [50.0, 50.0, 50.0]
+
+
+DDP_SCRIPT = """
+import sys
+import torch
+import torch.distributed as dist
+from duplex.codec.config import QuantizerConfig
+from duplex.codec.quantizer import SplitResidualVectorQuantizer
+from duplex.codec.training.quantizer import SplitQuantizerTrainer
+
+rank, path = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method=f"file://{path}/rendezvous", rank=rank, world_size=2)
+torch.manual_seed(0)  # same initial weights on both ranks
+config = QuantizerConfig(dimension=8, n_q=3, bins=16, input_dimension=12, output_dimension=12)
+quantizer = SplitResidualVectorQuantizer(config)
+trainer = SplitQuantizerTrainer(quantizer, quantizer_dropout=False)
+data = torch.Generator().manual_seed(100 + rank)  # different data on each rank
+for step in range(6):
+    trainer(torch.randn(2, 12, 10, generator=data), generator=torch.Generator().manual_seed(step), step=step)
+torch.save({k: v for k, v in quantizer.state_dict().items()}, f"{path}/rank{rank}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_codebooks_stay_identical_across_data_parallel_ranks(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_quantizer.py"
+    script.write_text(DDP_SCRIPT)
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(r), str(tmp_path)], stderr=subprocess.PIPE, text=True
+        )
+        for r in (0, 1)
+    ]
+    for process in ranks:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+    states = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    for key, value in states[0].items():
+        assert torch.equal(value, states[1][key]), key
+    assert all(states[0][k].item() == 1 for k in states[0] if k.endswith("_initialized"))
