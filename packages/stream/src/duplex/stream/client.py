@@ -51,6 +51,7 @@ async def talk(
     realtime: bool = True,
     idle_timeout_s: float = 3.0,
     handshake_timeout_s: float = 10.0,
+    final_grace_s: float = 0.3,
     on_text=None,
 ) -> Conversation:
     """Send ``pcm`` (mono float32, 24 kHz) and collect the reply until it is complete.
@@ -97,9 +98,13 @@ async def talk(
 
             sender = asyncio.create_task(send())
             try:
-                while received < expected:
-                    timeout = idle_timeout_s if sending_done.is_set() else max(idle_timeout_s, 30.0)
-                    remaining = timeout - (time.monotonic() - last_message)
+                while True:
+                    if received >= expected:
+                        # The reply is complete; the text of its last frame follows its audio.
+                        remaining = final_grace_s - (time.monotonic() - last_message)
+                    else:
+                        timeout = idle_timeout_s if sending_done.is_set() else max(idle_timeout_s, 30.0)
+                        remaining = timeout - (time.monotonic() - last_message)
                     if remaining <= 0:
                         break
                     try:
