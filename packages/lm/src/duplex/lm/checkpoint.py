@@ -238,8 +238,11 @@ def load_lm_state_dict(
     state = canonical_state_dict(state)
     expected = {key: value.shape for key, value in model.state_dict().items()}
     check_state_dict(expected, state, f"the LM configuration ({_describe(model.config)})")
-    if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    # A copy, cast to ``dtype`` where given: tensors read from a file may map the file's memory.
+    state = {
+        k: v.to(dtype=dtype if dtype and v.is_floating_point() else v.dtype, copy=True)
+        for k, v in state.items()
+    }
     model.load_state_dict(state, strict=True, assign=True)
 
 
