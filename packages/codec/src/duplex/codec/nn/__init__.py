@@ -1,6 +1,6 @@
 """Shared streaming building blocks of duplex: convolutions, attention, transformer (docs/nn-api.md)."""
 
-from duplex.codec.nn.attention import AttentionState, StreamingMultiheadAttention
+from duplex.codec.nn.attention import AttentionState, SharedStep, StreamingMultiheadAttention
 from duplex.codec.nn.conv import StreamingConv1d, StreamingConvTranspose1d
 from duplex.codec.nn.feedforward import ActivationGating, PerStepGating, gated_hidden_size, make_feedforward
 from duplex.codec.nn.kv_cache import RingKVCache
@@ -24,6 +24,7 @@ __all__ = [
     "RMSNorm",
     "RingKVCache",
     "RotaryEmbedding",
+    "SharedStep",
     "StreamingConv1d",
     "StreamingConvTranspose1d",
     "StreamingMultiheadAttention",

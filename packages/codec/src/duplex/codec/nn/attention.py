@@ -36,6 +36,19 @@ class AttentionState(StreamingState):
         self.step = 0
 
 
+@dataclass
+class SharedStep:
+    """What all the layers of one transformer call share, computed once instead of per layer.
+
+    Every attention of a transformer sees the same positions and, since all their caches are
+    written alike, the same mask: the first layer fills ``bias`` and the others reuse it.
+    """
+
+    positions: torch.Tensor  # [B, T] absolute positions of this call
+    rotation: torch.Tensor | None = None  # RoPE rotation at those positions
+    bias: torch.Tensor | None = None  # additive attention mask [B, 1, T, S] (0 or -inf)
+
+
 class StreamingMultiheadAttention(StreamingModule[AttentionState]):
     """Causal (optionally windowed) self-attention with RoPE, GQA and per-step weights."""
 
@@ -108,19 +121,18 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState]):
         )
 
     # -- forward ----------------------------------------------------------------------------------
-    def forward(
-        self, x: torch.Tensor, positions: torch.Tensor | None = None, rotation: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, shared: SharedStep | None = None) -> torch.Tensor:
         """``x [B, T, D]`` -> ``[B, T, D]``; in streaming, positions continue from the last call.
 
-        A transformer passes the ``positions [B, T]`` it tracks (equal to this module's own) and
-        the shared RoPE ``rotation``, so that they are computed once per call, not per layer.
+        A transformer passes a :class:`SharedStep` holding the positions it tracks (equal to this
+        module's own); alone, the module derives them from its own offsets.
         """
         batch, length, _ = x.shape
         state = self._streaming_state
-        if positions is None:
+        if shared is None:
             steps = torch.arange(length, device=x.device)
             positions = steps.expand(batch, length) if state is None else state.offset[:, None] + steps
+            shared = SharedStep(positions)
         first_step = state.step if state is not None else 0
 
         projected = self._project(x, first_step, out=False)
@@ -128,31 +140,38 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState]):
         qk = projected[..., : (heads + kv_heads) * head_dim].unflatten(-1, (heads + kv_heads, head_dim))
         v = projected[..., (heads + kv_heads) * head_dim :].unflatten(-1, (kv_heads, head_dim))
         if self.rope is not None:
-            if rotation is None:
-                rotation = self.rope.rotation(positions, head_dim)
-            qk = self.rope.rotate(qk, rotation)
+            if shared.rotation is None:
+                shared.rotation = self.rope.rotation(shared.positions, head_dim)
+            qk = self.rope.rotate(qk, shared.rotation)
         q, k = qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2)  # [B, H, T, Dh]
         v = v.transpose(1, 2)
 
         if state is None:
-            key_positions = positions
+            key_positions = shared.positions
         else:
-            k, v, key_positions = state.cache.write(k, v, positions, state.exec_mask)
+            k, v, key_positions = state.cache.write(k, v, shared.positions, state.exec_mask)
 
-        mask = None
-        if self.causal:
-            if state is not None and length == 1:
-                # one new query, newest in its ring: every written slot is in its causal window
-                mask = (key_positions >= 0)[:, None, None, :]
-            else:
-                mask = self._attention_mask(positions, key_positions)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv_repeat > 1)
+        if self.causal and shared.bias is None:
+            shared.bias = self._attention_bias(shared.positions, key_positions, state is not None, q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=shared.bias, enable_gqa=self.kv_repeat > 1)
         out = self._project(out.transpose(1, 2).flatten(2), first_step, out=True)
 
         if state is not None:
             state.offset.add_(state.exec_mask, alpha=length)
             state.step += length
         return out
+
+    def _attention_bias(
+        self, query_positions: torch.Tensor, key_positions: torch.Tensor, streaming: bool, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """``[B, 1, T, S]`` additive mask: a query sees written keys at or before it, within the context."""
+        if streaming and query_positions.shape[1] == 1:
+            # one new query, the newest position in its ring: every written slot is in its window
+            allowed = (key_positions >= 0)[:, None, :]
+        else:
+            allowed = self._attention_mask(query_positions, key_positions)[:, 0]
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        return bias.masked_fill_(~allowed, float("-inf"))[:, None]
 
     def _attention_mask(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
         """``[B, 1, T, S]`` bool: a query sees written keys at or before it, within the context."""

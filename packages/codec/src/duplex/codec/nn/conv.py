@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from duplex.codec.streaming import StreamingModule, StreamingState, module_device
 from torch import nn
+from torch.nn import functional as F
 
 PadMode = Literal["constant", "replicate"]
 
@@ -32,6 +33,35 @@ def _check_input(x: torch.Tensor, channels: int, stride: int, name: str) -> None
         )
 
 
+# On CPU, torch's conv kernels are slow for the short inputs of streaming with wide layers (they
+# re-layout the weights on each call, and ConvTranspose1d can fall back to an im2col loop): a
+# plain matmul over the unfolded input is several times faster there. Long inputs keep torch's
+# kernels, which need no unfolded copy of the input.
+MATMUL_MAX_FRAMES = 128
+
+
+def conv1d_by_matmul(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """``conv(x)`` (no padding, groups 1) as one matmul over the unfolded input."""
+    (kernel,), (stride,), (dilation,) = conv.kernel_size, conv.stride, conv.dilation
+    windows = x.unfold(-1, (kernel - 1) * dilation + 1, stride)[..., ::dilation]  # [B, C, T_out, K]
+    rows = windows.permute(0, 2, 1, 3).reshape(x.shape[0], windows.shape[2], -1)
+    return F.linear(rows, conv.weight.view(conv.out_channels, -1), conv.bias).transpose(1, 2)
+
+
+def conv_transpose1d_by_matmul(x: torch.Tensor, convtr: nn.ConvTranspose1d) -> torch.Tensor:
+    """``convtr(x)`` (groups 1, kernel a multiple of the stride) as a matmul and an overlap-add."""
+    (kernel,), (stride,) = convtr.kernel_size, convtr.stride
+    batch, _, length = x.shape
+    blocks = kernel // stride
+    cols = torch.matmul(x.transpose(1, 2), convtr.weight.view(convtr.in_channels, -1))  # [B, T, C_out * K]
+    cols = cols.view(batch, length, convtr.out_channels, blocks, stride)
+    out = cols.new_zeros(batch, length + blocks - 1, convtr.out_channels, stride)
+    for j in range(blocks):  # block j of input frame t lands on output frame t + j
+        out[:, j : j + length] += cols[:, :, :, j]
+    out = out.permute(0, 2, 1, 3).reshape(batch, convtr.out_channels, -1)
+    return out if convtr.bias is None else out + convtr.bias[:, None]
+
+
 class _ConvHolder(nn.Module):
     """Keeps the torch conv under the attribute name ``conv`` (checkpoint key ``conv.conv.*``)."""
 
@@ -40,7 +70,11 @@ class _ConvHolder(nn.Module):
         self.conv = conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        conv = self.conv
+        out_frames = (x.shape[-1] - (conv.kernel_size[0] - 1) * conv.dilation[0] - 1) // conv.stride[0] + 1
+        if x.device.type == "cpu" and conv.groups == 1 and x.shape[0] * out_frames <= MATMUL_MAX_FRAMES:
+            return conv1d_by_matmul(x, conv)
+        return conv(x)
 
 
 class _ConvTransposeHolder(nn.Module):
@@ -51,7 +85,15 @@ class _ConvTransposeHolder(nn.Module):
         self.convtr = convtr
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.convtr(x)
+        convtr = self.convtr
+        if (
+            x.device.type == "cpu"
+            and convtr.groups == 1
+            and convtr.kernel_size[0] % convtr.stride[0] == 0
+            and x.shape[0] * x.shape[-1] <= MATMUL_MAX_FRAMES
+        ):
+            return conv_transpose1d_by_matmul(x, convtr)
+        return convtr(x)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from duplex.codec.nn.attention import StreamingMultiheadAttention
+from duplex.codec.nn.attention import SharedStep, StreamingMultiheadAttention
 from duplex.codec.nn.feedforward import GATINGS, PerStepGating, make_feedforward
 from duplex.codec.nn.norms import NormKind, make_norm
 from duplex.codec.nn.positional import sinusoidal_embedding
@@ -148,13 +148,11 @@ class StreamingTransformerLayer(StreamingModule[LayerState]):
             return self.gating(x, first_step)
         return self.gating(x)
 
-    def forward(
-        self, x: torch.Tensor, positions: torch.Tensor | None = None, rotation: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``positions`` / ``rotation``: see :meth:`StreamingMultiheadAttention.forward`."""
+    def forward(self, x: torch.Tensor, shared: SharedStep | None = None) -> torch.Tensor:
+        """``shared``: see :meth:`StreamingMultiheadAttention.forward`."""
         state = self._streaming_state
         first_step = state.step if state is not None else 0
-        update = self.self_attn(self.norm1(x), positions, rotation)
+        update = self.self_attn(self.norm1(x), shared)
         x = x.to(update.dtype) + self.layer_scale_1(update)
         update = self._feedforward(self.norm2(x), first_step)
         x = x.to(update.dtype) + self.layer_scale_2(update)
@@ -197,11 +195,9 @@ class StreamingTransformer(StreamingModule[TransformerState]):
             positions = positions + state.offset[:, None]
         if self.config.positional_embedding == "sin":
             x = x + sinusoidal_embedding(positions, dim, self.config.max_period, dtype=x.dtype)
-        rotation = None
-        if self.rope is not None:
-            rotation = self.rope.rotation(positions, dim // self.config.num_heads)
+        shared = SharedStep(positions)
         for layer in self.layers:
-            x = layer(x, positions, rotation)
+            x = layer(x, shared)
         if state is not None:
             state.offset.add_(state.exec_mask, alpha=length)
         return x.to(input_dtype)
