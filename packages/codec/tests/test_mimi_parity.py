@@ -19,18 +19,25 @@ SECONDS = 12.4  # 155 frames, 310 transformer steps: 60 past the 250-step contex
 FRAMES = int(SECONDS * 12.5)
 
 
-def randomize_codebooks(
-    state: dict[str, torch.Tensor], generator: torch.Generator
+def calibrated_codebooks(
+    state: dict[str, torch.Tensor], latent: torch.Tensor, generator: torch.Generator
 ) -> dict[str, torch.Tensor]:
-    """Fresh Mimis have all-zero centroids; give them spread-out ones so codes are informative."""
+    """Fresh Mimis have all-zero centroids. Draw random ones on the scale of the projected latents
+    (shrinking level by level, like residuals do) so that codes are informative."""
     out = dict(state)
-    for key, value in state.items():
-        if key.endswith("embedding_sum"):
-            out[key] = torch.randn(value.shape, generator=generator) * 0.5
-        elif key.endswith("cluster_usage"):
-            out[key] = torch.rand(value.shape, generator=generator) + 0.5
-        elif key.endswith("_initialized"):
-            out[key] = torch.ones_like(value)
+    for prefix in ("quantizer.rvq_first", "quantizer.rvq_rest"):
+        weight = state[f"{prefix}.input_proj.weight"][..., 0]
+        projected = torch.einsum("oc,bct->bto", weight, latent).reshape(-1, weight.shape[0])
+        mean, std = projected.mean(0), projected.std(0)
+        for key, value in state.items():
+            if key.startswith(prefix) and key.endswith("embedding_sum"):
+                level = int(key.split(".")[4])
+                centre = mean if level == 0 else torch.zeros_like(mean)
+                out[key] = centre + torch.randn(value.shape, generator=generator) * std * 0.7**level
+            elif key.startswith(prefix) and key.endswith("cluster_usage"):
+                out[key] = torch.ones_like(value)
+            elif key.startswith(prefix) and key.endswith("_initialized"):
+                out[key] = torch.ones_like(value)
     return out
 
 
@@ -50,7 +57,9 @@ def models() -> tuple[torch.nn.Module, Mimi]:
     torch.manual_seed(1234)
     config = MimiConfig()
     reference = get_mimi(None, config.to_dict(), device="cpu")
-    state = randomize_codebooks(reference.state_dict(), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        latent = reference._encode_to_unquantized_latent(speechlike(2, 4 * 24000, seed=99))
+    state = calibrated_codebooks(reference.state_dict(), latent, torch.Generator().manual_seed(0))
     reference.load_state_dict(state)
     reference.eval()
     ours = Mimi(config).eval()

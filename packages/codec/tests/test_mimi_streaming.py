@@ -30,7 +30,8 @@ def pair() -> tuple[torch.nn.Module, Mimi]:
     reference.load_state_dict(state)
     ours = Mimi(config).eval()
     ours.load_state_dict(state)
-    ours.num_codebooks = reference.num_codebooks = 8
+    reference.set_num_codebooks(8)
+    ours.num_codebooks = 8
     return reference, ours
 
 

@@ -25,13 +25,28 @@ LEGACY_CODEBOOK_NAMES = {
 }
 
 
-def nearest_codes(vectors: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+def augmented_centroids(centroids: torch.Tensor) -> torch.Tensor:
+    """``[K, D]`` -> ``[K, D + 2]`` rows ``[e, 1, ||e||^2]``: the centroid side of cdist's matmul path."""
+    norms = centroids.pow(2).sum(-1, keepdim=True)
+    return torch.cat([centroids, torch.ones_like(norms), norms], dim=-1)
+
+
+def nearest_codes(
+    vectors: torch.Tensor, centroids: torch.Tensor, augmented: torch.Tensor | None = None
+) -> torch.Tensor:
     """Index of the nearest centroid (Euclidean) for each row of ``vectors`` ``[N, D]`` -> ``[N]``.
 
-    ``torch.cdist`` is used on purpose: its matmul-based distances are what the official codes were
-    computed with, and near-ties flip under any other formula.
+    The distances are those of ``torch.cdist`` (the official codes were computed with it, and
+    near-ties flip under any other formula). With more than 25 centroids cdist computes
+    ``sqrt(clamp([-2x, ||x||^2, 1] @ [e, 1, ||e||^2]^T, 0))``; given the centroid half precomputed
+    (:func:`augmented_centroids`) this does the same arithmetic, bit for bit, without rebuilding it
+    on every call.
     """
-    return torch.cdist(vectors[None], centroids[None], p=2)[0].argmin(dim=-1)
+    if augmented is None or centroids.shape[0] <= 25:
+        return torch.cdist(vectors[None], centroids[None], p=2)[0].argmin(dim=-1)
+    norms = vectors.pow(2).sum(-1, keepdim=True)
+    lhs = torch.cat([vectors.mul(-2), norms, torch.ones_like(norms)], dim=-1)
+    return lhs.matmul(augmented.mT).clamp_min_(0).sqrt_().argmin(dim=-1)
 
 
 def lookup(codes: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -51,6 +66,8 @@ class EuclideanCodebook(nn.Module):
         self.register_buffer("cluster_usage", torch.ones(size))
         self.register_buffer("embedding_sum", torch.zeros(size, dim))
         self.register_buffer("centroids", torch.zeros(size, dim), persistent=False)
+        self.register_buffer("centroids_augmented", torch.zeros(size, dim + 2), persistent=False)
+        self.refresh_centroids()
         self.register_load_state_dict_post_hook(lambda module, _: module.refresh_centroids())
 
     def refresh_centroids(self) -> None:
@@ -58,6 +75,7 @@ class EuclideanCodebook(nn.Module):
         with torch.no_grad():
             usage = self.cluster_usage.clamp(min=self.epsilon)[:, None]
             self.centroids = (self.embedding_sum / usage).to(self.embedding_sum.dtype)
+            self.centroids_augmented = augmented_centroids(self.centroids)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
         for old, new in LEGACY_CODEBOOK_NAMES.items():
@@ -119,7 +137,7 @@ class ResidualVectorQuantizer(nn.Module):
         residual = projected.transpose(1, 2).reshape(batch * frames, -1)  # contiguous rows, as cdist wants
         all_codes = []
         for codebook in self.codebooks()[:num_codebooks]:
-            codes = nearest_codes(residual, codebook.centroids)
+            codes = nearest_codes(residual, codebook.centroids, codebook.centroids_augmented)
             residual = residual - lookup(codes, codebook.centroids)
             all_codes.append(codes)
         if not all_codes:
