@@ -6,7 +6,8 @@
 
 All three run the same random weights (written by duplex's save_pretrained, read by the other
 two), batch size 1, one frame per call, as a live conversation does: encode 1920 samples -> 8
-codes, decode 8 codes -> 1920 samples. Each row reports the median and the mean over the timed
+codes, decode 8 codes -> 1920 samples. They step frame by frame in lockstep, so that a busy
+machine slows them alike. Each row reports the median and the mean over the timed
 frames, after a warm-up. The reference and rustymimi are test-only dependencies (uv group
 ``oracle``); a missing one is reported and skipped. Also checks that the three agree on codes.
 """
@@ -14,16 +15,20 @@ frames, after a warm-up. The reference and rustymimi are test-only dependencies 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--frames", type=int, default=60, help="timed frames per run")
     parser.add_argument("--warmup", type=int, default=10, help="untimed frames first")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch and rayon)")
@@ -52,45 +57,27 @@ def main() -> None:
     ours.num_codebooks = 8
     total = args.warmup + args.frames
     t = torch.arange(total * 1920) / 24000
-    wav = (0.3 * torch.sin(2 * torch.pi * 200 * t) + 0.05 * torch.randn(total * 1920, generator=g))[None, None]
+    wav = (0.3 * torch.sin(2 * torch.pi * 200 * t) + 0.05 * torch.randn(total * 1920, generator=g))[
+        None, None
+    ]
     frames = [wav[..., i * 1920 : (i + 1) * 1920].contiguous() for i in range(total)]
 
-    def timed(encode_step, decode_step) -> tuple[list[float], list[float], torch.Tensor]:  # noqa: ANN001
-        enc, dec, codes = [], [], []
-        for i, frame in enumerate(frames):
-            start = time.perf_counter()
-            c = encode_step(frame)
-            middle = time.perf_counter()
-            decode_step(c)
-            end = time.perf_counter()
-            codes.append(torch.as_tensor(np.asarray(c)).long().reshape(1, -1, 1))
-            if i >= args.warmup:
-                enc.append((middle - start) * 1e3)
-                dec.append((end - middle) * 1e3)
-        return enc, dec, torch.cat(codes, -1)
-
-    rows: list[tuple[str, str, str]] = []
-    all_codes: dict[str, torch.Tensor] = {}
-
-    def record(name: str, enc: list[float], dec: list[float], codes: torch.Tensor) -> None:
-        cell = lambda xs: f"{statistics.median(xs):6.2f} / {statistics.mean(xs):6.2f}"  # noqa: E731
-        rows.append((name, cell(enc), cell(dec)))
-        all_codes[name] = codes
-
-    with tempfile.TemporaryDirectory() as tmp:
+    # name -> (encode one frame, decode its codes); all run frame by frame in lockstep, so that
+    # a busy machine slows them alike
+    steppers: dict[str, tuple[Callable, Callable]] = {}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        stack.enter_context(torch.no_grad())
         path = ours.save_pretrained(Path(tmp) / "mimi.safetensors")
-        with torch.no_grad(), ours.streaming(1):
-            record("duplex", *timed(ours.encode, ours.decode))
-
+        stack.enter_context(ours.streaming(1))
+        steppers["duplex"] = (ours.encode, ours.decode)
         try:
             from moshi.models.loaders import get_mimi
         except ImportError:
             print("reference package (moshi) not installed: skipped", file=sys.stderr)
         else:
             reference = get_mimi(str(path), config.to_dict(), device="cpu", num_codebooks=8)
-            with torch.no_grad(), reference.streaming(1):
-                record("reference (moshi 0.2.13)", *timed(reference.encode, reference.decode))
-
+            stack.enter_context(reference.streaming(1))
+            steppers["reference (moshi 0.2.13)"] = (reference.encode, reference.decode)
         try:
             import rustymimi
         except ImportError:
@@ -100,25 +87,43 @@ def main() -> None:
                 print("rustymimi only builds the official Mimi: skipped with --smoke", file=sys.stderr)
             else:
                 rusty = rustymimi.Tokenizer(str(path), num_codebooks=8)
-                record(
-                    "rustymimi",
-                    *timed(
-                        lambda f: rusty.encode_step(f.numpy()),
-                        lambda c: rusty.decode_step(np.asarray(c).astype(np.uint32)),
-                    ),
+                steppers["rustymimi"] = (
+                    lambda f: torch.from_numpy(rusty.encode_step(f.numpy()).astype(np.int64)),
+                    lambda c: rusty.decode_step(c.numpy().astype(np.uint32)),
                 )
+
+        times = {name: ([], []) for name in steppers}
+        codes = {name: [] for name in steppers}
+        for i, frame in enumerate(frames):
+            for name, (encode_step, decode_step) in steppers.items():
+                start = time.perf_counter()
+                c = encode_step(frame)
+                middle = time.perf_counter()
+                decode_step(c)
+                end = time.perf_counter()
+                codes[name].append(c)
+                if i >= args.warmup:
+                    times[name][0].append((middle - start) * 1e3)
+                    times[name][1].append((end - middle) * 1e3)
 
     size = "tiny (smoke)" if args.smoke else "official"
     print(f"\nMimi streaming, {size} size, batch 1, float32, {args.threads} threads, {args.frames} frames")
     print(f"torch {torch.__version__}, CPU: {_cpu_name()}")
-    print(f"{'implementation':26s} | {'encode ms/frame (median / mean)':32s} | decode ms/frame (median / mean)")
+    print(
+        f"{'implementation':26s} | {'encode ms/frame (median / mean)':32s} | decode ms/frame (median / mean)"
+    )
     print(f"{'-' * 26}-+-{'-' * 32}-+-{'-' * 32}")
-    for name, enc, dec in rows:
-        print(f"{name:26s} | {enc:32s} | {dec}")
-    base = all_codes["duplex"]
-    for name, codes in all_codes.items():
+    for name, (enc, dec) in times.items():
+        print(f"{name:26s} | {_cell(enc):32s} | {_cell(dec)}")
+    base = torch.cat(codes["duplex"], -1)
+    for name, theirs in codes.items():
         if name != "duplex":
-            print(f"codes equal to duplex: {name}: {(codes == base).float().mean().item():.4f}")
+            agreement = (torch.cat(theirs, -1) == base).float().mean().item()
+            print(f"codes equal to duplex's: {name}: {agreement:.4f}")
+
+
+def _cell(ms: list[float]) -> str:
+    return f"{statistics.median(ms):6.2f} / {statistics.mean(ms):6.2f}"
 
 
 def _cpu_name() -> str:
