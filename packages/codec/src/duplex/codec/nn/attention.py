@@ -92,6 +92,8 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState]):
 
     # -- streaming state --------------------------------------------------------------------------
     def _init_streaming_state(self, batch_size: int) -> AttentionState:
+        if not self.causal:
+            raise RuntimeError("only causal attention can stream (a query cannot see future calls)")
         capacity = self.context if self.context is not None else self.weights_per_step
         if not capacity:
             raise RuntimeError(
