@@ -41,6 +41,7 @@ def serve(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=1) from None
     engine = DuplexEngine(pipeline, max_conversations=max_conversations)
+    engine.warmup()
     server = DuplexServer(engine, ServerConfig(host=host, port=port, auth_token=auth_token))
     typer.echo(f"duplex: http://{host}:{port}/ ({max_conversations} conversations at once)")
     serve_forever(server)

@@ -72,7 +72,12 @@ async def talk(
     sending_done = asyncio.Event()
 
     async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url, max_msg_size=0) as ws:
+        try:
+            connecting = session.ws_connect(url, max_msg_size=0)
+            ws = await connecting
+        except aiohttp.WSServerHandshakeError as error:
+            raise ServerRefused(f"HTTP {error.status}: {error.message}") from None
+        async with ws:
             first = await ws.receive(timeout=handshake_timeout_s)
             if first.type != aiohttp.WSMsgType.BINARY or not first.data:
                 raise ServerRefused(f"expected the handshake, got {first.type.name}")

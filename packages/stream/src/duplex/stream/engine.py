@@ -132,6 +132,20 @@ class DuplexEngine:
                     )
             return replies
 
+    def warmup(self, steps: int = 4) -> None:
+        """Run a few steps of silence on every row (first calls are slow: lazy imports, allocations).
+
+        Call it before serving; every row is reset again when a conversation joins it.
+        """
+        if self.slots.active:
+            raise RuntimeError("warm up before any conversation joins")
+        n = self.max_conversations
+        with self._step_lock:
+            for row in range(n):
+                self.pipeline.reset(row, SamplingParams(seed=0))
+            for _ in range(steps):
+                self.pipeline.step(np.zeros((n, self.frame_size), np.float32), np.ones(n, dtype=bool))
+
     def close(self) -> None:
         self.pipeline.stop()
 

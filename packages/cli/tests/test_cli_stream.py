@@ -1,0 +1,117 @@
+"""`duplex run`, `duplex serve` and `duplex client` end to end, on the tiny demo checkpoint."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import soundfile
+from duplex.cli.app import app
+from duplex.stream.demo import build_demo_checkpoint
+from typer.testing import CliRunner
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return build_demo_checkpoint(tmp_path_factory.mktemp("demo") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory):
+    path = tmp_path_factory.mktemp("speech") / "in.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), "Good morning, shall we talk?"], check=True)
+    return path
+
+
+def test_run_streams_a_file_and_writes_the_reply_and_a_timed_transcript(checkpoint, speech_wav, tmp_path):
+    out = tmp_path / "reply.wav"
+    result = CliRunner().invoke(
+        app, ["run", "--checkpoint", str(checkpoint), "--greedy", str(speech_wav), str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    reply, rate = soundfile.read(out)
+    source, source_rate = soundfile.read(speech_wav)
+    assert rate == 24_000 and abs(len(reply) / rate - len(source) / source_rate) < 0.01
+    transcript = json.loads(out.with_suffix(".json").read_text())
+    assert transcript["sample_rate"] == 24_000 and transcript["text"].strip()
+    pieces = transcript["pieces"]
+    assert "".join(p["text"] for p in pieces) == transcript["text"]
+    assert all(abs(p["start"] - 0.08 * p["frame"]) < 1e-6 and p["end"] > p["start"] for p in pieces)
+    assert [p["frame"] for p in pieces] == sorted({p["frame"] for p in pieces})
+
+
+def test_run_without_arguments_uses_the_bundled_demo_and_example(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, ["run", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "examples" / "hello.wav").is_file()
+    assert (tmp_path / "reply.wav").is_file() and (tmp_path / "reply.json").is_file()
+    assert (tmp_path / "cache" / "duplex" / "demo-tiny-v1" / "config.json").is_file()
+
+
+def test_run_names_a_missing_input(checkpoint, tmp_path):
+    result = CliRunner().invoke(app, ["run", "--checkpoint", str(checkpoint), str(tmp_path / "nope.wav")])
+    assert result.exit_code == 1 and "not found" in result.output
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_and_client_talk_over_the_network(checkpoint, speech_wav, tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "duplex.cli.app",
+            "serve",
+            "--checkpoint",
+            str(checkpoint),
+            "--port",
+            str(port),
+            "--max-conversations",
+            "2",
+            "--auth-token",
+            "tok",
+            "--log-level",
+            "warning",
+        ],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    assert json.loads(response.read())["max_conversations"] == 2
+                    break
+            except OSError:
+                assert server.poll() is None, "duplex serve exited"
+                assert time.monotonic() < deadline, "duplex serve did not come up"
+                time.sleep(0.5)
+        url = f"ws://127.0.0.1:{port}/api/chat"
+        refused = CliRunner().invoke(app, ["client", "--url", url, "--input", str(speech_wav)])
+        assert refused.exit_code == 2 and "401" in refused.output
+        out = tmp_path / "heard.wav"
+        result = CliRunner().invoke(
+            app,
+            ["client", "--url", url, "--auth-token", "tok", "--input", str(speech_wav), "--output", str(out)],
+        )
+        assert result.exit_code == 0, result.output
+        reply, rate = soundfile.read(out)
+        source, source_rate = soundfile.read(speech_wav)
+        frames = int(np.ceil(len(source) / source_rate * 12.5))
+        assert rate == 24_000 and abs(len(reply) - (frames - 1) * 1920) <= 1920
+        assert json.loads(out.with_suffix(".json").read_text())["text"].strip()
+    finally:
+        server.terminate()
+        server.wait(30)
