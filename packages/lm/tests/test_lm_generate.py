@@ -157,7 +157,8 @@ def test_text_only_model_without_depformer():
 
 
 def test_long_conversation_keeps_constant_memory():
-    """Far past the context (a ring-buffer KV cache), the state never grows."""
+    """Far past the context (a ring-buffer KV cache), the state never grows. (The benchmark's
+    ``--long 20000`` shows the process memory flat over 20 000 steps.)"""
     config = LMConfig.from_preset(
         "tiny", num_layers=1, dep_q=1, n_q=2, delays=[0, 0, 1], depformer_num_layers=1
     )
@@ -183,10 +184,10 @@ def test_long_conversation_keeps_constant_memory():
         for _ in range(3 * config.context):
             gen.step(frame)
         size = state_bytes()
-        for _ in range(2000):
+        for _ in range(1000):
             out = gen.step(frame)
         assert state_bytes() == size
-        assert gen.streaming_state.offsets.item() == 3 * config.context + 2000
+        assert gen.streaming_state.offsets.item() == 3 * config.context + 1000
     assert ((out[:, 1:] >= 0) & (out[:, 1:] < config.card)).all()
 
 

@@ -159,9 +159,9 @@ class LMModel(StreamingModule[StreamingState]):
     def from_pretrained(
         cls,
         source: str | Path,
-        config: LMConfig | str | Path | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        config: LMConfig | str | Path | None = None,
     ) -> LMModel:
         """Load a checkpoint: a directory (``config.json`` + the weights it names), a weights file
         with ``config``, or a Hugging Face repo id. See :mod:`duplex.lm.checkpoint`."""
