@@ -161,3 +161,29 @@ def test_structure_matches_reference_for_official_configs():
             reference = ReferenceLM(**config.lm_kwargs())
         expected = {k: tuple(v.shape) for k, v in canonical_state_dict(reference.state_dict()).items()}
         assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == expected
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"low_rank": 8},
+        {"norm": True},
+        {"demux_second_stream": True},
+        {"demux_second_stream": True, "low_rank": 8},
+    ],
+)
+def test_stream_embedding_matches_reference(variant: dict):
+    from duplex.lm.embedding import StreamEmbedding
+    from moshi.models.lm_utils import ScaledEmbedding
+
+    torch.manual_seed(0)
+    ours = StreamEmbedding(11, 16, **variant)
+    reference = ScaledEmbedding(11, 16, **variant)
+    reference.load_state_dict(ours.state_dict(), strict=True)
+    top = 11 * 12 if variant.get("demux_second_stream") else 11
+    tokens = torch.randint(-2, top, (3, 20))
+    tokens[0, :3] = torch.tensor([-1, -2, 0])
+    with torch.no_grad():
+        assert torch.allclose(ours(tokens), reference(tokens), atol=1e-6)
+    assert (ours(tokens)[0, 0] == 0).all()
