@@ -120,6 +120,7 @@ def test_dev_2b_config_validates_but_conditioning_is_refused():
         ({"num_heads": 5}, "num_heads"),
         ({"lm_gen_config": {"temperature": 1.0}}, "temperature"),
         ({"quantize": True}, "quantize"),
+        ({"gradient_checkpointing": True}, "gradient_checkpointing"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path: Path, change: dict, field: str):

@@ -170,6 +170,8 @@ class LMConfig(PresetConfig):
             raise ValueError(
                 "quantize: int8 (bitsandbytes) checkpoints are not supported; load the bf16 weights"
             )
+        if self.gradient_checkpointing:
+            raise ValueError("gradient_checkpointing: not supported by the duplex backbones yet")
         if self.cross_attention:
             raise ValueError("cross_attention: cross-attention conditioning (TTS) is not supported")
         if self.fuser is not None and self.fuser.get("cross"):
