@@ -65,8 +65,11 @@ def test_the_page_talks_plays_the_reply_and_shows_the_text(demo_checkpoint, spee
                 if stats["error"] or (stats["replySeconds"] >= 2.0 and len(stats["text"]) >= 3):
                     break
                 time.sleep(0.25)
-            transcript = browser.find_element("id", "transcript").text
-            status = browser.find_element("id", "status").text
+            # One snapshot: the page keeps adding text while the test reads it.
+            stats, transcript, status = browser.execute_script(
+                "return [window.duplexStats, document.getElementById('transcript').textContent,"
+                " document.getElementById('status').textContent]"
+            )
             logs = browser.get_log("browser")
         finally:
             browser.quit()

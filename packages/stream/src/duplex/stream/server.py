@@ -220,8 +220,8 @@ class DuplexServer:
         try:
             await ws.send_bytes(protocol.handshake())
             await self._receive(ws, conversation)
-        except (ConnectionError, asyncio.CancelledError, aiohttp.ClientError):
-            pass
+        except (ConnectionError, aiohttp.ClientError):
+            pass  # the client went away; the slot is freed below
         finally:
             self.runner.leave(conversation)
             sender.cancel()
