@@ -248,3 +248,34 @@ def test_metrics_health_page_and_query_string(pipeline):
 
     with serve(pipeline, max_conversations=3) as server:
         asyncio.run(scenario(server))
+
+
+def test_a_client_that_stops_reading_is_closed_without_holding_anyone_up():
+    from duplex.stream.engine import Reply
+    from duplex.stream.server import DuplexServer, ServerConfig
+    from duplex.stream.slots import Conversation, SamplingParams
+    from stream_helpers import EchoPipeline
+
+    class StuckSocket:
+        """A websocket whose peer never reads: every send blocks forever."""
+
+        closed_with = None
+
+        async def send_bytes(self, data):
+            await asyncio.Event().wait()
+
+        async def close(self, code=1000, message=b""):
+            self.closed_with = code
+
+    async def scenario():
+        server = DuplexServer(DuplexEngine(EchoPipeline(), 1), ServerConfig(send_timeout_s=0.2))
+        replies: asyncio.Queue = asyncio.Queue()
+        conversation = Conversation(0, SamplingParams(), 1)
+        replies.put_nowait(Reply(conversation, np.zeros(FRAME, np.float32), "hi", 1, time.monotonic()))
+        socket = StuckSocket()
+        started = time.monotonic()
+        await asyncio.wait_for(server._send_replies(socket, replies), 5)
+        return socket.closed_with, time.monotonic() - started
+
+    code, elapsed = asyncio.run(scenario())
+    assert code == 1008 and elapsed < 2
