@@ -43,6 +43,8 @@ def test_data_check(dataset, tmp_path):
 def test_train_codec_command(dataset, tmp_path):
     args = ["train", "codec", "--data", str(dataset / "data"), "--output", str(tmp_path), "--max-steps", "2"]
     args += [
+        "--preset",
+        "tiny",
         "--checkpoint-every",
         "1",
         "--batch-size",

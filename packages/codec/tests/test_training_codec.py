@@ -53,20 +53,27 @@ def test_export_loads_in_duplex_and_in_the_reference(tmp_path):
 
     torch.manual_seed(0)
     module = CodecTrainingModule(_tiny_config())
-    wav = torch.randn(2, 1, 3840) * 0.1
+    wav = torch.randn(4, 1, 1920 * 6) * 0.1
     module.train()
-    module.reconstruct(wav, torch.Generator().manual_seed(0), 0)  # k-means init of the first levels
+    for step in range(3):  # k-means init and EMA steps of the codebooks
+        module.reconstruct(wav, torch.Generator().manual_seed(step), step)
     path = module.export(tmp_path / "mimi.safetensors")
     ours = Mimi.from_pretrained(path, num_codebooks=8)
     reference = get_mimi(path, ours.config.to_dict(), num_codebooks=8).eval()
     with torch.no_grad():
-        codes = ours.encode(wav)
-        assert torch.equal(codes, reference.encode(wav))
+        latent = ours.encode_latent(wav)
+        torch.testing.assert_close(
+            latent, reference.encode_to_latent(wav, quantize=False), rtol=1e-4, atol=1e-5
+        )
+        # Same codebooks: on one latent both quantizers give the same codes. (Through the whole
+        # encoder, an untrained codec's latent barely moves, and ulp-level differences of the two
+        # encoders can flip near-ties of deep residual levels.)
+        codes = ours.quantizer.encode(latent)
+        assert torch.equal(codes, reference.quantizer.encode(latent))
+        assert torch.equal(ours.encode(wav), ours.quantizer.encode(latent))
         torch.testing.assert_close(ours.decode(codes), reference.decode(codes), rtol=1e-4, atol=1e-5)
         module.eval()  # folding only reorders float operations: the latent is the same
-        torch.testing.assert_close(
-            module.codec.encode_latent(wav), ours.encode_latent(wav), rtol=1e-4, atol=1e-5
-        )
+        torch.testing.assert_close(module.codec.encode_latent(wav), latent, rtol=1e-4, atol=1e-5)
 
 
 def test_si_sdr_matches_torchmetrics():

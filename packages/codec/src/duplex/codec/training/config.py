@@ -32,6 +32,8 @@ class CodecTrainingConfig(PresetConfig):
     teacher: str = "mel-projection"
     teacher_dim: int = Field(64, ge=1)
     quantizer_dropout: bool = True
+    codebook_decay: float | None = Field(None, ge=0.0, le=1.0)  # None: the codec config's (0.99)
+    check_unused_every: int = Field(5, ge=1)  # steps between dead-code replacements
     discriminator_channels: int = Field(32, ge=1)
     discriminator_n_ffts: list[int] = Field(default_factory=lambda: [2048, 1024, 512, 256, 128], min_length=1)
     validation_segments: int = Field(16, ge=1)
@@ -61,6 +63,8 @@ def _tiny() -> dict[str, Any]:
         "adversarial_weight": 0.1,
         "feature_weight": 0.2,
         "teacher_dim": 16,
+        "codebook_decay": 0.9,  # short runs: codebooks must follow a fast-moving encoder
+        "check_unused_every": 2,
         "discriminator_channels": 4,
         "discriminator_n_ffts": [512, 256, 128],
         "validation_segments": 8,

@@ -18,7 +18,7 @@ from duplex.codec.training.losses import (
     generator_hinge_loss,
 )
 from duplex.codec.training.metrics import SISDR, CodebookUsage, MelDistance, si_sdr
-from duplex.codec.training.quantizer import QuantizerStepResult, SplitQuantizerTrainer
+from duplex.codec.training.quantizer import CodebookTrainingConfig, QuantizerStepResult, SplitQuantizerTrainer
 from duplex.codec.training.teachers import build_teacher
 from duplex.codec.training.weight_norm import add_weight_norm, fold_weight_norm, has_weight_norm
 from torch import nn
@@ -35,8 +35,15 @@ class CodecTrainingModule(L.LightningModule):
         else:
             self.codec = Mimi(config.codec)
         add_weight_norm(self.codec)
+        q = self.codec.quantizer.config
+        codebook_config = CodebookTrainingConfig(
+            decay=config.codebook_decay if config.codebook_decay is not None else q.decay,
+            threshold_usage_ratio=q.threshold_usage_ratio,
+            replaced_usage_ratio=q.replaced_usage_ratio,
+            check_unused_every=config.check_unused_every,
+        )
         self.quantizer_trainer = SplitQuantizerTrainer(
-            self.codec.quantizer, quantizer_dropout=config.quantizer_dropout
+            self.codec.quantizer, codebook_config, quantizer_dropout=config.quantizer_dropout
         )
         codec_config = self.codec.config
         self.teacher = build_teacher(

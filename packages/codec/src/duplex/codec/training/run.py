@@ -73,6 +73,9 @@ def train_codec(
         checkpoint_every,
         config.seed,
     )
+    if strategy == "ddp" and module.discriminator is not None:
+        # The discriminator step's backward reaches no codec parameter: DDP must expect that.
+        strategy = "ddp_find_unused_parameters_true"
     trainer = build_trainer(
         output,
         max_steps=max_steps,
