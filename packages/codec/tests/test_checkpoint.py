@@ -33,18 +33,8 @@ def _randomize(mimi: Mimi, seed: int) -> Mimi:
 
 @torch.no_grad()
 def _calibrate(mimi: Mimi, wav: torch.Tensor, seed: int) -> Mimi:
-    """Random centroids on the scale of the projected latents, so that codes are informative."""
-    g = torch.Generator().manual_seed(seed)
-    latent = mimi.encode_latent(wav)
-    for rvq in (mimi.quantizer.rvq_first, mimi.quantizer.rvq_rest):
-        projected = rvq.input_proj(latent).transpose(1, 2).reshape(-1, rvq.input_proj.out_channels)
-        mean, std = projected.mean(0), projected.std(0)
-        for level, codebook in enumerate(rvq.codebooks()):
-            centre = mean if level == 0 else torch.zeros_like(mean)
-            noise = torch.randn(codebook.embedding_sum.shape, generator=g)
-            codebook.embedding_sum.copy_(centre + noise * std * 0.7**level)
-            codebook.cluster_usage.fill_(1.0)
-            codebook.refresh_centroids()
+    """Codebooks initialised from data (fresh ones are all zeros), so that codes are informative."""
+    mimi.quantizer.init_codebooks(mimi.encode_latent(wav), torch.Generator().manual_seed(seed))
     return mimi
 
 
@@ -74,16 +64,22 @@ def test_official_size_file_loads_in_reference_and_rustymimi_with_the_same_codes
     )
 
     reference = get_mimi(str(path), device="cpu", num_codebooks=8)  # strict load of our file
-    wav = _wav(1, 12)
+    wav = _wav(1, 25)
     codes = ours.encode(wav)
     assert torch.equal(reference.encode(wav), codes)
-    assert len(torch.unique(codes[:, 0])) > 3
+    assert len(torch.unique(codes[:, 0])) > 5
 
+    # rustymimi is an independent float implementation (candle): the same codes up to the odd
+    # near-tie flip, and the same audio from the same codes
     rusty = rustymimi.Tokenizer(str(path), num_codebooks=8)
     rusty_codes = torch.from_numpy(np.asarray(rusty.encode(wav.numpy())).astype(np.int64))
     assert rusty_codes.shape == codes.shape
-    assert (rusty_codes == codes).float().mean() >= 0.99  # an independent float implementation
-    assert (rusty_codes[:, 0] == codes[:, 0]).float().mean() >= 0.99
+    assert (rusty_codes == codes).float().mean() >= 0.98
+    assert (rusty_codes[:, 0] == codes[:, 0]).float().mean() >= 0.96
+    rusty_audio = torch.from_numpy(np.asarray(rusty.decode(codes.numpy().astype(np.uint32))))
+    audio = ours.decode(codes)
+    assert rusty_audio.shape == audio.shape
+    assert float((rusty_audio - audio).norm() / audio.norm()) <= 1e-3
 
     again = Mimi.from_pretrained(path)
     assert torch.equal(again.encode(wav), codes)

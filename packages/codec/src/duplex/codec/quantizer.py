@@ -154,6 +154,23 @@ class ResidualVectorQuantizer(nn.Module):
             raise ValueError("cannot decode zero codebooks")
         return self.output_proj(total.transpose(1, 2))
 
+    @torch.no_grad()
+    def init_codebooks(
+        self, latent: torch.Tensor, generator: torch.Generator | None = None, noise: float = 0.3
+    ) -> None:
+        """Initialise every codebook from data: level ``l`` draws its centroids among the level-``l``
+        residuals of ``latent`` ``[B, C, T]``, plus ``noise`` times their per-dimension std."""
+        residual = self.input_proj(latent).transpose(1, 2).reshape(-1, self.input_proj.out_channels)
+        for codebook in self.codebooks():
+            picks = torch.randint(residual.shape[0], (codebook.size,), generator=generator)
+            jitter = torch.randn(codebook.size, codebook.dim, generator=generator).to(residual)
+            codebook.embedding_sum.copy_(residual[picks] + noise * residual.std(0) * jitter)
+            codebook.cluster_usage.fill_(1.0)
+            codebook._initialized.fill_(1.0)
+            codebook.refresh_centroids()
+            codes = nearest_codes(residual, codebook.centroids, codebook.centroids_augmented)
+            residual = residual - lookup(codes, codebook.centroids)
+
     def quantize_for_training(
         self, latent: torch.Tensor, num_codebooks: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,6 +242,11 @@ class SplitResidualVectorQuantizer(nn.Module):
         if codes.shape[1] > semantic:
             latent = latent + self.rvq_rest.decode(codes[:, semantic:])
         return latent
+
+    def init_codebooks(self, latent: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Data initialisation of all codebooks from a latent batch ``[B, C, T]`` (see the RVQ's)."""
+        self.rvq_first.init_codebooks(latent, generator)
+        self.rvq_rest.init_codebooks(latent, generator)
 
     def quantize_for_training(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         semantic = self.config.n_q_semantic

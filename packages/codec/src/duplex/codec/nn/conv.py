@@ -16,7 +16,6 @@ from typing import Literal
 import torch
 from duplex.codec.streaming import StreamingModule, StreamingState, module_device
 from torch import nn
-from torch.nn import functional as F
 
 PadMode = Literal["constant", "replicate"]
 
@@ -33,19 +32,12 @@ def _check_input(x: torch.Tensor, channels: int, stride: int, name: str) -> None
         )
 
 
-# On CPU, torch's conv kernels are slow for the short inputs of streaming with wide layers (they
-# re-layout the weights on each call, and ConvTranspose1d can fall back to an im2col loop): a
-# plain matmul over the unfolded input is several times faster there. Long inputs keep torch's
-# kernels, which need no unfolded copy of the input.
+# On CPU, torch's ConvTranspose1d falls back to a slow im2col loop for the short, wide inputs of
+# streaming (about 10x slower than a matmul for Mimi's 1024 -> 512 up-sampling at 2 frames). A
+# matmul and an overlap-add do the same sums there. Long inputs keep torch's kernel, which needs no
+# [T, C_out * K] intermediate. (Plain convolutions stay on torch's kernels: the encoder then runs
+# the reference's exact arithmetic, so codes do not flip on near-ties.)
 MATMUL_MAX_FRAMES = 128
-
-
-def conv1d_by_matmul(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """``conv(x)`` (no padding, groups 1) as one matmul over the unfolded input."""
-    (kernel,), (stride,), (dilation,) = conv.kernel_size, conv.stride, conv.dilation
-    windows = x.unfold(-1, (kernel - 1) * dilation + 1, stride)[..., ::dilation]  # [B, C, T_out, K]
-    rows = windows.permute(0, 2, 1, 3).reshape(x.shape[0], windows.shape[2], -1)
-    return F.linear(rows, conv.weight.view(conv.out_channels, -1), conv.bias).transpose(1, 2)
 
 
 def conv_transpose1d_by_matmul(x: torch.Tensor, convtr: nn.ConvTranspose1d) -> torch.Tensor:
@@ -70,11 +62,7 @@ class _ConvHolder(nn.Module):
         self.conv = conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self.conv
-        out_frames = (x.shape[-1] - (conv.kernel_size[0] - 1) * conv.dilation[0] - 1) // conv.stride[0] + 1
-        if x.device.type == "cpu" and conv.groups == 1 and x.shape[0] * out_frames <= MATMUL_MAX_FRAMES:
-            return conv1d_by_matmul(x, conv)
-        return conv(x)
+        return self.conv(x)
 
 
 class _ConvTransposeHolder(nn.Module):
