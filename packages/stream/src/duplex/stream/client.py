@@ -27,7 +27,9 @@ class TextPiece:
 
 
 @dataclass
-class Conversation:
+class TalkResult:
+    """What a client heard: the reply audio (24 kHz mono) and the text pieces, with timings."""
+
     reply: np.ndarray
     text: list[TextPiece] = field(default_factory=list)
     frames_sent: int = 0
@@ -53,7 +55,7 @@ async def talk(
     handshake_timeout_s: float = 10.0,
     final_grace_s: float = 0.3,
     on_text=None,
-) -> Conversation:
+) -> TalkResult:
     """Send ``pcm`` (mono float32, 24 kHz) and collect the reply until it is complete.
 
     The reply is complete when it is as long as the audio sent minus the model's one-frame
@@ -64,7 +66,7 @@ async def talk(
     frames = len(pcm) // FRAME_SIZE
     expected = max(frames - 1, 0) * FRAME_SIZE
     decoder = OpusDecoder(SAMPLE_RATE)
-    result = Conversation(reply=np.zeros(0, dtype=np.float32))
+    result = TalkResult(reply=np.zeros(0, dtype=np.float32))
     chunks: list[np.ndarray] = []
     received = 0
     started = time.monotonic()
