@@ -6,6 +6,16 @@ from pathlib import Path
 
 import typer
 
+_DTYPES = ("stored", "float32", "bfloat16", "float16")
+
+
+def _dtype(name: str):
+    import torch
+
+    if name not in _DTYPES:
+        raise typer.BadParameter(f"--dtype must be one of {', '.join(_DTYPES)}, got {name!r}")
+    return None if name == "stored" else getattr(torch, name)
+
 
 def run(
     input_wav: Path | None = typer.Argument(
@@ -15,9 +25,12 @@ def run(
     checkpoint: str | None = typer.Option(
         None,
         "--checkpoint",
-        help="A checkpoint directory, file or Hugging Face repo (default: the bundled tiny demo).",
+        help="A checkpoint directory or Hugging Face repo id (default: the bundled tiny demo).",
     ),
     device: str = typer.Option("cpu", help="torch device."),
+    dtype: str = typer.Option(
+        "stored", help="LM dtype: stored (as in the checkpoint), float32, bfloat16, float16."
+    ),
     greedy: bool = typer.Option(False, help="Greedy decoding instead of sampling."),
     seed: int = typer.Option(42424242, help="Sampling seed."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -33,7 +46,7 @@ def run(
         input_wav = example_wav()
     try:
         pipeline = MoshiPipeline.from_checkpoint(
-            checkpoint, device=device, **({"use_sampling": False} if greedy else {})
+            checkpoint, device=device, dtype=_dtype(dtype), **({"use_sampling": False} if greedy else {})
         )
         pcm = load_mono(input_wav, pipeline.sample_rate)
     except (FileNotFoundError, ValueError, RuntimeError) as error:

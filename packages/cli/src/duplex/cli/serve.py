@@ -6,12 +6,22 @@ import logging
 
 import typer
 
+_DTYPES = ("stored", "float32", "bfloat16", "float16")
+
+
+def _dtype(name: str):
+    import torch
+
+    if name not in _DTYPES:
+        raise typer.BadParameter(f"--dtype must be one of {', '.join(_DTYPES)}, got {name!r}")
+    return None if name == "stored" else getattr(torch, name)
+
 
 def serve(
     checkpoint: str | None = typer.Option(
         None,
         "--checkpoint",
-        help="A checkpoint directory, file or Hugging Face repo (default: the bundled tiny demo).",
+        help="A checkpoint directory or Hugging Face repo id (default: the bundled tiny demo).",
     ),
     host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 to accept remote clients)."),
     port: int = typer.Option(8998, help="TCP port."),
@@ -25,6 +35,9 @@ def serve(
         help="Refuse clients that do not present this token.",
     ),
     device: str = typer.Option("cpu", help="torch device."),
+    dtype: str = typer.Option(
+        "stored", help="LM dtype: stored (as in the checkpoint), float32, bfloat16, float16."
+    ),
     greedy: bool = typer.Option(False, help="Greedy decoding instead of sampling."),
     log_level: str = typer.Option("info", help="Logging level."),
 ) -> None:
@@ -35,7 +48,7 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         pipeline = MoshiPipeline.from_checkpoint(
-            checkpoint, device=device, **({"use_sampling": False} if greedy else {})
+            checkpoint, device=device, dtype=_dtype(dtype), **({"use_sampling": False} if greedy else {})
         )
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         typer.echo(f"error: {error}", err=True)
