@@ -177,7 +177,7 @@ class CodecTrainingModule(L.LightningModule):
                 "val/codebook_perplexity": usage["perplexity"].mean(),
             },
             prog_bar=True,
-            sync_dist=False,  # torchmetrics already reduces over ranks
+            sync_dist=True,  # already reduced by torchmetrics: averaging equal values changes nothing
         )
         for metric in (self.val_si_sdr, self.val_mel, self.val_usage):
             metric.reset()

@@ -64,7 +64,8 @@ class LMTrainingModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_metrics.compute()
-        self.log_dict({f"val/{name}": value for name, value in metrics.items()}, prog_bar=False)
+        # Already reduced over ranks by torchmetrics; sync_dist only averages equal values.
+        self.log_dict({f"val/{name}": value for name, value in metrics.items()}, sync_dist=True)
         self.val_metrics.reset()
 
     def configure_optimizers(self):  # noqa: ANN201
