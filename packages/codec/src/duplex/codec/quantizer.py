@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from duplex.codec import kernels
 from duplex.codec.config import QuantizerConfig
 from torch import nn
 
@@ -135,6 +136,11 @@ class ResidualVectorQuantizer(nn.Module):
         batch, _, frames = latent.shape
         projected = self.input_proj(latent)
         residual = projected.transpose(1, 2).reshape(batch * frames, -1)  # contiguous rows, as cdist wants
+        codebooks = self.codebooks()[:num_codebooks]
+        if codebooks and kernels.active_backend("rvq_encode", residual.device) != "torch":
+            # Triton on CUDA (duplex.codec.kernels): one fused search over all levels.
+            codes = kernels.rvq_encode(residual, torch.stack([codebook.centroids for codebook in codebooks]))
+            return codes.view(batch, frames, -1).transpose(1, 2)
         all_codes = []
         for codebook in self.codebooks()[:num_codebooks]:
             codes = nearest_codes(residual, codebook.centroids, codebook.centroids_augmented)
@@ -146,6 +152,13 @@ class ResidualVectorQuantizer(nn.Module):
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """``codes`` ``[B, K, T]`` -> latent ``[B, C_out, T]`` (sum of centroids, then projection)."""
+        codebooks = self.codebooks()[: codes.shape[1]]
+        if codebooks and kernels.active_backend("rvq_decode", codes.device) != "torch":
+            batch, _, frames = codes.shape
+            rows = codes[:, : len(codebooks)].transpose(1, 2).reshape(batch * frames, -1)
+            tables = torch.stack([codebook.centroids for codebook in codebooks])
+            total = kernels.rvq_decode(rows, tables).view(batch, frames, -1)
+            return self.output_proj(total.transpose(1, 2))
         total = None
         for level, codebook in enumerate(self.codebooks()[: codes.shape[1]]):
             vectors = lookup(codes[:, level], codebook.centroids)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from duplex.codec import kernels
 from duplex.codec.nn.kv_cache import RingKVCache
 from duplex.codec.nn.per_step import apply_per_step, weight_set_count
 from duplex.codec.nn.rope import RotaryEmbedding
@@ -153,9 +154,17 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState]):
         else:
             k, v, key_positions = state.cache.write(k, v, shared.positions, state.exec_mask)
 
-        if self.causal and shared.bias is None:
-            shared.bias = self._attention_bias(shared.positions, key_positions, state is not None, q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=shared.bias, enable_gqa=self.kv_repeat > 1)
+        if self.causal and kernels.active_backend("attention", q.device) != "torch":
+            # Triton on CUDA (duplex.codec.kernels); the torch path below is unchanged.
+            out = kernels.attention(q, k, v, shared.positions, key_positions, self.context)
+        else:
+            if self.causal and shared.bias is None:
+                shared.bias = self._attention_bias(
+                    shared.positions, key_positions, state is not None, q.dtype
+                )
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=shared.bias, enable_gqa=self.kv_repeat > 1
+            )
         out = self._project(out.transpose(1, 2).flatten(2), first_step, out=True)
 
         if state is not None:
