@@ -154,8 +154,9 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState]):
         else:
             k, v, key_positions = state.cache.write(k, v, shared.positions, state.exec_mask)
 
-        if self.causal and kernels.active_backend("attention", q.device) != "torch":
-            # Triton on CUDA (duplex.codec.kernels); the torch path below is unchanged.
+        needs_grad = torch.is_grad_enabled() and q.requires_grad
+        if self.causal and kernels.choose_backend("attention", q.device, needs_grad) != "torch":
+            # Triton on CUDA for inference (duplex.codec.kernels); training and CPU stay on SDPA below.
             out = kernels.attention(q, k, v, shared.positions, key_positions, self.context)
         else:
             if self.causal and shared.bias is None:
