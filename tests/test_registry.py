@@ -74,3 +74,14 @@ def test_unknown_name_lists_known_ones():
         registry.get("gamma")
     message = str(excinfo.value)
     assert "gamma" in message and "alpha, beta" in message and "duplex.test_widgets_none" in message
+
+
+def test_builtin_components_are_registered_through_entry_points():
+    from duplex.codec import Mimi
+    from duplex.codec.registry import CODECS
+    from duplex.lm.data.format import load_dataset
+    from duplex.lm.registry import BACKBONES, DATA_SOURCES
+
+    assert CODECS.get("mimi") is Mimi
+    assert "helium" in BACKBONES.names()
+    assert DATA_SOURCES.get("moshi-finetune") is load_dataset

@@ -28,6 +28,10 @@ def info() -> None:
     typer.echo(f"{'triton':14s} {triton}")
     device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
     typer.echo(f"{'device':14s} {device}")
+    from duplex.codec import kernels
+
+    backends = ", ".join(f"{op}={kernels.active_backend(op)}" for op in kernels.OPS)
+    typer.echo(f"{'kernels':14s} {backends}")
     typer.echo("registered components:")
     for registry in ALL_REGISTRIES:
         names = ", ".join(registry.names()) or "(none)"

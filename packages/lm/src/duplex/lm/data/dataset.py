@@ -6,7 +6,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from duplex.lm.data.format import Dialogue, load_dataset
+from duplex.lm.data.format import Dialogue
+from duplex.lm.registry import DATA_SOURCES
 from duplex.lm.data.interleave import FRAME_RATE, TEXT_EPAD, TEXT_PAD, ZERO_TOKEN, multistream, text_stream
 from duplex.lm.data.token_cache import TokenCache
 from torch.utils.data import Dataset
@@ -64,8 +65,11 @@ class MultistreamDataset(Dataset):
         tokenize: Callable[[str], list[int]],
         num_codebooks: int,
         segment_frames: int,
+        source: str = "moshi-finetune",
     ) -> MultistreamDataset:
-        dialogues = load_dataset(data)
+        """Read ``data`` with the data source registered as ``source`` (entry-point group
+        ``duplex.data_sources``: a callable ``(path) -> list[Dialogue]``)."""
+        dialogues = DATA_SOURCES.get(source)(data)
         sequences = [dialogue_sequence(d, cache, tokenize, num_codebooks) for d in dialogues]
         return cls(sequences, segment_frames)
 
