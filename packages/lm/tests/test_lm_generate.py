@@ -140,6 +140,27 @@ def test_exec_mask_freezes_a_slot():
         assert torch.equal(outs[t][1], reference[t - 2][0])
 
 
+def test_exec_mask_freezes_a_seeded_slot_random_generator():
+    config = LMConfig.from_preset("tiny")
+    model = LMModel(config).eval()
+    frames = user_frames(config, 12, 2)
+    gen = LMGen(model, top_k=10, top_k_text=5)
+    with gen.streaming(2):
+        gen.set_seed(1, 7)
+        outs = []
+        for t, frame in enumerate(frames):
+            gen.set_exec_mask(torch.tensor([True, t not in (4, 5)]))
+            outs.append(gen.step(frame))
+    # Sampling too: the paused frames drew nothing from slot 1's generator.
+    kept = torch.cat([frames[:4], frames[6:]])[:, 1:]
+    alone = LMGen(model, top_k=10, top_k_text=5)
+    with alone.streaming(1):
+        alone.set_seed(0, 7)
+        reference = [alone.step(frame) for frame in kept]
+    for t in range(6, 12):
+        assert torch.equal(outs[t][1], reference[t - 2][0])
+
+
 def test_bfloat16_generation_runs():
     config = LMConfig.from_preset("tiny")
     model = LMModel(config).eval().to(torch.bfloat16)

@@ -187,10 +187,11 @@ class LMGen(StreamingModule[LMGenState]):
 
         generators = state.rng.generators()
         hidden, text_logits = model.forward_text(tokens)
-        text = sample_token(
-            text_logits.float(), self.use_sampling, self.temp_text, self.top_k_text, generators=generators
-        )[:, 0, 0]
-        audio = self._depformer_step(text, hidden, generators) if model.depformer is not None else None
+        with state.rng.frozen(~executing):
+            text = sample_token(
+                text_logits.float(), self.use_sampling, self.temp_text, self.top_k_text, generators=generators
+            )[:, 0, 0]
+            audio = self._depformer_step(text, hidden, generators) if model.depformer is not None else None
 
         # Write the generated frame at the new offset.
         state.offsets = torch.where(executing, state.offsets + 1, state.offsets)

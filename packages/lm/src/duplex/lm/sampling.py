@@ -9,7 +9,8 @@ batch row draws from its own generator, so a conversation's samples depend only 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -99,6 +100,21 @@ class SlotGenerators:
         """Restart the generators of the slots where ``mask`` (bool ``[B]``) is true."""
         for slot in torch.nonzero(mask.cpu()).flatten().tolist():
             self.set_seed(slot, self.seeds[slot])
+
+    @contextmanager
+    def frozen(self, mask: torch.Tensor) -> Iterator[None]:
+        """Inside the block, draws made for the slots where ``mask`` is true are undone on exit.
+
+        A paused slot is still sampled with the batch; putting its generator back keeps a
+        conversation's samples a function of its own frames and seed only.
+        """
+        slots = torch.nonzero(mask.cpu()).flatten().tolist()
+        saved = [(g, g.get_state()) for g in (self._generators[s] for s in slots) if g is not None]
+        try:
+            yield
+        finally:
+            for generator, state in saved:
+                generator.set_state(state)
 
     def generators(self) -> list[torch.Generator | None] | None:
         """Per-row generators for :func:`sample_token`, or None when no slot has a seed."""

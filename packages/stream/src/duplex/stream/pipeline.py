@@ -134,15 +134,6 @@ class MoshiPipeline:
             module.set_exec_mask(mask)
             self._masks[id(module)] = mask
 
-    def _generator_states(self, rows: np.ndarray) -> list[tuple[torch.Generator, torch.Tensor]]:
-        """The random state of the chosen rows' own generators.
-
-        LMGen samples every row, masked ones included; putting a paused row's generator back
-        after the step keeps a conversation's samples a function of its own frames and seed only.
-        """
-        generators = self.lm_gen.streaming_state.rng.generators() or []
-        return [(g, g.get_state()) for row, g in enumerate(generators) if rows[row] and g is not None]
-
     def _mask(self, rows: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(rows, dtype=torch.bool, device=self.device)
 
@@ -166,10 +157,7 @@ class MoshiPipeline:
             self._first_frame &= ~starting
 
         self._set_mask(self.lm_gen, executing)
-        paused = self._generator_states(~active)
         tokens = self.lm_gen.step(codes)
-        for generator, state in paused:
-            generator.set_state(state)
         out_pcm = np.zeros((n, self.frame_size), dtype=np.float32)
         text: list[str | None] = [None] * n
         if tokens is None:

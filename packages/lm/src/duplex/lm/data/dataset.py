@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 from duplex.lm.data.format import Dialogue
-from duplex.lm.registry import DATA_SOURCES
 from duplex.lm.data.interleave import FRAME_RATE, TEXT_EPAD, TEXT_PAD, ZERO_TOKEN, multistream, text_stream
 from duplex.lm.data.token_cache import TokenCache
+from duplex.lm.registry import DATA_SOURCES
 from torch.utils.data import Dataset
 
 
