@@ -13,7 +13,6 @@ without downloading anything. The directory holds what an official checkpoint ho
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -80,32 +79,11 @@ def _spread_codebooks(mimi) -> None:
             residual = residual - codebook.centroids[nearest]
 
 
-def _train_tokenizer() -> bytes:
-    import sentencepiece
-
-    model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(_CORPUS * 4),
-        model_writer=model,
-        vocab_size=TEXT_VOCAB,
-        model_type="bpe",
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=3,
-        num_threads=1,
-        character_coverage=1.0,
-        normalization_rule_name="identity",
-        hard_vocab_limit=False,
-        minloglevel=2,
-    )
-    return model.getvalue()
-
-
 def build_demo_checkpoint(directory: str | Path, seed: int = DEMO_SEED) -> Path:
     """Write the tiny checkpoint to ``directory`` (same seed, same files); returns the directory."""
     from duplex.codec import Mimi, MimiConfig
     from duplex.lm.config import LMConfig
+    from duplex.lm.data.text_tokenizer import train_tokenizer
     from duplex.lm.model import LMModel
     from safetensors.torch import save_file
 
@@ -126,7 +104,14 @@ def build_demo_checkpoint(directory: str | Path, seed: int = DEMO_SEED) -> Path:
     (directory / "mimi_config.json").write_text(json.dumps(mimi_config.to_dict(), indent=2) + "\n")
     weights = {k: v.detach().float().contiguous() for k, v in lm.state_dict().items()}
     save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    (directory / "tokenizer.model").write_bytes(_train_tokenizer())
+    train_tokenizer(
+        _CORPUS * 4,
+        directory / "tokenizer.model",
+        TEXT_VOCAB,
+        model_type="bpe",
+        normalization="identity",
+        num_threads=1,
+    )
     config = {
         **lm_fields,
         "moshi_name": "model.safetensors",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from duplex.lm.model import LMModel
 from duplex.lm.training.config import LMTrainingConfig
-from duplex.lm.training.loss import multistream_loss
+from duplex.lm.training.loss import model_loss
 from duplex.lm.training.metrics import LMMetrics
 
 
@@ -21,18 +21,7 @@ def evaluate_lm(
     total, count = 0.0, 0
     for start in range(0, len(segments), batch_size):
         codes = torch.stack(list(segments[start : start + batch_size]))
-        output = model(codes)
-        loss = multistream_loss(
-            output.logits,
-            output.mask,
-            output.text_logits,
-            output.text_mask,
-            codes,
-            semantic_weight=config.semantic_weight,
-            text_padding_weight=config.text_padding_weight,
-            text_padding_id=model.config.existing_text_padding_id,
-            text_weight=config.text_weight,
-        )
+        output, loss = model_loss(model, codes, config)
         total += loss.total.item() * codes.shape[0]
         count += codes.shape[0]
         metrics.update(output, codes)

@@ -12,9 +12,14 @@ model's masks: delays, zero tokens), added together:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from duplex.lm.model import LMModel, LMOutput
+    from duplex.lm.training.config import LMTrainingConfig
 
 
 @dataclass
@@ -62,3 +67,22 @@ def multistream_loss(
     valid = mask.float()
     per_codebook = (ce * valid).sum(dim=(0, 2)) / valid.sum(dim=(0, 2)).clamp(min=1)
     return MultistreamLoss(text_weight * text_loss + audio_loss, text_loss, audio_loss, per_codebook)
+
+
+def model_loss(
+    model: LMModel, codes: torch.Tensor, config: LMTrainingConfig
+) -> tuple[LMOutput, MultistreamLoss]:
+    """Run the training forward of ``model`` on ``codes`` and weigh its loss as ``config`` says."""
+    output = model(codes)
+    loss = multistream_loss(
+        output.logits,
+        output.mask,
+        output.text_logits,
+        output.text_mask,
+        codes,
+        semantic_weight=config.semantic_weight,
+        text_padding_weight=config.text_padding_weight,
+        text_padding_id=model.config.existing_text_padding_id,
+        text_weight=config.text_weight,
+    )
+    return output, loss

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from duplex.lm.model import LMModel
 from duplex.lm.training.config import LMTrainingConfig
-from duplex.lm.training.loss import multistream_loss
+from duplex.lm.training.loss import model_loss
 from duplex.lm.training.metrics import LMMetrics
 
 
@@ -23,20 +23,7 @@ class LMTrainingModule(L.LightningModule):
         self.val_metrics = LMMetrics()
 
     def _loss(self, codes: torch.Tensor):  # noqa: ANN202
-        c = self.config
-        output = self.model(codes)
-        loss = multistream_loss(
-            output.logits,
-            output.mask,
-            output.text_logits,
-            output.text_mask,
-            codes,
-            semantic_weight=c.semantic_weight,
-            text_padding_weight=c.text_padding_weight,
-            text_padding_id=self.model.config.existing_text_padding_id,
-            text_weight=c.text_weight,
-        )
-        return output, loss
+        return model_loss(self.model, codes, self.config)
 
     def training_step(self, codes: torch.Tensor, batch_index: int) -> torch.Tensor:
         output, loss = self._loss(codes)
