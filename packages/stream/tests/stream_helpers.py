@@ -59,7 +59,9 @@ class RunningServer:
 
     def __exit__(self, *exc) -> None:
         self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
+        self._thread.join(60)
+        if self._thread.is_alive():
+            raise RuntimeError("the server did not shut down within 60 s")
 
 
 class EchoPipeline:

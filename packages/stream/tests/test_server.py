@@ -279,3 +279,35 @@ def test_a_client_that_stops_reading_is_closed_without_holding_anyone_up():
 
     code, elapsed = asyncio.run(scenario())
     assert code == 1008 and elapsed < 2
+
+
+def test_shutdown_closes_open_conversations_promptly_and_stops_the_engine():
+    from stream_helpers import EchoPipeline
+
+    class RecordingPipeline(EchoPipeline):
+        stopped = False
+
+        def stop(self) -> None:
+            self.stopped = True
+
+    pipeline = RecordingPipeline()
+    server = serve(pipeline, max_conversations=2).__enter__()
+
+    async def scenario():
+        async with aiohttp.ClientSession() as session:
+            talking = await session.ws_connect(server.ws)
+            silent = await session.ws_connect(server.ws)  # connected, never reads again
+            assert (await talking.receive(timeout=10)).data == protocol.handshake()
+            await talking.send_bytes(protocol.audio(encode_file(np.zeros(4 * FRAME, np.float32))))
+            started = time.monotonic()
+            stopping = asyncio.create_task(asyncio.to_thread(server.__exit__))
+            while (message := await talking.receive(timeout=30)).type == aiohttp.WSMsgType.BINARY:
+                pass
+            await stopping
+            del silent
+            return message, time.monotonic() - started
+
+    message, elapsed = asyncio.run(scenario())
+    assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 1001, message
+    assert elapsed < 10, elapsed
+    assert pipeline.stopped

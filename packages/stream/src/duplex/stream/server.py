@@ -17,7 +17,8 @@ web client can send, or an ``Authorization: Bearer`` header).
 
 Replies are queued per connection (at most ``max_queued_replies`` frames; beyond that the oldest
 are dropped and counted), and a send that does not complete in ``send_timeout_s`` closes the
-connection, so a slow reader only ever hurts itself.
+connection, so a slow reader only ever hurts itself. On shutdown every open conversation is closed
+with code 1001 (going away); a handler still running ``shutdown_timeout_s`` later is cancelled.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ WEB_DIR = Path(__file__).parent / "web"
 IGNORED_CLIENT_KINDS = frozenset({Kind.HANDSHAKE, Kind.CONTROL, Kind.PING})
 
 # Close codes (RFC 6455).
+CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -61,6 +63,7 @@ class ServerConfig:
     max_message_bytes: int = protocol.MAX_MESSAGE_BYTES
     max_queued_replies: int = 50
     send_timeout_s: float = 5.0
+    shutdown_timeout_s: float = 10.0
     static_dir: Path | None = WEB_DIR
 
 
@@ -103,6 +106,7 @@ class DuplexServer:
         self.config = config or ServerConfig()
         self.engine = engine
         self.runner = AsyncEngine(engine)
+        self._open_sockets: set[web.WebSocketResponse] = set()
         self.reply_latency = Histogram(
             "duplex_reply_latency_seconds",
             "Time from a user frame's arrival to its reply frame leaving the server.",
@@ -149,11 +153,21 @@ class DuplexServer:
             app.router.add_get("/", self.index)
             app.router.add_static("/", self.config.static_dir, show_index=False)
         app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)
         return app
 
     async def _on_startup(self, _app: web.Application) -> None:
         self.runner.start()
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        closing = [
+            asyncio.wait_for(
+                ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down"), self.config.send_timeout_s
+            )
+            for ws in list(self._open_sockets)
+        ]
+        await asyncio.gather(*closing, return_exceptions=True)
 
     async def _on_cleanup(self, _app: web.Application) -> None:
         await self.runner.stop()
@@ -192,6 +206,13 @@ class DuplexServer:
             raise web.HTTPUnauthorized(text="missing or wrong auth token")
         ws = web.WebSocketResponse(max_msg_size=self.config.max_message_bytes, autoping=True)
         await ws.prepare(request)
+        self._open_sockets.add(ws)
+        try:
+            return await self._converse(ws, request)
+        finally:
+            self._open_sockets.discard(ws)
+
+    async def _converse(self, ws: web.WebSocketResponse, request: web.Request) -> web.WebSocketResponse:
         try:
             params = sampling_from_query(request.query)
         except ValueError as exc:
@@ -281,7 +302,9 @@ class DuplexServer:
 
 async def start_server(server: DuplexServer) -> web.AppRunner:
     """Start listening; returns the runner (``await runner.cleanup()`` to stop)."""
-    runner = web.AppRunner(server.app(), handle_signals=False)
+    runner = web.AppRunner(
+        server.app(), handle_signals=False, shutdown_timeout=server.config.shutdown_timeout_s
+    )
     await runner.setup()
     site = web.TCPSite(runner, server.config.host, server.config.port)
     await site.start()
