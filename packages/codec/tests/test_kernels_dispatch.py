@@ -33,10 +33,11 @@ def _default_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(BACKEND_ENV, raising=False)
 
 
-def test_every_op_has_a_torch_and_a_triton_implementation_registered() -> None:
+def test_every_op_has_a_torch_implementation_and_an_accelerated_one_registered() -> None:
     for op in OPS:
         assert f"{op}/torch" in KERNELS
-        assert f"{op}/triton" in KERNELS
+        assert f"{op}/triton" in KERNELS or f"{op}/native" in KERNELS
+    assert "linear/native" in KERNELS
 
 
 def test_cpu_import_and_calls_never_import_triton_and_a_late_interpreter_is_refused() -> None:
@@ -66,7 +67,9 @@ def test_cpu_import_and_calls_never_import_triton_and_a_late_interpreter_is_refu
 
 def test_auto_picks_triton_on_cuda_and_torch_elsewhere() -> None:
     assert choose_backend("rvq_encode", "cpu") == "torch"
+    assert choose_backend("linear", "cpu") == "native"  # a C compiler is installed here
     assert choose_backend("attention", "cuda") == "triton"  # triton is installed here
+    assert choose_backend("linear", "cuda") == "torch"  # no Triton linear: cuBLAS
     assert choose_backend("attention", "cuda", needs_grad=True) == "torch"
     assert active_backend("rvq_decode", "cpu") == "torch"
 
@@ -82,6 +85,13 @@ def test_environment_variable_forces_a_path(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(KernelBackendError, match="TRITON_INTERPRET=1"):
         choose_backend("rvq_encode", "cpu")
+    monkeypatch.setenv(BACKEND_ENV, "triton")
+    assert choose_backend("linear", "cpu") == "torch"  # ops a forced backend lacks run on torch
+    monkeypatch.setenv(BACKEND_ENV, "native")
+    assert choose_backend("linear", "cpu") == "native"
+    assert choose_backend("attention", "cpu") == "torch"
+    with pytest.raises(KernelBackendError, match="CPU only"):
+        choose_backend("linear", "cuda")
     monkeypatch.setenv(BACKEND_ENV, "cudnn-magic")
     with pytest.raises(KernelBackendError, match="names no implementation of 'attention'"):
         attention(*[torch.randn(1, 1, 2, 4)] * 3, torch.arange(2)[None], torch.arange(2)[None], None)

@@ -19,6 +19,7 @@ Streaming (``with mimi.streaming(batch_size):``):
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from duplex.codec import kernels
 from duplex.codec.checkpoint import (
     CONFIG_METADATA_KEY,
     canonical_state_dict,
@@ -35,7 +37,13 @@ from duplex.codec.checkpoint import (
     write_safetensors,
 )
 from duplex.codec.config import MimiConfig, MimiTransformerConfig
-from duplex.codec.nn import StreamingConv1d, StreamingConvTranspose1d, StreamingTransformer, TransformerConfig
+from duplex.codec.nn import (
+    Linear,
+    StreamingConv1d,
+    StreamingConvTranspose1d,
+    StreamingTransformer,
+    TransformerConfig,
+)
 from duplex.codec.quantizer import SplitResidualVectorQuantizer
 from duplex.codec.seanet import SeanetDecoder, SeanetEncoder
 from duplex.codec.streaming import StreamingModule, StreamingState, module_device
@@ -52,10 +60,10 @@ class ProjectedTransformer(nn.Module):
         self.config = config
         self.transformer = StreamingTransformer(TransformerConfig(**config.transformer_fields()))
         d_model, dim = config.d_model, config.input_dimension
-        self.input_proj = nn.Linear(dim, d_model, bias=False) if dim != d_model else None
+        self.input_proj = Linear(dim, d_model, bias=False) if dim != d_model else None
         self.output_projs = nn.ModuleList(
             [
-                nn.Identity() if out == d_model else nn.Linear(d_model, out, bias=False)
+                nn.Identity() if out == d_model else Linear(d_model, out, bias=False)
                 for out in config.output_dimensions
             ]
         )
@@ -120,6 +128,10 @@ class Mimi(StreamingModule[MimiState]):
         stride = config.resample_stride
         self.downsample = ConvDownsample(dim, stride) if stride > 1 else None
         self.upsample = ConvTransposeUpsample(dim, stride) if stride > 1 else None
+        # Encode with BLAS's matmuls, as the reference does, so that codes match its codes (a
+        # latent off by 1e-7 can flip a near-tie in the RVQ, and the flip carries on to the
+        # following levels). False lets the encoder use the faster CPU kernels too.
+        self.reference_codes = True
 
     # -- facts -----------------------------------------------------------------------------------
     @property
@@ -241,8 +253,9 @@ class Mimi(StreamingModule[MimiState]):
             wav = wav[..., :complete]
             if complete == 0:
                 return wav.new_zeros(wav.shape[0], self.config.seanet.dimension, 0)
-        latent = self._run_transformer(self.encoder_transformer, self.encoder(wav))
-        return self.downsample(latent) if self.downsample is not None else latent
+        with kernels.reference_matmuls() if self.reference_codes else contextlib.nullcontext():
+            latent = self._run_transformer(self.encoder_transformer, self.encoder(wav))
+            return self.downsample(latent) if self.downsample is not None else latent
 
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
         """Audio ``[B, 1, T]`` float at 24 kHz -> codes ``[B, num_codebooks, F]`` (int64).

@@ -9,6 +9,7 @@ names: ``norm`` (LayerNorm after lookup), ``low_rank`` (a ``[N, r]`` table follo
 from __future__ import annotations
 
 import torch
+from duplex.codec.nn.linear import Linear
 from torch import nn
 
 ZERO_TOKEN = -1
@@ -32,12 +33,12 @@ class StreamEmbedding(nn.Embedding):
         self.dim = dim
         self.norm = nn.LayerNorm(table_dim, eps=1e-5, device=device, dtype=dtype) if norm else None
         self.low_rank = (
-            nn.Linear(low_rank, dim, bias=False, device=device, dtype=dtype) if low_rank is not None else None
+            Linear(low_rank, dim, bias=False, device=device, dtype=dtype) if low_rank is not None else None
         )
         self.demux_second_stream = demux_second_stream
         if demux_second_stream:
-            self.out1 = nn.Linear(table_dim, dim, bias=False, device=device, dtype=dtype)
-            self.out2 = nn.Linear(table_dim, dim, bias=False, device=device, dtype=dtype)
+            self.out1 = Linear(table_dim, dim, bias=False, device=device, dtype=dtype)
+            self.out2 = Linear(table_dim, dim, bias=False, device=device, dtype=dtype)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         is_zero = (tokens == ZERO_TOKEN).unsqueeze(-1)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from duplex.codec.nn import make_norm
+from duplex.codec.nn import Linear, make_norm
 from duplex.codec.streaming import StreamingModule, StreamingState
 from duplex.lm.config import LMConfig
 from duplex.lm.depformer import Depformer
@@ -114,14 +114,14 @@ class LMModel(StreamingModule[StreamingState]):
         )
         self.transformer = BACKBONES.get(config.backbone)(config.temporal_transformer_config())
         self.out_norm = make_norm(config.norm, dim)
-        self.text_linear = nn.Linear(dim, config.text_out_card, bias=config.bias_proj)
+        self.text_linear = Linear(dim, config.text_out_card, bias=config.bias_proj)
 
         depformer_config = config.depformer_transformer_config()
         self.depformer: Depformer | None = None
         if depformer_config is not None:
             dep_dim = config.depformer_dim
             self.depformer_in = nn.ModuleList(
-                [nn.Linear(dim, dep_dim, bias=False) for _ in range(config.num_depformer_inputs)]
+                [Linear(dim, dep_dim, bias=False) for _ in range(config.num_depformer_inputs)]
             )
             low_rank = config.depformer_low_rank_embeddings
             self.depformer_emb = nn.ModuleList(
@@ -147,10 +147,10 @@ class LMModel(StreamingModule[StreamingState]):
                 ]
             )
             self.linears = nn.ModuleList(
-                [nn.Linear(dep_dim, config.card, bias=config.bias_proj) for _ in range(config.dep_q)]
+                [Linear(dep_dim, config.card, bias=config.bias_proj) for _ in range(config.dep_q)]
             )
         self.extra_heads = nn.ModuleList(
-            [nn.Linear(dim, config.extra_heads_dim, bias=False) for _ in range(config.extra_heads_num_heads)]
+            [Linear(dim, config.extra_heads_dim, bias=False) for _ in range(config.extra_heads_num_heads)]
         )
         self.init_weights()
 

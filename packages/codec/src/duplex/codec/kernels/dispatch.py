@@ -1,27 +1,34 @@
-"""Choosing an implementation for each kernel op: Triton on CUDA when it imports, torch elsewhere.
+"""Choosing an implementation for each kernel op: Triton on CUDA, compiled C on the CPU, torch elsewhere.
 
-Every op (``rvq_encode``, ``rvq_decode``, ``attention``, ``rope_attention``) has one
-implementation per backend, registered in :data:`duplex.codec.registry.KERNELS` under
-``"<op>/<backend>"``. The backend is picked per call:
+Every op (``rvq_encode``, ``rvq_decode``, ``attention``, ``rope_attention``, ``linear``) has a
+torch implementation and some have others, registered in :data:`duplex.codec.registry.KERNELS`
+under ``"<op>/<backend>"``. The backend is picked per call:
 
-* ``DUPLEX_KERNELS=auto`` (the default): ``triton`` for CUDA tensors when the ``triton`` package
-  is installed, ``torch`` otherwise.
+* ``DUPLEX_KERNELS=auto`` (the default): ``triton`` for CUDA tensors when the op has a Triton
+  kernel and the ``triton`` package is installed; ``native`` (C compiled for this CPU on first
+  use, see :mod:`duplex.codec.kernels.native_build`) for CPU tensors when the op has one and a C
+  compiler is found; ``torch`` otherwise. A kernel that declines an input (a shape or dtype it
+  does not handle) or cannot be built falls back to torch.
 * ``DUPLEX_KERNELS=torch`` forces the torch path everywhere.
 * ``DUPLEX_KERNELS=triton`` forces the Triton kernels. On CPU this only works with
   ``TRITON_INTERPRET=1`` (Triton's interpreter, which is how the tests run them).
+* ``DUPLEX_KERNELS=native`` forces the C kernels (CPU tensors only).
 * Any other value names a backend registered by a plugin, e.g. ``DUPLEX_KERNELS=my-cuda`` with
   entry points ``rvq_encode/my-cuda = ...`` in the ``duplex.kernels`` group.
 
-:func:`use_backend` overrides the environment variable in code, for a ``with`` block.
+A forced backend runs every op it implements and raises when it cannot take an input; the ops
+it does not implement run on torch. :func:`use_backend` overrides the environment variable in
+code, for a ``with`` block of the calling thread (or asyncio task).
 
-The Triton kernels are forward only: a call whose result needs a gradient (training) always
-takes the torch path (SDPA for attention), whatever the setting. Triton itself is imported
-lazily, the first time a Triton kernel actually runs, so importing the codec never imports it.
+The Triton and C kernels are forward only: a call whose result needs a gradient (training) always
+takes the torch path, whatever the setting. Triton itself is imported lazily, the first time a
+Triton kernel actually runs, so importing the codec never imports it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import importlib
 import importlib.util
@@ -37,11 +44,16 @@ from duplex.codec.registry import KERNELS
 BACKEND_ENV = "DUPLEX_KERNELS"
 TORCH = "torch"
 TRITON = "triton"
+NATIVE = "native"
 AUTO = "auto"
-OPS = ("rvq_encode", "rvq_decode", "attention", "rope_attention")
+OPS = ("rvq_encode", "rvq_decode", "attention", "rope_attention", "linear")
 
-_override: str | None = None
-_triton_broken = False
+# Per thread and per asyncio task: one thread's override never changes another's kernels.
+_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("duplex_kernel_override", default=None)
+_reference_matmuls: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "duplex_reference_matmuls", default=False
+)
+_broken: set[str] = set()  # backends that failed to import or build: auto mode stops trying them
 
 
 class KernelBackendError(RuntimeError):
@@ -82,20 +94,34 @@ def kernel_name(op: str, backend: str) -> str:
 
 def requested_backend() -> str:
     """The backend asked for: the :func:`use_backend` override, else ``$DUPLEX_KERNELS``, else auto."""
-    value = _override if _override is not None else os.environ.get(BACKEND_ENV, AUTO)
+    override = _override.get()
+    value = override if override is not None else os.environ.get(BACKEND_ENV, AUTO)
     return value.strip().lower() or AUTO
 
 
 @contextlib.contextmanager
 def use_backend(backend: str) -> Iterator[None]:
     """Force ``backend`` ("auto", "torch", "triton" or a plugin's name) inside a ``with`` block."""
-    global _override
-    previous = _override
-    _override = backend
+    token = _override.set(backend)
     try:
         yield
     finally:
-        _override = previous
+        _override.reset(token)
+
+
+@contextlib.contextmanager
+def reference_matmuls() -> Iterator[None]:
+    """Inside this block auto mode leaves matmuls to torch's BLAS, as the reference runs them.
+
+    The native CPU kernels sum in another order (differences of about 1e-7, relative); where a
+    result feeds an argmin, such as Mimi's codes, that can flip a near-tie. Forced backends are
+    not affected. Per thread (or asyncio task), like :func:`use_backend`.
+    """
+    token = _reference_matmuls.set(True)
+    try:
+        yield
+    finally:
+        _reference_matmuls.reset(token)
 
 
 @functools.cache
@@ -105,7 +131,7 @@ def _triton_found() -> bool:
 
 def triton_installed() -> bool:
     """Whether ``triton`` can be found (and has not failed to import), checked without importing it."""
-    return not _triton_broken and _triton_found()
+    return TRITON not in _broken and _triton_found()
 
 
 def triton_interpreting() -> bool:
@@ -128,6 +154,26 @@ def enable_triton_interpreter() -> None:
         )
 
 
+@functools.cache
+def _compiler_found() -> bool:
+    from duplex.codec.kernels.native_build import NativeBuildError, find_compiler
+
+    try:
+        find_compiler()
+    except NativeBuildError:
+        return False
+    return True
+
+
+def native_usable() -> bool:
+    """Whether the C kernels can be used here: a compiler is found and no build has failed."""
+    return NATIVE not in _broken and _compiler_found()
+
+
+def _implements(op: str, backend: str) -> bool:
+    return kernel_name(op, backend) in KERNELS
+
+
 def _triton_can_run_on(device: torch.device) -> bool:
     if device.type == "cuda":
         return triton_installed()
@@ -141,28 +187,42 @@ def choose_backend(op: str, device: torch.device | str, needs_grad: bool = False
     device = torch.device(device)
     requested = requested_backend()
     if requested == AUTO:
-        if device.type == "cuda" and not needs_grad and triton_installed():
+        if needs_grad:
+            return TORCH
+        if device.type == "cuda" and _implements(op, TRITON) and triton_installed():
             return TRITON
+        if (
+            device.type == "cpu"
+            and _implements(op, NATIVE)
+            and native_usable()
+            and not _reference_matmuls.get()
+        ):
+            return NATIVE
         return TORCH
     if requested == TORCH or needs_grad:
         return TORCH
-    if requested == TRITON:
-        if not _triton_can_run_on(device):
-            hint = (
-                "set TRITON_INTERPRET=1 to run the Triton kernels on CPU through Triton's interpreter"
-                if device.type == "cpu"
-                else "install triton (pip install 'duplex-codec[triton]')"
-            )
-            raise KernelBackendError(
-                f"{BACKEND_ENV}=triton cannot run {op!r} on a {device.type} tensor: {hint}, "
-                f"or use {BACKEND_ENV}=torch|auto"
-            )
-        return TRITON
-    if kernel_name(op, requested) not in KERNELS:
-        backends = sorted({name.split("/", 1)[1] for name in KERNELS.names() if "/" in name})
+    backends = {name.split("/", 1)[1] for name in KERNELS.names() if "/" in name}
+    if requested not in backends:
         raise KernelBackendError(
             f"{BACKEND_ENV}={requested!r} names no implementation of {op!r}; "
-            f"use auto or one of: {', '.join(backends)}"
+            f"use auto or one of: {', '.join(sorted(backends))}"
+        )
+    if not _implements(op, requested):
+        return TORCH
+    if requested == TRITON and not _triton_can_run_on(device):
+        hint = (
+            "set TRITON_INTERPRET=1 to run the Triton kernels on CPU through Triton's interpreter"
+            if device.type == "cpu"
+            else "install triton (pip install 'duplex-codec[triton]')"
+        )
+        raise KernelBackendError(
+            f"{BACKEND_ENV}=triton cannot run {op!r} on a {device.type} tensor: {hint}, "
+            f"or use {BACKEND_ENV}=torch|auto"
+        )
+    if requested == NATIVE and device.type != "cpu":
+        raise KernelBackendError(
+            f"{BACKEND_ENV}=native runs C kernels on the CPU only, not on {device.type} tensors; "
+            f"use {BACKEND_ENV}=torch|auto"
         )
     return requested
 
@@ -176,7 +236,6 @@ def active_backend(op: str, device: torch.device | str | None = None) -> str:
 
 def run(op: str, device: torch.device, needs_grad: bool, *args: Any, **kwargs: Any) -> Any:
     """Call the chosen implementation of ``op``; in auto mode, fall back to torch when it cannot."""
-    global _triton_broken
     backend = choose_backend(op, device, needs_grad)
     implementation = KERNELS.get(kernel_name(op, backend))
     if backend == TORCH or requested_backend() != AUTO:
@@ -185,7 +244,7 @@ def run(op: str, device: torch.device, needs_grad: bool, *args: Any, **kwargs: A
         return implementation(*args, **kwargs)
     except KernelUnsupportedError:
         pass
-    except ImportError as error:  # triton is present but does not import: warn once, stop trying.
-        _triton_broken = True
-        warnings.warn(f"triton does not import ({error}); duplex kernels use torch", stacklevel=3)
+    except ImportError as error:  # the kernels do not import or build here: warn once, stop trying.
+        _broken.add(backend)
+        warnings.warn(f"{backend} kernels unavailable ({error}); duplex kernels use torch", stacklevel=3)
     return KERNELS.get(kernel_name(op, TORCH))(*args, **kwargs)

@@ -4,6 +4,7 @@ from duplex.codec.nn.attention import AttentionState, SharedStep, StreamingMulti
 from duplex.codec.nn.conv import StreamingConv1d, StreamingConvTranspose1d
 from duplex.codec.nn.feedforward import ActivationGating, PerStepGating, gated_hidden_size, make_feedforward
 from duplex.codec.nn.kv_cache import RingKVCache
+from duplex.codec.nn.linear import Linear
 from duplex.codec.nn.norms import LayerNormF32, RMSNorm, make_norm
 from duplex.codec.nn.per_step import apply_per_step, weight_set_count
 from duplex.codec.nn.positional import sinusoidal_embedding
@@ -20,6 +21,7 @@ __all__ = [
     "AttentionState",
     "LayerNormF32",
     "LayerScale",
+    "Linear",
     "PerStepGating",
     "RMSNorm",
     "RingKVCache",

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from duplex.codec import kernels
 from duplex.codec.nn.kv_cache import RingKVCache
+from duplex.codec.nn.linear import Linear
 from duplex.codec.nn.per_step import apply_per_step, weight_set_count
 from duplex.codec.nn.rope import RotaryEmbedding
 from duplex.codec.streaming import StreamingModule, StreamingState, module_device
@@ -88,7 +89,7 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState]):
         self.in_proj_weight = nn.Parameter(
             torch.empty(self.mult * self.proj_dim, embed_dim).uniform_(-bound, bound)
         )
-        self.out_proj = nn.Linear(embed_dim, self.mult * embed_dim, bias=False)
+        self.out_proj = Linear(embed_dim, self.mult * embed_dim, bias=False)
         self.register_load_state_dict_pre_hook(_accept_reference_names)
 
     # -- streaming state --------------------------------------------------------------------------
@@ -117,10 +118,10 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState]):
 
     def _project(self, x: torch.Tensor, first_step: int, out: bool) -> torch.Tensor:
         if self.mult == 1:
-            return F.linear(x, self.out_proj.weight if out else self.in_proj_weight)
+            return kernels.linear(x, self.out_proj.weight if out else self.in_proj_weight)
         weight = self.out_proj_weight if out else self.in_proj
         return apply_per_step(
-            lambda i, xs: F.linear(xs, weight(i)), x, first_step, self.weights_per_step, self.schedule
+            lambda i, xs: kernels.linear(xs, weight(i)), x, first_step, self.weights_per_step, self.schedule
         )
 
     # -- forward ----------------------------------------------------------------------------------

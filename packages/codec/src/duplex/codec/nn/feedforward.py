@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from duplex.codec.nn.linear import Linear
 from duplex.codec.nn.per_step import apply_per_step, weight_set_count
 from torch import nn
 from torch.nn import functional as F
@@ -45,8 +46,8 @@ class ActivationGating(nn.Module):
         hidden = gated_hidden_size(dim, dim_feedforward)
         self.activation_name = activation
         self.activation = _ACTIVATIONS[activation]
-        self.linear_in = nn.Linear(dim, 2 * hidden, bias=False)
-        self.linear_out = nn.Linear(hidden, dim, bias=False)
+        self.linear_in = Linear(dim, 2 * hidden, bias=False)
+        self.linear_out = Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, value = self.linear_in(x).chunk(2, dim=-1)
@@ -88,8 +89,8 @@ def make_feedforward(
         if weights_per_step:
             raise ValueError("weights_per_step needs a gated feed-forward (gating != 'none')")
         return {
-            "linear1": nn.Linear(dim, dim_feedforward, bias=False),
-            "linear2": nn.Linear(dim_feedforward, dim, bias=False),
+            "linear1": Linear(dim, dim_feedforward, bias=False),
+            "linear2": Linear(dim_feedforward, dim, bias=False),
         }
     if weights_per_step:
         return {"gating": PerStepGating(dim, dim_feedforward, gating, weights_per_step, schedule)}

@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from duplex.codec.nn.attention import SharedStep, StreamingMultiheadAttention
 from duplex.codec.nn.feedforward import GATINGS, PerStepGating, make_feedforward
+from duplex.codec.nn.linear import Linear
 from duplex.codec.nn.norms import NormKind, make_norm
 from duplex.codec.nn.positional import sinusoidal_embedding
 from duplex.codec.nn.rope import RotaryEmbedding
@@ -120,8 +121,8 @@ class StreamingTransformerLayer(StreamingModule[LayerState]):
         )
         self.norm1 = make_norm(config.norm, d)
         self.norm2 = make_norm(config.norm, d)
-        self.linear1: nn.Linear | None = None
-        self.linear2: nn.Linear | None = None
+        self.linear1: Linear | None = None
+        self.linear2: Linear | None = None
         self.gating: nn.Module | None = None
         for name, module in make_feedforward(
             config.gating,

@@ -1,0 +1,61 @@
+"""The few-row float32 matmul in C (``linear_native.c``), compiled for this CPU on first use."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import torch
+from duplex.codec.kernels.dispatch import KernelUnsupportedError
+from duplex.codec.kernels.native_build import build
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("linear_native.c")
+
+# Beyond this many rows BLAS's blocked matmul wins (measured with benchmarks/bench_linear.py).
+MAX_ROWS = 16
+
+_c = ctypes
+_SIGNATURE = [
+    _c.c_void_p, _c.c_int64, _c.c_void_p, _c.c_void_p, _c.c_void_p, _c.c_int64,
+    _c.c_int64, _c.c_int64, _c.c_int64, _c.c_int,
+]  # fmt: skip
+
+
+@functools.cache
+def load(extra_flags: tuple[str, ...] | None = None) -> ctypes._CFuncPtr:
+    function = build(SOURCE, extra_flags).duplex_linear_f32
+    function.argtypes = _SIGNATURE
+    function.restype = None
+    return function
+
+
+def rows_view(x: Tensor) -> Tensor:
+    """``x [..., K]`` as ``[M, K]`` with unit stride along K (a view when the layout allows it)."""
+    flat = x.reshape(-1, x.shape[-1])
+    if flat.stride(-1) != 1 or (flat.shape[0] > 1 and flat.stride(0) < flat.shape[1]):
+        flat = flat.contiguous()
+    return flat
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, function=None) -> Tensor:
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if not (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and (bias is None or bias.dtype == torch.float32)
+        and 0 < rows <= MAX_ROWS
+    ):
+        raise KernelUnsupportedError("the native linear takes 1-16 rows of float32 on the CPU")
+    function = function or load()
+    flat = rows_view(x)
+    weight = weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    out_features, in_features = weight.shape
+    out = torch.empty(rows, out_features, dtype=torch.float32)
+    function(
+        flat.data_ptr(), flat.stride(0), weight.data_ptr(), None if bias is None else bias.data_ptr(),
+        out.data_ptr(), out_features, rows, out_features, in_features, torch.get_num_threads(),
+    )  # fmt: skip
+    return out.view(*x.shape[:-1], out_features)
