@@ -170,3 +170,20 @@ def test_convtr_reset_and_exec_mask():
         b = ours(x[..., 4:])
     assert rel_l2(torch.cat([a[:1], b[:1]], -1), full[:1]) <= 1e-6
     assert rel_l2(b[1:], ours(x[1:, :, 4:])) <= 1e-6
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(("kernel", "stride", "dilation"), [(7, 1, 1), (3, 1, 2), (16, 8, 1), (4, 2, 1)])
+def test_streaming_steps_through_the_native_kernel_give_torchs_numbers(kernel, stride, dilation) -> None:
+    from duplex.codec.kernels import use_backend
+
+    torch.manual_seed(kernel)
+    conv = StreamingConv1d(24, 40, kernel, stride=stride, dilation=dilation)
+    convtr = StreamingConvTranspose1d(40, 24, 2 * stride, stride=stride)
+    x = torch.randn(2, 24, 12 * stride)
+    outputs = {}
+    for backend in ("native", "torch"):
+        with use_backend(backend), conv.streaming(2), convtr.streaming(2):
+            steps = [x[..., i : i + 2 * stride] for i in range(0, x.shape[-1], 2 * stride)]
+            outputs[backend] = torch.cat([convtr(conv(step)) for step in steps], -1)
+    torch.testing.assert_close(outputs["native"], outputs["torch"], rtol=1e-5, atol=1e-5)

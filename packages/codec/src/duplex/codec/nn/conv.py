@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from duplex.codec import kernels
+from duplex.codec.kernels import linear_native
+from duplex.codec.kernels.dispatch import NATIVE
 from duplex.codec.streaming import StreamingModule, StreamingState, module_device
 from torch import nn
 
@@ -35,17 +38,44 @@ def _check_input(x: torch.Tensor, channels: int, stride: int, name: str) -> None
 # On CPU, torch's ConvTranspose1d falls back to a slow im2col loop for the short, wide inputs of
 # streaming (about 10x slower than a matmul for Mimi's 1024 -> 512 up-sampling at 2 frames). A
 # matmul and an overlap-add do the same sums there. Long inputs keep torch's kernel, which needs no
-# [T, C_out * K] intermediate. (Plain convolutions stay on torch's kernels: the encoder then runs
-# the reference's exact arithmetic, so codes do not flip on near-ties.)
+# [T, C_out * K] intermediate.
 MATMUL_MAX_FRAMES = 128
 
 
-def conv_transpose1d_by_matmul(x: torch.Tensor, convtr: nn.ConvTranspose1d) -> torch.Tensor:
-    """``convtr(x)`` (groups 1, kernel a multiple of the stride) as a matmul and an overlap-add."""
+def _native_rows(x: torch.Tensor, rows: int) -> bool:
+    """Whether a product with ``rows`` rows should take the native few-row kernel (streaming on CPU)."""
+    return (
+        rows <= linear_native.MAX_ROWS
+        and x.dtype == torch.float32
+        and kernels.choose_backend("linear", x.device, torch.is_grad_enabled()) == NATIVE
+    )
+
+
+def conv1d_by_matmul(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """``conv(x)`` (groups 1, no padding) as an unfold and one few-row matmul."""
+    (kernel,), (stride,), (dilation,) = conv.kernel_size, conv.stride, conv.dilation
+    batch = x.shape[0]
+    windows = x.unfold(-1, (kernel - 1) * dilation + 1, stride)[..., ::dilation]  # [B, C_in, T_out, K]
+    length = windows.shape[2]
+    rows = windows.permute(0, 2, 1, 3).reshape(batch * length, -1)
+    out = kernels.linear(rows, conv.weight.view(conv.out_channels, -1), conv.bias)
+    return out.view(batch, length, -1).transpose(1, 2)
+
+
+def conv_transpose1d_by_matmul(
+    x: torch.Tensor, convtr: nn.ConvTranspose1d, weight_t: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``convtr(x)`` (groups 1, kernel a multiple of the stride) as a matmul and an overlap-add.
+
+    ``weight_t`` (the weight as ``[C_out * K, C_in]``) routes the matmul through the few-row kernel.
+    """
     (kernel,), (stride,) = convtr.kernel_size, convtr.stride
     batch, _, length = x.shape
     blocks = kernel // stride
-    cols = torch.matmul(x.transpose(1, 2), convtr.weight.view(convtr.in_channels, -1))  # [B, T, C_out * K]
+    if weight_t is not None:
+        cols = kernels.linear(x.transpose(1, 2), weight_t)  # [B, T, C_out * K]
+    else:
+        cols = torch.matmul(x.transpose(1, 2), convtr.weight.view(convtr.in_channels, -1))
     cols = cols.view(batch, length, convtr.out_channels, blocks, stride)
     out = cols.new_zeros(batch, length + blocks - 1, convtr.out_channels, stride)
     for j in range(blocks):  # block j of input frame t lands on output frame t + j
@@ -62,7 +92,12 @@ class _ConvHolder(nn.Module):
         self.conv = conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        conv = self.conv
+        if conv.groups == 1 and conv.padding == (0,) and x.device.type == "cpu":
+            frames = (x.shape[-1] - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1) // conv.stride[0] + 1
+            if _native_rows(x, x.shape[0] * frames):
+                return conv1d_by_matmul(x, conv)
+        return conv(x)
 
 
 class _ConvTransposeHolder(nn.Module):
@@ -71,6 +106,15 @@ class _ConvTransposeHolder(nn.Module):
     def __init__(self, convtr: nn.ConvTranspose1d) -> None:
         super().__init__()
         self.convtr = convtr
+        self._weight_t: tuple[tuple[int, int], torch.Tensor] | None = None
+
+    def weight_t(self) -> torch.Tensor:
+        """The weight as ``[C_out * K, C_in]`` (the few-row kernel's layout), kept until it changes."""
+        weight = self.convtr.weight
+        key = (weight.data_ptr(), weight._version)
+        if self._weight_t is None or self._weight_t[0] != key:
+            self._weight_t = (key, weight.detach().reshape(weight.shape[0], -1).t().contiguous())
+        return self._weight_t[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         convtr = self.convtr
@@ -80,7 +124,8 @@ class _ConvTransposeHolder(nn.Module):
             and convtr.kernel_size[0] % convtr.stride[0] == 0
             and x.shape[0] * x.shape[-1] <= MATMUL_MAX_FRAMES
         ):
-            return conv_transpose1d_by_matmul(x, convtr)
+            native = _native_rows(x, x.shape[0] * x.shape[-1])
+            return conv_transpose1d_by_matmul(x, convtr, self.weight_t() if native else None)
         return convtr(x)
 
 
