@@ -73,7 +73,7 @@ class Registry(Generic[T]):
         return sorted(set(self._components) | set(self._discovered()))
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in self.names()
+        return isinstance(name, str) and (name in self._components or name in self._discovered())
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -95,7 +95,11 @@ def kernel_name(op: str, backend: str) -> str:
 def requested_backend() -> str:
     """The backend asked for: the :func:`use_backend` override, else ``$DUPLEX_KERNELS``, else auto."""
     override = _override.get()
-    value = override if override is not None else os.environ.get(BACKEND_ENV, AUTO)
+    return _normalized(override if override is not None else os.environ.get(BACKEND_ENV, AUTO))
+
+
+@functools.lru_cache(maxsize=64)
+def _normalized(value: str) -> str:
     return value.strip().lower() or AUTO
 
 
@@ -184,7 +188,8 @@ def choose_backend(op: str, device: torch.device | str, needs_grad: bool = False
     """The backend a call of ``op`` on ``device`` takes; ``needs_grad`` forces torch."""
     if op not in OPS:
         raise ValueError(f"unknown kernel op {op!r}; known ops: {', '.join(OPS)}")
-    device = torch.device(device)
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
     requested = requested_backend()
     if requested == AUTO:
         if needs_grad:

@@ -5,6 +5,9 @@
  * ROWS weight rows is read once per PAIR of input rows (from cache after the first pair), with
  * 8-wide vector accumulators. The threads split the output columns.
  *
+ * A single input row takes its own loop over blocks of ROWS_ALONE weight rows (more independent
+ * accumulators, no second row to pair with).
+ *
  * Each output is summed in the same order whatever the number of input rows, threads or the
  * row's position in the batch, so a row's result never depends on the other rows.
  * Plain C with GCC/Clang vector extensions: the compiler maps them to the host's SIMD unit.
@@ -19,6 +22,7 @@ typedef float vec8 __attribute__((vector_size(32)));
 
 #define ROWS 4
 #define PAIR 2
+#define ROWS_ALONE 8
 
 static inline vec8 load8(const float* p) {
     vec8 v;
@@ -28,6 +32,26 @@ static inline vec8 load8(const float* p) {
 
 static inline float lanes_sum(vec8 v) {
     return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+}
+
+static void single_row(const float* x, const float* w, const float* bias, float* y, int64_t k_count,
+                       int64_t n_begin, int64_t n_end) {
+    for (int64_t n = n_begin; n < n_end; n += ROWS_ALONE) {
+        int rows = n_end - n < ROWS_ALONE ? (int)(n_end - n) : ROWS_ALONE;
+        const float* wr[ROWS_ALONE];
+        for (int r = 0; r < ROWS_ALONE; r++) wr[r] = w + (n + (r < rows ? r : 0)) * k_count;
+        vec8 acc[ROWS_ALONE] = {{0}};
+        int64_t k = 0;
+        for (; k + 8 <= k_count; k += 8) {
+            vec8 a = load8(x + k);
+            for (int r = 0; r < ROWS_ALONE; r++) acc[r] += a * load8(wr[r] + k);
+        }
+        for (int r = 0; r < rows; r++) {
+            float s = lanes_sum(acc[r]);
+            for (int64_t t = k; t < k_count; t++) s += x[t] * wr[r][t];
+            y[n + r] = bias ? s + bias[n + r] : s;
+        }
+    }
 }
 
 static void columns(const float* x, int64_t ldx, const float* w, const float* bias, float* y, int64_t ldy,
@@ -72,8 +96,13 @@ void duplex_linear_f32(const float* x, int64_t ldx, const float* w, const float*
         int t = 0, team = 1;
         (void)threads;
 #endif
-        int64_t share = ((n_count + team - 1) / team + ROWS - 1) / ROWS * ROWS;
+        int64_t share = ((n_count + team - 1) / team + ROWS_ALONE - 1) / ROWS_ALONE * ROWS_ALONE;
         int64_t begin = t * share, end = begin + share < n_count ? begin + share : n_count;
-        if (begin < end) columns(x, ldx, w, bias, y, ldy, m_count, k_count, begin, end);
+        if (begin < end) {
+            if (m_count == 1)
+                single_row(x, w, bias, y, k_count, begin, end);
+            else
+                columns(x, ldx, w, bias, y, ldy, m_count, k_count, begin, end);
+        }
     }
 }

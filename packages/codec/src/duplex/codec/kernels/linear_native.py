@@ -40,22 +40,25 @@ def rows_view(x: Tensor) -> Tensor:
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, function=None) -> Tensor:
-    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    in_features = x.shape[-1]
+    rows = x.numel() // in_features if in_features else 0
     if not (
-        x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and (bias is None or bias.dtype == torch.float32)
-        and 0 < rows <= MAX_ROWS
+        0 < rows <= MAX_ROWS
+        and x.dtype is torch.float32
+        and weight.dtype is torch.float32
+        and (bias is None or bias.dtype is torch.float32)
+        and x.device.type == "cpu"
     ):
         raise KernelUnsupportedError("the native linear takes 1-16 rows of float32 on the CPU")
-    function = function or load()
-    flat = rows_view(x)
-    weight = weight.contiguous()
-    bias = None if bias is None else bias.contiguous()
-    out_features, in_features = weight.shape
+    flat = x if x.dim() == 2 and x.stride(1) == 1 else rows_view(x)
+    if not weight.is_contiguous():
+        weight = weight.contiguous()
+    if bias is not None and not bias.is_contiguous():
+        bias = bias.contiguous()
+    out_features = weight.shape[0]
     out = torch.empty(rows, out_features, dtype=torch.float32)
-    function(
+    (function or load())(
         flat.data_ptr(), flat.stride(0), weight.data_ptr(), None if bias is None else bias.data_ptr(),
         out.data_ptr(), out_features, rows, out_features, in_features, torch.get_num_threads(),
     )  # fmt: skip
-    return out.view(*x.shape[:-1], out_features)
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], out_features)
