@@ -8,7 +8,9 @@ All three run the same random weights (written by duplex's save_pretrained, read
 two), batch size 1, one frame per call, as a live conversation does: encode 1920 samples -> 8
 codes, decode 8 codes -> 1920 samples. They step frame by frame in lockstep, so that a busy
 machine slows them alike. Each row reports the median and the mean over the timed
-frames, after a warm-up. The reference and rustymimi are test-only dependencies (uv group
+frames, after a warm-up. "duplex" encodes with BLAS matmuls so that its codes are the
+reference's; "duplex, fast encode" (``reference_codes = False``) also runs the encoder on the
+few-row CPU kernel. The reference and rustymimi are test-only dependencies (uv group
 ``oracle``); a missing one is reported and skipped. Also checks that the three agree on codes.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 import statistics
 import sys
@@ -68,8 +71,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         stack.enter_context(torch.no_grad())
         path = ours.save_pretrained(Path(tmp) / "mimi.safetensors")
+        fast = copy.deepcopy(ours)
+        fast.reference_codes = False  # the encoder on the CPU kernels too (rare near-tie code flips)
         stack.enter_context(ours.streaming(1))
         steppers["duplex"] = (ours.encode, ours.decode)
+        stack.enter_context(fast.streaming(1))
+        steppers["duplex, fast encode"] = (fast.encode, fast.decode)
         try:
             from moshi.models.loaders import get_mimi
         except ImportError:
