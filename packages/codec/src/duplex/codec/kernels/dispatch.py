@@ -105,7 +105,7 @@ def _normalized(value: str) -> str:
 
 @contextlib.contextmanager
 def use_backend(backend: str) -> Iterator[None]:
-    """Force ``backend`` ("auto", "torch", "triton" or a plugin's name) inside a ``with`` block."""
+    """Force ``backend`` ("auto", "torch", "triton", "native" or a plugin's name) inside a ``with`` block."""
     token = _override.set(backend)
     try:
         yield
