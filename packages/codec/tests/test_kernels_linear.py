@@ -168,3 +168,11 @@ def test_mimi_encodes_with_blas_by_default_and_decodes_with_the_native_kernel(mo
         )
     assert calls
     torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5)
+
+
+def test_an_unwritable_cache_is_a_build_error_that_names_the_setting(tmp_path, monkeypatch) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv(native_build.CACHE_ENV, str(blocker))
+    with pytest.raises(native_build.NativeBuildError, match="DUPLEX_CACHE_DIR"):
+        native_build.build(linear_native.SOURCE)

@@ -113,9 +113,13 @@ def build(source: Path, extra_flags: Sequence[str] | None = None) -> ctypes.CDLL
             key = hashlib.sha256(b"\0".join([code, *(part.encode() for part in identity)])).hexdigest()[:16]
             target = cache_dir() / f"{source.stem}-{key}.so"
             if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
                 try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
                     _compile(compiler, source, target, flags)
+                except OSError as error:  # e.g. a read-only home directory
+                    raise NativeBuildError(
+                        f"cannot write the kernel cache {target.parent} ({error}); set ${CACHE_ENV}"
+                    ) from error
                 except NativeBuildError:
                     if "-fopenmp" in flags:
                         continue
