@@ -37,10 +37,13 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         input_dtype = x.dtype
-        if self.compute_dtype is not None:
+        if self.compute_dtype is not None and input_dtype != self.compute_dtype:
             x = x.to(self.compute_dtype)
-        weight = self.alpha.view(-1).to(x.dtype)
-        return F.rms_norm(x, weight.shape, weight, self.eps).to(input_dtype)
+        weight = self.alpha.view(-1)
+        if weight.dtype != x.dtype:
+            weight = weight.to(x.dtype)
+        y = F.rms_norm(x, weight.shape, weight, self.eps)
+        return y if y.dtype == input_dtype else y.to(input_dtype)
 
 
 def make_norm(kind: NormKind, dim: int) -> nn.Module:

@@ -42,6 +42,8 @@ def apply_per_step(
             f"steps {first_step}..{first_step + length - 1} exceed weights_per_step={weights_per_step}; "
             "reset the stream between sequences"
         )
+    if length == 1:  # one streaming step: the common case, without slicing
+        return fn(schedule[first_step] if schedule is not None else first_step, x)
     steps = range(first_step, first_step + length)
     indices = [schedule[s] for s in steps] if schedule is not None else list(steps)
     outputs, start = [], 0
