@@ -65,7 +65,15 @@ static void columns(const float* x, int64_t ldx, const float* w, const float* bi
             const float* xr[PAIR] = {x + m * ldx, x + (m + pair - 1) * ldx};
             vec8 acc[PAIR][ROWS] = {{{0}}};
             int64_t k = 0;
+            /* The first pair pulls the next block into cache at the pace it reads this one: the
+             * ROWS short streams of a block alone leave the hardware prefetcher behind. */
+            const char* next_block = (const char*)(w + (n + ROWS) * k_count);
+            int prefetch = m == 0 && n + ROWS < n_end;
             for (; k + 8 <= k_count; k += 8) {
+                if (prefetch) {
+                    __builtin_prefetch(next_block + k * ROWS * 4, 0, 3);
+                    __builtin_prefetch(next_block + k * ROWS * 4 + 64, 0, 3);
+                }
                 vec8 a = load8(xr[0] + k), b = load8(xr[1] + k);
                 for (int r = 0; r < ROWS; r++) {
                     vec8 wv = load8(wr[r] + k);
