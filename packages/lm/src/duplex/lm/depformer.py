@@ -6,11 +6,15 @@ position ``k`` uses weight set ``schedule[k]`` (or ``k``). Its inputs and output
 their official names; this module is the transformer body, keys ``depformer.layers.*``.
 
 In generation it streams over the codebooks of one frame and restarts at every frame, so it is
-detached from the LM's streaming: :class:`~duplex.lm.generate.LMGen` drives it directly.
+detached from the LM's streaming: :class:`~duplex.lm.generate.LMGen` drives it directly, through
+:meth:`Depformer.frame_step` where the configuration allows it.
 """
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+from duplex.codec import kernels
 from duplex.codec.nn import StreamingTransformer, TransformerConfig
 
 
@@ -21,3 +25,56 @@ class Depformer(StreamingTransformer):
         if config.context is not None:
             raise ValueError("the depformer attends within one frame and has no context")
         super().__init__(config)
+        self._frame_cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def supports_frame_step(self) -> bool:
+        """Whether :meth:`frame_step` applies: causal, per-step positions, no positional embedding."""
+        config = self.config
+        return config.causal and config.positional_embedding == "none" and config.weights_per_step > 0
+
+    def frame_step(self, x: torch.Tensor, position: int) -> torch.Tensor:
+        """Position ``position`` of this frame for ``x [B, 1, D]`` (inference only).
+
+        The same computation as streaming the module one position per call after a reset, with
+        less bookkeeping: within a frame every position sees all earlier ones, so keys and values
+        go to plain per-layer buffers (position 0 starts a new frame), no ring, mask or offsets.
+        """
+        if not self.supports_frame_step:
+            raise RuntimeError(
+                "frame_step needs a causal depformer with per-step weights and no positional embedding"
+            )
+        steps = self.config.weights_per_step
+        if not 0 <= position < steps:
+            raise ValueError(f"position {position} is outside the frame's {steps} depformer steps")
+        batch = x.shape[0]
+        if position == 0:
+            self._prepare_frame(batch, steps, x.device)
+        for layer, (keys, values) in zip(self.layers, self._frame_cache, strict=True):
+            attn = layer.self_attn
+            index = 0 if attn.mult == 1 else attn.schedule[position] if attn.schedule else position
+            heads, kv_heads, head_dim = attn.num_heads, attn.num_kv_heads, attn.head_dim
+            projected = kernels.linear(layer.norm1(x), attn.in_proj(index))  # [B, 1, P]
+            q = projected[..., : heads * head_dim].view(batch, heads, 1, head_dim)
+            k = projected[..., heads * head_dim : (heads + kv_heads) * head_dim]
+            v = projected[..., (heads + kv_heads) * head_dim :]
+            keys[:, :, position] = k.view(batch, kv_heads, head_dim)
+            values[:, :, position] = v.view(batch, kv_heads, head_dim)
+            out = F.scaled_dot_product_attention(
+                q, keys[:, :, : position + 1], values[:, :, : position + 1], enable_gqa=kv_heads != heads
+            )
+            update = kernels.linear(out.view(batch, 1, heads * head_dim), attn.out_proj_weight(index))
+            x = x.to(update.dtype) + layer.layer_scale_1(update)
+            update = layer._feedforward(layer.norm2(x), position)
+            x = x.to(update.dtype) + layer.layer_scale_2(update)
+        return x
+
+    def _prepare_frame(self, batch: int, steps: int, device: torch.device) -> None:
+        """Key/value buffers ``[B, H_kv, steps, D_h]`` per layer, reused while their shape fits."""
+        attn = self.layers[0].self_attn
+        shape = (batch, attn.num_kv_heads, steps, attn.head_dim)
+        dtype = attn.in_proj_weight.dtype
+        first = self._frame_cache[0][0] if self._frame_cache else None
+        if first is None or first.shape != shape or first.dtype != dtype or first.device != device:
+            zeros = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(2 * len(self.layers))]
+            self._frame_cache = list(zip(zeros[::2], zeros[1::2], strict=True))

@@ -215,11 +215,14 @@ class LMGen(StreamingModule[LMGenState]):
         """Sample Moshi's ``dep_q`` codebooks of this frame, one depformer position each."""
         model = self.model
         depformer = model.depformer
-        depformer.reset_streaming()
+        fast = depformer.supports_frame_step
+        if not fast:
+            depformer.reset_streaming()
         token = text
         tokens = []
         for k in range(model.dep_q):
-            out = depformer(model.depformer_input(k, token[:, None], hidden))
+            x = model.depformer_input(k, token[:, None], hidden)
+            out = depformer.frame_step(x, k) if fast else depformer(x)
             logits = model.depformer_logits(k, out)[:, None]  # [B, 1, 1, card]
             token = sample_token(
                 logits.float(), self.use_sampling, self.temp, self.top_k, generators=generators
