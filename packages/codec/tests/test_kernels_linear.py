@@ -16,7 +16,7 @@ def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
     return F.linear(x.double(), weight.double(), None if bias is None else bias.double()).float()
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 16, 32])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_matches_float64_for_every_row_count_and_odd_sizes(rows: int, with_bias: bool) -> None:
     generator = torch.Generator().manual_seed(rows)

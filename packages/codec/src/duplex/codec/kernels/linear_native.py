@@ -13,8 +13,9 @@ from torch import Tensor
 
 SOURCE = Path(__file__).with_name("linear_native.c")
 
-# Beyond this many rows BLAS's blocked matmul wins (measured with benchmarks/bench_linear.py).
-MAX_ROWS = 16
+# Up to this many rows the kernel beats BLAS on the models' shapes (benchmarks/bench_linear.py:
+# 1.3-1.6x at 32 rows, about even at 64, where BLAS's blocking starts to pay).
+MAX_ROWS = 32
 
 _c = ctypes
 _SIGNATURE = [
@@ -49,7 +50,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, function=No
         and (bias is None or bias.dtype is torch.float32)
         and x.device.type == "cpu"
     ):
-        raise KernelUnsupportedError("the native linear takes 1-16 rows of float32 on the CPU")
+        raise KernelUnsupportedError(f"the native linear takes 1-{MAX_ROWS} rows of float32 on the CPU")
     flat = x if x.dim() == 2 and x.stride(1) == 1 else rows_view(x)
     if not weight.is_contiguous():
         weight = weight.contiguous()
