@@ -48,7 +48,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, function=No
         and x.dtype is torch.float32
         and weight.dtype is torch.float32
         and (bias is None or bias.dtype is torch.float32)
-        and x.device.type == "cpu"
+        and x.device.type == weight.device.type == "cpu"
+        and (bias is None or bias.device.type == "cpu")
     ):
         raise KernelUnsupportedError(f"the native linear takes 1-{MAX_ROWS} rows of float32 on the CPU")
     flat = x if x.dim() == 2 and x.stride(1) == 1 else rows_view(x)
