@@ -50,7 +50,8 @@ def test_strided_and_batched_inputs() -> None:
     generator = torch.Generator().manual_seed(1)
     weight = torch.randn(64, 48, generator=generator)
     wide = torch.randn(2, 3, 96, generator=generator)
-    for x in (wide[..., :48], wide[..., ::2], wide.transpose(0, 1)[..., 48:]):
+    repeated = wide[:1, :1, :48].expand(2, 3, 48)  # rows 0 bytes apart: read, never written
+    for x in (wide[..., :48], wide[..., ::2], wide.transpose(0, 1)[..., 48:], repeated):
         with use_backend("native"):
             got = linear(x, weight)
         assert got.shape == (*x.shape[:-1], 64)

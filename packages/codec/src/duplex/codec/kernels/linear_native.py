@@ -33,11 +33,11 @@ def load(extra_flags: tuple[str, ...] | None = None) -> ctypes._CFuncPtr:
 
 
 def rows_view(x: Tensor) -> Tensor:
-    """``x [..., K]`` as ``[M, K]`` with unit stride along K (a view when the layout allows it)."""
+    """``x [..., K]`` as ``[M, K]`` with unit stride along K (a view when the layout allows it).
+
+    Any row stride works, even 0: the kernel only reads the rows."""
     flat = x.reshape(-1, x.shape[-1])
-    if flat.stride(-1) != 1 or (flat.shape[0] > 1 and flat.stride(0) < flat.shape[1]):
-        flat = flat.contiguous()
-    return flat
+    return flat if flat.stride(-1) == 1 else flat.contiguous()
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, function=None) -> Tensor:
@@ -52,7 +52,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, function=No
         and (bias is None or bias.device.type == "cpu")
     ):
         raise KernelUnsupportedError(f"the native linear takes 1-{MAX_ROWS} rows of float32 on the CPU")
-    flat = x if x.dim() == 2 and x.stride(1) == 1 else rows_view(x)
+    flat = rows_view(x)
     if not weight.is_contiguous():
         weight = weight.contiguous()
     if bias is not None and not bias.is_contiguous():
