@@ -24,6 +24,21 @@ import torch
 from torch import nn
 
 
+class AllTrue:
+    """``bool(mask.all())``, recomputed only when the mask tensor or its contents change (a step
+    checks it on every call; it rarely changes). The tensor is referenced so that its identity
+    cannot be reused."""
+
+    def __init__(self) -> None:
+        self._seen: tuple[torch.Tensor, int, bool] | None = None
+
+    def __call__(self, mask: torch.Tensor) -> bool:
+        seen = self._seen
+        if seen is None or seen[0] is not mask or seen[1] != mask._version:
+            seen = self._seen = (mask, mask._version, bool(mask.all()))
+        return seen[2]
+
+
 @dataclass
 class StreamingState:
     """Per-module streaming state. Subclasses add tensors whose first dim is the batch."""
@@ -31,9 +46,14 @@ class StreamingState:
     batch_size: int
     device: torch.device
     exec_mask: torch.Tensor = field(init=False)
+    _all_true: AllTrue = field(init=False, repr=False, default_factory=AllTrue)
 
     def __post_init__(self) -> None:
         self.exec_mask = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)
+
+    def all_active(self) -> bool:
+        """Whether every batch item executes (``exec_mask`` all true)."""
+        return self._all_true(self.exec_mask)
 
     def reset(self, slots: torch.Tensor) -> None:
         """Restart the batch items where ``slots`` (bool ``[B]``) is true. Override to add fields."""

@@ -82,23 +82,24 @@ def _cpu_identity() -> str:
     return platform.processor()
 
 
-def _compile(compiler: str, source: Path, target: Path, flags: Sequence[str]) -> None:
+def _compile(compiler: str, sources: Sequence[Path], target: Path, flags: Sequence[str]) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
-        command = [compiler, *flags, str(source), "-o", str(built)]
+        command = [compiler, *flags, *map(str, sources), "-o", str(built), "-lm"]
+        name = sources[0].name
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as error:
-            raise NativeBuildError(f"compiling {source.name} failed to run: {error}") from error
+            raise NativeBuildError(f"compiling {name} failed to run: {error}") from error
         if result.returncode != 0:
             raise NativeBuildError(
-                f"compiling {source.name} failed ({' '.join(command)}):\n{result.stderr.strip()[-2000:]}"
+                f"compiling {name} failed ({' '.join(command)}):\n{result.stderr.strip()[-2000:]}"
             )
         os.replace(built, target)  # atomic: a concurrent process sees the old file or the whole new one
 
 
-def build(source: Path, extra_flags: Sequence[str] | None = None) -> ctypes.CDLL:
-    """Compile ``source`` (once per source, flags, compiler and CPU) and load it.
+def build(sources: Path | Sequence[Path], extra_flags: Sequence[str] | None = None) -> ctypes.CDLL:
+    """Compile ``sources`` into one library (once per sources, flags, compiler and CPU) and load it.
 
     ``extra_flags`` replace the CPU tuning flags (e.g. ``["-march=x86-64"]`` for a build that only
     uses the baseline instruction set).
@@ -106,16 +107,17 @@ def build(source: Path, extra_flags: Sequence[str] | None = None) -> ctypes.CDLL
     compiler = find_compiler()
     tuning = list(extra_flags) if extra_flags is not None else tuning_flags()
     base = ["-O3", "-fPIC", "-shared", *tuning]
-    code = source.read_bytes()
+    sources = [sources] if isinstance(sources, Path) else list(sources)
+    code = b"\0".join(source.read_bytes() for source in sources)
     with _lock:
         for flags in ([*base, "-fopenmp"], base):  # without OpenMP the kernels run on one thread
             identity = [" ".join(flags), _compiler_identity(compiler), _cpu_identity()]
             key = hashlib.sha256(b"\0".join([code, *(part.encode() for part in identity)])).hexdigest()[:16]
-            target = cache_dir() / f"{source.stem}-{key}.so"
+            target = cache_dir() / f"{sources[0].stem}-{key}.so"
             if not target.exists():
                 try:
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    _compile(compiler, source, target, flags)
+                    _compile(compiler, sources, target, flags)
                 except OSError as error:  # e.g. a read-only home directory
                     raise NativeBuildError(
                         f"cannot write the kernel cache {target.parent} ({error}); set ${CACHE_ENV}"

@@ -9,6 +9,7 @@ on purpose (it decides Mimi's streaming output past 10 s).
 from __future__ import annotations
 
 import torch
+from duplex.codec.streaming import AllTrue
 
 
 class RingKVCache:
@@ -31,15 +32,7 @@ class RingKVCache:
         # slots [used, capacity) have never been written by any item, so attention can skip them
         self.used = 0
         self._batch_index = torch.arange(batch_size, device=device)[:, None]
-        self._mask_seen: tuple[torch.Tensor, int, bool] | None = None
-
-    def _all_active(self, exec_mask: torch.Tensor) -> bool:
-        """``exec_mask.all()``, recomputed only when the mask tensor or its contents change
-        (the reference to the tensor is kept so that its identity cannot be reused)."""
-        seen = self._mask_seen
-        if seen is None or seen[0] is not exec_mask or seen[1] != exec_mask._version:
-            seen = self._mask_seen = (exec_mask, exec_mask._version, bool(exec_mask.all()))
-        return seen[2]
+        self._all_active = AllTrue()
 
     def reset(self, slots: torch.Tensor) -> None:
         self.positions[slots] = -1

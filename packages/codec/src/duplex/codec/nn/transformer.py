@@ -13,6 +13,7 @@ import torch
 from duplex.codec.nn.attention import SharedStep, StreamingMultiheadAttention
 from duplex.codec.nn.feedforward import GATINGS, PerStepGating, make_feedforward
 from duplex.codec.nn.linear import Linear
+from duplex.codec.nn.native_step import NativeStep
 from duplex.codec.nn.norms import NormKind, make_norm
 from duplex.codec.nn.positional import sinusoidal_embedding
 from duplex.codec.nn.rope import RotaryEmbedding
@@ -165,6 +166,8 @@ class StreamingTransformerLayer(StreamingModule[LayerState]):
 @dataclass
 class TransformerState(StreamingState):
     offset: torch.Tensor  # [B] long: positions already processed by each item
+    native: NativeStep | None = None  # the layers packed for the C step (see native_step)
+    native_packed: bool = False  # whether packing was tried (native None: not supported)
 
     def reset(self, slots: torch.Tensor) -> None:
         self.offset[slots] = 0
@@ -196,9 +199,41 @@ class StreamingTransformer(StreamingModule[TransformerState]):
             positions = positions + state.offset[:, None]
         if self.config.positional_embedding == "sin":
             x = x + sinusoidal_embedding(positions, dim, self.config.max_period, dtype=x.dtype)
-        shared = SharedStep(positions)
-        for layer in self.layers:
-            x = layer(x, shared)
+        native = self._native_step(x, state)
+        if native is not None:
+            x = self._run_native(native, x, positions)
+        else:
+            shared = SharedStep(positions)
+            for layer in self.layers:
+                x = layer(x, shared)
         if state is not None:
             state.offset.add_(state.exec_mask, alpha=length)
         return x.to(input_dtype)
+
+    def _native_step(self, x: torch.Tensor, state: TransformerState | None) -> NativeStep | None:
+        """The C step when this call can take it (streaming, CPU float32 inference, few rows)."""
+        if state is None:
+            return None
+        if not state.native_packed or (state.native is not None and not state.native.valid()):
+            state.native, state.native_packed = NativeStep.pack(self), True
+        native = state.native
+        if native is None or x.shape[1] > self.layers[0].self_attn.streaming_state.cache.capacity:
+            return None
+        return native if native.runs(x, state.all_active()) else None
+
+    def _run_native(self, native: NativeStep, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        length = x.shape[1]
+        rope_cos = rope_sin = None
+        if self.rope is not None:
+            head_dim = self.layers[0].self_attn.head_dim
+            angles = positions.to(torch.float32)[..., None] * self.rope.frequencies(head_dim, x.device)
+            rope_cos, rope_sin = torch.cos(angles), torch.sin(angles)
+        cache = self.layers[0].self_attn.streaming_state.cache
+        used = min(cache.capacity, cache.used + length)
+        x = native(x, positions, rope_cos, rope_sin, used)
+        for layer in self.layers:  # what the module path advances (the C step moved the offsets)
+            layer.streaming_state.step += length
+            attn_state = layer.self_attn.streaming_state
+            attn_state.step += length
+            attn_state.cache.used = used
+        return x
