@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from duplex.codec import kernels
 from duplex.codec.nn import StreamingTransformer, TransformerConfig
+from duplex.codec.nn.native_step import LayerCache, NativeStep
 
 
 class Depformer(StreamingTransformer):
@@ -26,6 +27,10 @@ class Depformer(StreamingTransformer):
             raise ValueError("the depformer attends within one frame and has no context")
         super().__init__(config)
         self._frame_cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._frame_slots = torch.zeros(0, dtype=torch.long)  # [B, steps]: slot k holds position k
+        self._frame_positions: list[torch.Tensor] = []  # [B, 1] filled with k, per position k
+        self._frame_native: list[NativeStep | None] = []  # the C step of each position, packed lazily
+        self._frame_packed: list[bool] = []
 
     @property
     def supports_frame_step(self) -> bool:
@@ -50,9 +55,12 @@ class Depformer(StreamingTransformer):
         batch = x.shape[0]
         if position == 0:
             self._prepare_frame(batch, steps, x.device)
+        native = self._native_frame_step(x, position)
+        if native is not None:
+            return native(x, self._frame_positions[position], None, None, used=position + 1)
         for layer, (keys, values) in zip(self.layers, self._frame_cache, strict=True):
             attn = layer.self_attn
-            index = 0 if attn.mult == 1 else attn.schedule[position] if attn.schedule else position
+            index = self._weight_set(attn, position)
             heads, kv_heads, head_dim = attn.num_heads, attn.num_kv_heads, attn.head_dim
             projected = kernels.linear(layer.norm1(x), attn.in_proj(index))  # [B, 1, P]
             q = projected[..., : heads * head_dim].view(batch, heads, 1, head_dim)
@@ -69,6 +77,20 @@ class Depformer(StreamingTransformer):
             x = x.to(update.dtype) + layer.layer_scale_2(update)
         return x
 
+    @staticmethod
+    def _weight_set(attn: torch.nn.Module, position: int) -> int:
+        return 0 if attn.mult == 1 else attn.schedule[position] if attn.schedule else position
+
+    def _native_frame_step(self, x: torch.Tensor, position: int) -> NativeStep | None:
+        """The C step for ``position`` when this call can take it (CPU float32 inference)."""
+        native = self._frame_native[position]
+        if not self._frame_packed[position] or (native is not None and not native.valid()):
+            caches = [LayerCache(keys, values, self._frame_slots) for keys, values in self._frame_cache]
+            sets = [self._weight_set(layer.self_attn, position) for layer in self.layers]
+            native = self._frame_native[position] = NativeStep.pack(self, caches, sets)
+            self._frame_packed[position] = True
+        return native if native is not None and native.runs(x, True) else None
+
     def _prepare_frame(self, batch: int, steps: int, device: torch.device) -> None:
         """Key/value buffers ``[B, H_kv, steps, D_h]`` per layer, reused while their shape fits."""
         attn = self.layers[0].self_attn
@@ -78,3 +100,6 @@ class Depformer(StreamingTransformer):
         if first is None or first.shape != shape or first.dtype != dtype or first.device != device:
             zeros = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(2 * len(self.layers))]
             self._frame_cache = list(zip(zeros[::2], zeros[1::2], strict=True))
+            self._frame_slots = torch.arange(steps, device=device).repeat(batch, 1)
+            self._frame_positions = [torch.full((batch, 1), k, device=device) for k in range(steps)]
+            self._frame_native, self._frame_packed = [None] * steps, [False] * steps

@@ -19,7 +19,7 @@ import torch
 from duplex.codec import kernels
 from duplex.codec.kernels import linear_native, transformer_native
 from duplex.codec.kernels.dispatch import NATIVE
-from duplex.codec.nn.feedforward import ActivationGating
+from duplex.codec.nn.feedforward import ActivationGating, PerStepGating
 from duplex.codec.nn.norms import RMSNorm
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -45,35 +45,60 @@ def _norm(norm: nn.Module) -> tuple[int, float, Tensor, Tensor | None]:
     raise Unsupported(f"norm {type(norm).__name__}")
 
 
-def _layer(layer: nn.Module, spec: transformer_native.LayerSpec, keep: list[Tensor]) -> None:
-    """Fill ``spec`` with ``layer``'s weights and streaming cache; ``keep`` collects the tensors."""
+@dataclass
+class LayerCache:
+    """Where a layer's keys and values go: ``[B, H_kv, capacity, Dh]`` each, the position held by
+    each slot ``[B, capacity]`` (int64, -1 when empty) and optionally per-item step counters ``[B]``
+    that the step advances."""
+
+    keys: Tensor
+    values: Tensor
+    slot_positions: Tensor
+    offsets: Tensor | None = None
+
+    @classmethod
+    def of(cls, attention: nn.Module) -> LayerCache:
+        """The ring cache of a streaming attention."""
+        state = attention.streaming_state
+        return cls(state.cache.keys, state.cache.values, state.cache.positions, state.offset)
+
+
+def _layer(
+    layer: nn.Module,
+    spec: transformer_native.LayerSpec,
+    keep: list[Tensor],
+    cache: LayerCache,
+    weight_set: int,
+) -> None:
+    """Fill ``spec`` with ``layer``'s weights (set ``weight_set`` of per-step weights) and ``cache``;
+    ``keep`` collects the tensors it points into."""
     attn = layer.self_attn
-    state = attn.streaming_state
-    if attn.mult != 1:
-        raise Unsupported("per-step weights")
     (kind, eps, w1, b1), (kind2, eps2, w2, b2) = _norm(layer.norm1), _norm(layer.norm2)
     if kind != kind2 or eps != eps2:
         raise Unsupported("different norms in one layer")
-    if layer.gating is None:
+    gating = layer.gating
+    if isinstance(gating, PerStepGating):
+        gating = gating[weight_set]
+    if gating is None:
         feedforward = transformer_native.FEEDFORWARD_GELU
         ff_in, ff_out = _plain_weight(layer.linear1), _plain_weight(layer.linear2)
-    elif isinstance(layer.gating, ActivationGating) and layer.gating.activation_name == "silu":
+    elif isinstance(gating, ActivationGating) and gating.activation_name == "silu":
         feedforward = transformer_native.FEEDFORWARD_SILU_GATED
-        ff_in, ff_out = _plain_weight(layer.gating.linear_in), _plain_weight(layer.gating.linear_out)
+        ff_in, ff_out = _plain_weight(gating.linear_in), _plain_weight(gating.linear_out)
     else:
-        raise Unsupported(f"feed-forward {type(layer.gating).__name__}")
+        raise Unsupported(f"feed-forward {type(gating).__name__}")
     if parametrize.is_parametrized(attn):
         raise Unsupported("parametrized weights (LoRA)")
+    _plain_weight(attn.out_proj)
     scales = [getattr(ls, "scale", None) for ls in (layer.layer_scale_1, layer.layer_scale_2)]
-    cache = state.cache
     tensors = {
         "norm1_weight": w1, "norm1_bias": b1, "norm2_weight": w2, "norm2_bias": b2,
-        "in_proj": attn.in_proj_weight.detach(), "out_proj": _plain_weight(attn.out_proj),
+        "in_proj": attn.in_proj(weight_set).detach(), "out_proj": attn.out_proj_weight(weight_set).detach(),
         "ff_in": ff_in, "ff_out": ff_out,
         "scale1": None if scales[0] is None else scales[0].detach(),
         "scale2": None if scales[1] is None else scales[1].detach(),
-        "keys": cache.keys, "values": cache.values, "slot_positions": cache.positions,
-        "offsets": state.offset,
+        "keys": cache.keys, "values": cache.values, "slot_positions": cache.slot_positions,
+        "offsets": cache.offsets,
     }  # fmt: skip
     for name, tensor in tensors.items():
         if tensor is None:
@@ -87,7 +112,7 @@ def _layer(layer: nn.Module, spec: transformer_native.LayerSpec, keep: list[Tens
     spec.head_dim, spec.hidden = attn.head_dim, ff_out.shape[1]
     spec.context = attn.context or 0
     spec.norm, spec.norm_eps, spec.feedforward = kind, eps, feedforward
-    spec.capacity = cache.capacity
+    spec.capacity = cache.keys.shape[2]
 
 
 @dataclass
@@ -95,24 +120,34 @@ class NativeStep:
     specs: ctypes.Array
     tensors: list[Tensor]  # what the specs point into: kept alive, and checked for moves
     addresses: list[int]
+    parameters: list[nn.Parameter]
 
     @classmethod
-    def pack(cls, transformer: nn.Module) -> NativeStep | None:
-        """The C description of ``transformer``'s layers while it streams; None when unsupported."""
-        if kernels.choose_backend("linear", "cpu") != NATIVE:
-            return None
+    def pack(
+        cls,
+        transformer: nn.Module,
+        caches: list[LayerCache] | None = None,
+        weight_sets: list[int] | None = None,
+    ) -> NativeStep | None:
+        """The C description of ``transformer``'s layers; None when unsupported.
+
+        ``caches``: one per layer, by default the layers' streaming ring caches. ``weight_sets``:
+        the per-step weight set of each layer (default 0; without per-step weights, only 0).
+        """
         layers = list(transformer.layers)
+        caches = caches if caches is not None else [LayerCache.of(layer.self_attn) for layer in layers]
+        weight_sets = weight_sets if weight_sets is not None else [0] * len(layers)
         specs = (transformer_native.LayerSpec * len(layers))()
         tensors: list[Tensor] = []
         try:
             transformer_native.load()
-            for layer, spec in zip(layers, specs, strict=True):
-                _layer(layer, spec, tensors)
+            for layer, spec, cache, weight_set in zip(layers, specs, caches, weight_sets, strict=True):
+                _layer(layer, spec, tensors, cache, weight_set)
         except Unsupported:
             return None
         except ImportError:  # no compiler: the module path, which warns through the dispatcher
             return None
-        return cls(specs, tensors, [t.data_ptr() for t in tensors])
+        return cls(specs, tensors, [t.data_ptr() for t in tensors], list(transformer.parameters()))
 
     def valid(self) -> bool:
         """False once a weight was replaced (``.to()``, ``param.data = ...``): pack again."""
@@ -121,7 +156,7 @@ class NativeStep:
     def runs(self, x: Tensor, exec_all: bool) -> bool:
         """Whether this call can take the C step."""
         needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad or any(t.requires_grad for t in self.tensors)
+            x.requires_grad or any(p.requires_grad for p in self.parameters)
         )
         return (
             exec_all

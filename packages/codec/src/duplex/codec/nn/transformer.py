@@ -215,7 +215,8 @@ class StreamingTransformer(StreamingModule[TransformerState]):
         if state is None:
             return None
         if not state.native_packed or (state.native is not None and not state.native.valid()):
-            state.native, state.native_packed = NativeStep.pack(self), True
+            per_step = self.layers[0].self_attn.mult > 1  # the weights change along the steps
+            state.native, state.native_packed = None if per_step else NativeStep.pack(self), True
         native = state.native
         if native is None or x.shape[1] > self.layers[0].self_attn.streaming_state.cache.capacity:
             return None
