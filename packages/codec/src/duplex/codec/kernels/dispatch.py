@@ -128,6 +128,18 @@ def reference_matmuls() -> Iterator[None]:
         _reference_matmuls.reset(token)
 
 
+def blas_order_wanted(device: torch.device, needs_grad: bool) -> bool:
+    """Inside :func:`reference_matmuls` in auto mode, whether a CPU product may take a C kernel that
+    sums in BLAS's own order (same results, bit for bit; see ``linear_blas_order``)."""
+    return (
+        _reference_matmuls.get()
+        and not needs_grad
+        and device.type == "cpu"
+        and requested_backend() == AUTO
+        and native_usable()
+    )
+
+
 @functools.cache
 def _triton_found() -> bool:
     return importlib.util.find_spec("triton") is not None

@@ -1,0 +1,98 @@
+/* y = x @ w^T (+ bias) for 2 or 3 rows, summed in the order of MKL's small-row sgemm on AVX2 CPUs.
+ *
+ * Where a result feeds an argmin (Mimi's codes), the reference's own rounding decides near-ties;
+ * matching its codes needs its sums bit for bit, not just close. For 2-3 rows MKL reads each
+ * weight row as 4-float vectors: four partial sums, element k going to sum k % 4, each step a
+ * separate multiply and add (no fused multiply-add), then (s0 + s2) + (s1 + s3), then the bias.
+ * This kernel does the same sums, at the speed of a few-row kernel (MKL's is 3-5x slower there).
+ * Python checks it against torch's matmul on this machine before using it (linear_blas_order.py).
+ *
+ * The file is compiled with -ffp-contract=off semantics (the pragma): a fused multiply-add would
+ * change the rounding.
+ */
+#pragma GCC optimize("fp-contract=off")
+#pragma STDC FP_CONTRACT OFF
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+typedef float vec4 __attribute__((vector_size(16)));
+typedef float vec8 __attribute__((vector_size(32)));
+
+#define ROWS 8 /* weight rows per block, two per 8-float vector */
+#define MAX_M 3
+
+/* Lanes 0-3: a[0..3], lanes 4-7: b[0..3]. */
+static inline vec8 load_halves(const float* a, const float* b) {
+    vec4 low, high;
+    memcpy(&low, a, sizeof low);
+    memcpy(&high, b, sizeof high);
+    return __builtin_shufflevector(low, high, 0, 1, 2, 3, 4, 5, 6, 7);
+}
+
+/* Inlined with a constant m_count, so that the accumulators stay in registers. Vector lane j of
+ * row r's half holds the partial sum of elements k = j (mod 4). */
+static inline __attribute__((always_inline)) void block_rows(const float* x, int64_t ldx, const float* w,
+                                                             const float* bias, float* y, int64_t ldy,
+                                                             const int m_count, int64_t k_count,
+                                                             int64_t n_begin, int64_t n_end) {
+    for (int64_t n = n_begin; n < n_end; n += ROWS) {
+        int rows = n_end - n < ROWS ? (int)(n_end - n) : ROWS;
+        const float* wr[ROWS];
+        for (int r = 0; r < ROWS; r++) wr[r] = w + (n + (r < rows ? r : 0)) * k_count;
+        vec8 acc[MAX_M][ROWS / 2] = {{{0}}};
+        /* pull the next block into cache at the pace this one is read (the ROWS short streams of
+         * a block alone leave the hardware prefetcher behind) */
+        const char* next_block = (const char*)(w + (n + ROWS) * k_count);
+        const int prefetch = n + ROWS < n_end;
+        for (int64_t k = 0; k < k_count; k += 4) {
+            if (prefetch) {
+                __builtin_prefetch(next_block + k * ROWS * 4, 0, 3);
+                __builtin_prefetch(next_block + k * ROWS * 4 + 64, 0, 3);
+            }
+            vec8 xs[MAX_M];
+            for (int m = 0; m < m_count; m++) xs[m] = load_halves(x + m * ldx + k, x + m * ldx + k);
+            for (int r = 0; r < ROWS / 2; r++) {
+                vec8 wv = load_halves(wr[2 * r] + k, wr[2 * r + 1] + k);
+                for (int m = 0; m < m_count; m++) {
+                    vec8 product = xs[m] * wv;
+                    acc[m][r] = acc[m][r] + product;
+                }
+            }
+        }
+        for (int m = 0; m < m_count; m++) {
+            for (int r = 0; r < rows; r++) {
+                vec8 a = acc[m][r / 2];
+                int h = (r % 2) * 4;
+                float s = (a[h] + a[h + 2]) + (a[h + 1] + a[h + 3]);
+                y[m * ldy + n + r] = bias ? s + bias[n + r] : s;
+            }
+        }
+    }
+}
+
+/* m_count in 2..3, k_count a multiple of 4 (the caller checks). */
+void duplex_linear_blas_order_f32(const float* x, int64_t ldx, const float* w, const float* bias, float* y,
+                                  int64_t ldy, int64_t m_count, int64_t n_count, int64_t k_count, int threads) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+    {
+#ifdef _OPENMP
+        int t = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+        int t = 0, team = 1;
+        (void)threads;
+#endif
+        int64_t share = ((n_count + team - 1) / team + ROWS - 1) / ROWS * ROWS;
+        int64_t begin = t * share, end = begin + share < n_count ? begin + share : n_count;
+        if (begin < end) {
+            if (m_count == 2)
+                block_rows(x, ldx, w, bias, y, ldy, 2, k_count, begin, end);
+            else
+                block_rows(x, ldx, w, bias, y, ldy, 3, k_count, begin, end);
+        }
+    }
+}

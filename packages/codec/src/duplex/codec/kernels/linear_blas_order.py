@@ -1,0 +1,87 @@
+"""The 2-3 row float32 matmul in BLAS's summation order (``linear_blas_order.c``).
+
+:func:`matches_blas` checks, once per process, that torch's own matmul gives the kernel's results
+bit for bit on this machine (it does with the MKL of torch's x86 wheels on AVX2 CPUs); where it
+does not, :func:`linear` declines and the caller keeps torch's matmul. Used for the products that
+must equal the reference's exactly (:func:`duplex.codec.kernels.reference_matmuls`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import torch
+from duplex.codec.kernels.dispatch import KernelUnsupportedError
+from duplex.codec.kernels.linear_native import rows_view
+from duplex.codec.kernels.native_build import build
+from torch import Tensor
+from torch.nn import functional as F
+
+SOURCE = Path(__file__).with_name("linear_blas_order.c")
+ROW_COUNTS = (2, 3)  # where BLAS takes the small-row path whose order the kernel follows
+K_MULTIPLE = 4
+
+_c = ctypes
+_SIGNATURE = [
+    _c.c_void_p, _c.c_int64, _c.c_void_p, _c.c_void_p, _c.c_void_p, _c.c_int64,
+    _c.c_int64, _c.c_int64, _c.c_int64, _c.c_int,
+]  # fmt: skip
+
+
+@functools.cache
+def load() -> ctypes._CFuncPtr:
+    function = build(SOURCE).duplex_linear_blas_order_f32
+    function.argtypes = _SIGNATURE
+    function.restype = None
+    return function
+
+
+def _run(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    rows, in_features = x.shape
+    out_features = weight.shape[0]
+    out = torch.empty(rows, out_features, dtype=torch.float32)
+    load()(
+        x.data_ptr(), x.stride(0), weight.data_ptr(), None if bias is None else bias.data_ptr(),
+        out.data_ptr(), out_features, rows, out_features, in_features, torch.get_num_threads(),
+    )  # fmt: skip
+    return out
+
+
+@functools.cache
+def matches_blas() -> bool:
+    """Whether torch's matmul sums like the kernel here (random data of the models' shapes)."""
+    generator = torch.Generator().manual_seed(0)
+    for rows, out_features, in_features in ((2, 1536, 512), (3, 512, 2048), (2, 100, 1028)):
+        x = torch.randn(rows, in_features, generator=generator)
+        weight = torch.randn(out_features, in_features, generator=generator) * 0.05
+        bias = torch.randn(out_features, generator=generator)
+        with torch.no_grad():
+            if not torch.equal(_run(x, weight, None), F.linear(x, weight)):
+                return False
+            if not torch.equal(_run(x, weight, bias), F.linear(x, weight, bias)):
+                return False
+    return True
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    in_features = x.shape[-1]
+    rows = x.numel() // in_features if in_features else 0
+    if not (
+        rows in ROW_COUNTS
+        and in_features % K_MULTIPLE == 0
+        and x.dtype is torch.float32
+        and weight.dtype is torch.float32
+        and (bias is None or bias.dtype is torch.float32)
+        and x.device.type == weight.device.type == "cpu"
+        and (bias is None or bias.device.type == "cpu")
+    ):
+        raise KernelUnsupportedError("the BLAS-order linear takes 2-3 rows of float32 on the CPU, K % 4 == 0")
+    if not matches_blas():
+        raise KernelUnsupportedError("torch's matmul does not sum in the BLAS-order kernel's order here")
+    flat = rows_view(x)
+    weight = weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    out = _run(flat, weight, bias)
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], weight.shape[0])
