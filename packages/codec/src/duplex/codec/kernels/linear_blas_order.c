@@ -96,3 +96,65 @@ void duplex_linear_blas_order_f32(const float* x, int64_t ldx, const float* w, c
         }
     }
 }
+
+/* y[m, :] = bias, then y[m, :] += x[m, k] * w[:, k] for k = 0, 1, ... in turn: one rounded
+ * multiply and one rounded add per term, the order torch's CPU convolution takes for streaming
+ * Mimi's few-output convolutions (x holds the unfolded windows). The weight comes in panels of
+ * PANEL outputs, [ceil(N / PANEL), K, PANEL] (zero-padded), so that vectors run along the outputs
+ * (each sum keeps its sequential order) and each panel is one contiguous stream. */
+#define PANEL 16
+#define PANEL_ROWS 4
+
+static inline __attribute__((always_inline)) void panel_rows(const float* x, int64_t ldx, const float* panel,
+                                                             const float* bias, float* y, int64_t ldy,
+                                                             const int rows, int64_t k_count, int64_t width) {
+    vec8 acc[PANEL_ROWS][2];
+    float start[PANEL] = {0};
+    for (int64_t j = 0; j < width; j++) start[j] = bias ? bias[j] : 0.0f;
+    for (int m = 0; m < rows; m++) {
+        memcpy(&acc[m][0], start, 32);
+        memcpy(&acc[m][1], start + 8, 32);
+    }
+    for (int64_t k = 0; k < k_count; k++) {
+        vec8 w0, w1;
+        memcpy(&w0, panel + k * PANEL, 32);
+        memcpy(&w1, panel + k * PANEL + 8, 32);
+        for (int m = 0; m < rows; m++) {
+            const float s = x[m * ldx + k];
+            vec8 p0 = w0 * s, p1 = w1 * s;
+            acc[m][0] = acc[m][0] + p0;
+            acc[m][1] = acc[m][1] + p1;
+        }
+    }
+    for (int m = 0; m < rows; m++) {
+        float out[PANEL];
+        memcpy(out, &acc[m][0], 32);
+        memcpy(out + 8, &acc[m][1], 32);
+        memcpy(y + m * ldy, out, width * sizeof(float));
+    }
+}
+
+void duplex_matmul_sequential_f32(const float* x, int64_t ldx, const float* panels, const float* bias,
+                                  float* y, int64_t ldy, int64_t m_count, int64_t n_count, int64_t k_count,
+                                  int threads) {
+    const int64_t panel_count = (n_count + PANEL - 1) / PANEL;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads)
+#endif
+    for (int64_t p = 0; p < panel_count; p++) {
+        const int64_t n = p * PANEL, width = n_count - n < PANEL ? n_count - n : PANEL;
+        const float* panel = panels + p * k_count * PANEL;
+        const float* b = bias ? bias + n : NULL;
+        for (int64_t m = 0; m < m_count; m += PANEL_ROWS) {
+            const int64_t rows = m_count - m < PANEL_ROWS ? m_count - m : PANEL_ROWS;
+            const float* xm = x + m * ldx;
+            float* ym = y + m * ldy + n;
+            switch (rows) {
+                case 1: panel_rows(xm, ldx, panel, b, ym, ldy, 1, k_count, width); break;
+                case 2: panel_rows(xm, ldx, panel, b, ym, ldy, 2, k_count, width); break;
+                case 3: panel_rows(xm, ldx, panel, b, ym, ldy, 3, k_count, width); break;
+                default: panel_rows(xm, ldx, panel, b, ym, ldy, 4, k_count, width); break;
+            }
+        }
+    }
+}

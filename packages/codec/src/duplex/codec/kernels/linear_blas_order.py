@@ -85,3 +85,37 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     bias = None if bias is None else bias.contiguous()
     out = _run(flat, weight, bias)
     return out if x.dim() == 2 else out.view(*x.shape[:-1], weight.shape[0])
+
+
+PANEL = 16  # outputs per weight panel of the sequential kernel (linear_blas_order.c)
+
+
+@functools.cache
+def _load_sequential() -> ctypes._CFuncPtr:
+    function = build(SOURCE).duplex_matmul_sequential_f32
+    function.argtypes = _SIGNATURE
+    function.restype = None
+    return function
+
+
+def sequential_panels(weight: Tensor) -> Tensor:
+    """``weight [N, K]`` in the sequential kernel's layout ``[ceil(N / PANEL), K, PANEL]``."""
+    out_features, in_features = weight.shape
+    padded = F.pad(weight.detach().float(), (0, 0, 0, -out_features % PANEL))
+    return padded.view(-1, PANEL, in_features).transpose(1, 2).contiguous()
+
+
+def matmul_sequential(x: Tensor, panels: Tensor, bias: Tensor | None, out_features: int) -> Tensor:
+    """``x [M, K] @ weight.T + bias``, each sum started from the bias and taken term by term in
+    order, without fused multiply-adds (see ``duplex_matmul_sequential_f32``)."""
+    if x.dtype is not torch.float32 or x.device.type != "cpu" or x.dim() != 2:
+        raise KernelUnsupportedError("the sequential matmul takes [M, K] float32 CPU rows")
+    flat = rows_view(x)
+    rows, in_features = flat.shape
+    bias = None if bias is None else bias.detach().float().contiguous()
+    out = torch.empty(rows, out_features, dtype=torch.float32)
+    _load_sequential()(
+        flat.data_ptr(), flat.stride(0), panels.data_ptr(), None if bias is None else bias.data_ptr(),
+        out.data_ptr(), out_features, rows, out_features, in_features, torch.get_num_threads(),
+    )  # fmt: skip
+    return out
