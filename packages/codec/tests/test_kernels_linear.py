@@ -177,3 +177,63 @@ def test_an_unwritable_cache_is_a_build_error_that_names_the_setting(tmp_path, m
     monkeypatch.setenv(native_build.CACHE_ENV, str(blocker))
     with pytest.raises(native_build.NativeBuildError, match="DUPLEX_CACHE_DIR"):
         native_build.build(linear_native.SOURCE)
+
+
+def test_the_blas_order_kernel_gives_torchs_bits_or_declines() -> None:
+    """Either torch's matmul sums 2-3 rows in the kernel's order here (MKL on AVX2) and the kernel
+    gives its bits, or the kernel declines and callers keep torch's matmul."""
+    from duplex.codec.kernels import linear_blas_order
+
+    g = torch.Generator().manual_seed(3)
+    for rows, out_features, in_features in ((2, 1536, 512), (3, 512, 2048), (2, 72, 36)):
+        x = torch.randn(1, rows, in_features, generator=g)
+        weight = torch.randn(out_features, in_features, generator=g) * 0.05
+        bias = torch.randn(out_features, generator=g)
+        for b in (None, bias):
+            if linear_blas_order.matches_blas():
+                assert torch.equal(linear_blas_order.linear(x, weight, b), F.linear(x, weight, b))
+            else:
+                with pytest.raises(KernelUnsupportedError):
+                    linear_blas_order.linear(x, weight, b)
+    with pytest.raises(KernelUnsupportedError, match="2-3 rows"):
+        linear_blas_order.linear(torch.randn(4, 8), torch.randn(5, 8))
+    for in_features, out_features in ((6, 8), (8, 6)):  # BLAS sums the remainders differently
+        with pytest.raises(KernelUnsupportedError, match="multiples of 4"):
+            linear_blas_order.linear(torch.randn(2, in_features), torch.randn(out_features, in_features))
+
+
+def test_the_sequential_kernel_sums_term_by_term_from_the_bias() -> None:
+    from duplex.codec.kernels import linear_blas_order
+
+    g = torch.Generator().manual_seed(4)
+    for rows, out_features, in_features in ((1, 16, 9), (2, 37, 50), (5, 40, 33)):
+        x = torch.randn(rows, in_features, generator=g)
+        weight = torch.randn(out_features, in_features, generator=g)
+        bias = torch.randn(out_features, generator=g)
+        expected = bias.expand(rows, -1).clone()
+        for k in range(in_features):  # one rounded product and one rounded sum per term, in order
+            expected = expected + x[:, k : k + 1] * weight[:, k]
+        panels = linear_blas_order.sequential_panels(weight)
+        got = linear_blas_order.matmul_sequential(x, panels, bias, out_features)
+        assert torch.equal(got, expected)
+        no_bias = linear_blas_order.matmul_sequential(x, panels, None, out_features)
+        torch.testing.assert_close(no_bias, expected - bias, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_reference_exact_encode_gives_torchs_latent_bit_for_bit() -> None:
+    """Inside reference_matmuls the C kernels only run where they give torch's very bits."""
+    from duplex.codec import Mimi, MimiConfig
+
+    torch.manual_seed(0)
+    mimi = Mimi(MimiConfig.from_preset("tiny")).eval()
+    wav = 0.1 * torch.randn(1, 1, 6 * mimi.frame_size)
+
+    def latent() -> torch.Tensor:
+        with mimi.streaming(1):
+            chunks = wav.split(mimi.frame_size, dim=-1)
+            return torch.cat([mimi.encode_latent(chunk) for chunk in chunks], -1)
+
+    exact = latent()
+    with use_backend("torch"):
+        assert torch.equal(exact, latent())

@@ -187,3 +187,22 @@ def test_streaming_steps_through_the_native_kernel_give_torchs_numbers(kernel, s
             steps = [x[..., i : i + 2 * stride] for i in range(0, x.shape[-1], 2 * stride)]
             outputs[backend] = torch.cat([convtr(conv(step)) for step in steps], -1)
     torch.testing.assert_close(outputs["native"], outputs["torch"], rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_reference_exact_streaming_conv_keeps_torchs_bits() -> None:
+    """In reference_matmuls a few-output streaming conv checks the sequential kernel against
+    torch's conv on its first call of a shape and uses it only where the bits agree."""
+    from duplex.codec import kernels
+
+    torch.manual_seed(0)
+    conv = StreamingConv1d(512, 1024, 16, stride=8)  # Mimi's last encoder conv
+    x = torch.randn(1, 512, 16 * 4)
+    holder = conv.conv
+    with kernels.reference_matmuls():
+        with conv.streaming(1):
+            got = torch.cat([conv(x[..., i : i + 16]) for i in range(0, x.shape[-1], 16)], -1)
+    with kernels.use_backend("torch"), conv.streaming(1):
+        expected = torch.cat([conv(x[..., i : i + 16]) for i in range(0, x.shape[-1], 16)], -1)
+    assert torch.equal(got, expected)
+    assert list(holder._sequential_matches) == [(1, 512, 24)]  # checked once for the shape

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from duplex.codec.kernels.dispatch import native_usable
 from duplex.lm.config import LMConfig
 from duplex.lm.model import LMModel
 
@@ -30,6 +31,8 @@ def test_frame_step_equals_the_streaming_module_over_several_frames(variant: str
             got = [depformer.frame_step(x, position) for position, x in enumerate(frame)]
             for a, b in zip(got, expected, strict=True):
                 torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    if native_usable():  # frame_step ran as the native transformer step (C), the module did not
+        assert all(step is not None for step in depformer._frame_native)
 
 
 def test_frame_step_refuses_what_it_cannot_do() -> None:

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 SOURCE = Path(__file__).with_name("linear_blas_order.c")
 ROW_COUNTS = (2, 3)  # where BLAS takes the small-row path whose order the kernel follows
-K_MULTIPLE = 4
+MULTIPLE = 4  # in and out features: BLAS sums the remainders of other sizes in other orders
 
 _c = ctypes
 _SIGNATURE = [
@@ -53,7 +53,7 @@ def _run(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 def matches_blas() -> bool:
     """Whether torch's matmul sums like the kernel here (random data of the models' shapes)."""
     generator = torch.Generator().manual_seed(0)
-    for rows, out_features, in_features in ((2, 1536, 512), (3, 512, 2048), (2, 100, 1028)):
+    for rows, out_features, in_features in ((2, 1536, 512), (3, 512, 2048), (2, 100, 1028), (3, 12, 36)):
         x = torch.randn(rows, in_features, generator=generator)
         weight = torch.randn(out_features, in_features, generator=generator) * 0.05
         bias = torch.randn(out_features, generator=generator)
@@ -70,14 +70,15 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     rows = x.numel() // in_features if in_features else 0
     if not (
         rows in ROW_COUNTS
-        and in_features % K_MULTIPLE == 0
+        and in_features % MULTIPLE == 0
+        and weight.shape[0] % MULTIPLE == 0
         and x.dtype is torch.float32
         and weight.dtype is torch.float32
         and (bias is None or bias.dtype is torch.float32)
         and x.device.type == weight.device.type == "cpu"
         and (bias is None or bias.device.type == "cpu")
     ):
-        raise KernelUnsupportedError("the BLAS-order linear takes 2-3 rows of float32 on the CPU, K % 4 == 0")
+        raise KernelUnsupportedError("the BLAS-order linear takes 2-3 rows of float32 on the CPU, in and out features multiples of 4")
     if not matches_blas():
         raise KernelUnsupportedError("torch's matmul does not sum in the BLAS-order kernel's order here")
     flat = rows_view(x)

@@ -118,9 +118,9 @@ def _layer(
 @dataclass
 class NativeStep:
     specs: ctypes.Array
-    tensors: list[Tensor]  # what the specs point into: kept alive, and checked for moves
-    addresses: list[int]
+    tensors: list[Tensor]  # what the specs point into, kept alive
     parameters: list[nn.Parameter]
+    addresses: list[int]  # of the parameters' data when packed
 
     @classmethod
     def pack(
@@ -147,11 +147,12 @@ class NativeStep:
             return None
         except ImportError:  # no compiler: the module path, which warns through the dispatcher
             return None
-        return cls(specs, tensors, [t.data_ptr() for t in tensors], list(transformer.parameters()))
+        parameters = list(transformer.parameters())
+        return cls(specs, tensors, parameters, [p.data_ptr() for p in parameters])
 
     def valid(self) -> bool:
         """False once a weight was replaced (``.to()``, ``param.data = ...``): pack again."""
-        return all(t.data_ptr() == a for t, a in zip(self.tensors, self.addresses, strict=True))
+        return all(p.data_ptr() == a for p, a in zip(self.parameters, self.addresses, strict=True))
 
     def runs(self, x: Tensor, exec_all: bool) -> bool:
         """Whether this call can take the C step."""
