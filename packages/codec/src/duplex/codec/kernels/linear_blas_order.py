@@ -78,7 +78,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         and x.device.type == weight.device.type == "cpu"
         and (bias is None or bias.device.type == "cpu")
     ):
-        raise KernelUnsupportedError("the BLAS-order linear takes 2-3 rows of float32 on the CPU, in and out features multiples of 4")
+        raise KernelUnsupportedError(
+            "the BLAS-order linear takes 2-3 rows of float32 on the CPU, in and out features multiples of 4"
+        )
     if not matches_blas():
         raise KernelUnsupportedError("torch's matmul does not sum in the BLAS-order kernel's order here")
     flat = rows_view(x)
