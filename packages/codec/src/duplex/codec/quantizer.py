@@ -41,13 +41,14 @@ def nearest_codes(
     near-ties flip under any other formula). With more than 25 centroids cdist computes
     ``sqrt(clamp([-2x, ||x||^2, 1] @ [e, 1, ||e||^2]^T, 0))``; given the centroid half precomputed
     (:func:`augmented_centroids`) this does the same arithmetic, bit for bit, without rebuilding it
-    on every call.
+    on every call. The product goes through :func:`duplex.codec.kernels.linear`: BLAS inside
+    :func:`~duplex.codec.kernels.reference_matmuls`, the few-row CPU kernel in streaming otherwise.
     """
     if augmented is None or centroids.shape[0] <= 25:
         return torch.cdist(vectors[None], centroids[None], p=2)[0].argmin(dim=-1)
     norms = vectors.pow(2).sum(-1, keepdim=True)
     lhs = torch.cat([vectors.mul(-2), norms, torch.ones_like(norms)], dim=-1)
-    return lhs.matmul(augmented.mT).clamp_min_(0).sqrt_().argmin(dim=-1)
+    return kernels.linear(lhs, augmented).clamp_min_(0).sqrt_().argmin(dim=-1)
 
 
 def lookup(codes: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
