@@ -8,9 +8,9 @@ All three run the same random weights (written by duplex's save_pretrained, read
 two), batch size 1, one frame per call, as a live conversation does: encode 1920 samples -> 8
 codes, decode 8 codes -> 1920 samples. They step frame by frame in lockstep, so that a busy
 machine slows them alike. Each row reports the median and the mean over the timed
-frames, after a warm-up. "duplex" encodes with BLAS matmuls so that its codes are the
-reference's; "duplex, fast encode" (``reference_codes = False``) also runs the encoder on the
-few-row CPU kernel. The reference and rustymimi are test-only dependencies (uv group
+frames, after a warm-up. "duplex" encodes with torch's own arithmetic (its products on C
+kernels that sum in BLAS's order, checked bit for bit) so that its codes are the reference's;
+"duplex, fast encode" (``reference_codes = False``) runs the encoder on the fast CPU kernels. The reference and rustymimi are test-only dependencies (uv group
 ``oracle``); a missing one is reported and skipped. Also checks that the three agree on codes.
 """
 
