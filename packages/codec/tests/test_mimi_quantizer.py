@@ -23,6 +23,10 @@ def test_nearest_codes_is_bit_identical_to_cdist(rows, scale):
     expected = torch.cdist(vectors[None], centroids[None])[0]
     assert torch.equal(nearest_codes(vectors, centroids, augmented_centroids(centroids)), expected.argmin(-1))
     assert torch.equal(nearest_codes(vectors, centroids), expected.argmin(-1))
+    # fast: the few-row kernel for the products (streaming rows); the same nearest centroid up to
+    # near-ties, which random data at these sizes does not have
+    fast = nearest_codes(vectors, centroids, augmented_centroids(centroids), fast=True)
+    assert torch.equal(fast, expected.argmin(-1))
 
 
 def test_ema_update_moves_statistics_and_centroids():

@@ -266,8 +266,7 @@ class Mimi(StreamingModule[MimiState]):
         latent = self.encode_latent(wav)
         if latent.shape[-1] == 0:
             return torch.zeros(latent.shape[0], self.num_codebooks, 0, dtype=torch.long, device=latent.device)
-        with kernels.reference_matmuls() if self.reference_codes else contextlib.nullcontext():
-            return self.quantizer.encode(latent)
+        return self.quantizer.encode(latent, fast=not self.reference_codes)
 
     def decode_latent(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes ``[B, K, F]`` -> quantized latent ``[B, D, F]``."""

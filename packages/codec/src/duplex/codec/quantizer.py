@@ -33,7 +33,7 @@ def augmented_centroids(centroids: torch.Tensor) -> torch.Tensor:
 
 
 def nearest_codes(
-    vectors: torch.Tensor, centroids: torch.Tensor, augmented: torch.Tensor | None = None
+    vectors: torch.Tensor, centroids: torch.Tensor, augmented: torch.Tensor | None = None, fast: bool = False
 ) -> torch.Tensor:
     """Index of the nearest centroid (Euclidean) for each row of ``vectors`` ``[N, D]`` -> ``[N]``.
 
@@ -41,14 +41,15 @@ def nearest_codes(
     near-ties flip under any other formula). With more than 25 centroids cdist computes
     ``sqrt(clamp([-2x, ||x||^2, 1] @ [e, 1, ||e||^2]^T, 0))``; given the centroid half precomputed
     (:func:`augmented_centroids`) this does the same arithmetic, bit for bit, without rebuilding it
-    on every call. The product goes through :func:`duplex.codec.kernels.linear`: BLAS inside
-    :func:`~duplex.codec.kernels.reference_matmuls`, the few-row CPU kernel in streaming otherwise.
+    on every call. ``fast`` computes the product with :func:`duplex.codec.kernels.linear` (the
+    few-row CPU kernel in streaming), which sums in another order: rare near-tie flips.
     """
     if augmented is None or centroids.shape[0] <= 25:
         return torch.cdist(vectors[None], centroids[None], p=2)[0].argmin(dim=-1)
     norms = vectors.pow(2).sum(-1, keepdim=True)
     lhs = torch.cat([vectors.mul(-2), norms, torch.ones_like(norms)], dim=-1)
-    return kernels.linear(lhs, augmented).clamp_min_(0).sqrt_().argmin(dim=-1)
+    products = kernels.linear(lhs, augmented) if fast else lhs.matmul(augmented.mT)
+    return products.clamp_min_(0).sqrt_().argmin(dim=-1)
 
 
 def lookup(codes: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -132,8 +133,8 @@ class ResidualVectorQuantizer(nn.Module):
     def codebooks(self) -> list[EuclideanCodebook]:
         return [layer._codebook for layer in self.vq.layers]
 
-    def encode(self, latent: torch.Tensor, num_codebooks: int) -> torch.Tensor:
-        """``latent`` ``[B, C, T]`` -> codes ``[B, num_codebooks, T]``."""
+    def encode(self, latent: torch.Tensor, num_codebooks: int, fast: bool = False) -> torch.Tensor:
+        """``latent`` ``[B, C, T]`` -> codes ``[B, num_codebooks, T]``; ``fast``: see nearest_codes."""
         batch, _, frames = latent.shape
         projected = self.input_proj(latent)
         residual = projected.transpose(1, 2).reshape(batch * frames, -1)  # contiguous rows, as cdist wants
@@ -144,7 +145,7 @@ class ResidualVectorQuantizer(nn.Module):
             return codes.view(batch, frames, -1).transpose(1, 2)
         all_codes = []
         for codebook in self.codebooks()[:num_codebooks]:
-            codes = nearest_codes(residual, codebook.centroids, codebook.centroids_augmented)
+            codes = nearest_codes(residual, codebook.centroids, codebook.centroids_augmented, fast)
             residual = residual - lookup(codes, codebook.centroids)
             all_codes.append(codes)
         if not all_codes:
@@ -240,12 +241,15 @@ class SplitResidualVectorQuantizer(nn.Module):
             raise ValueError(f"num_codebooks must be an integer in [{low}, {high}], got {value!r}")
         self._num_codebooks = value
 
-    def encode(self, latent: torch.Tensor) -> torch.Tensor:
-        """``latent`` ``[B, C, T]`` -> codes ``[B, num_codebooks, T]`` (int64)."""
+    def encode(self, latent: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        """``latent`` ``[B, C, T]`` -> codes ``[B, num_codebooks, T]`` (int64).
+
+        ``fast`` computes the distances on the few-row CPU kernel (rare near-tie flips); the
+        default keeps the reference's arithmetic."""
         semantic = self.config.n_q_semantic
-        codes = self.rvq_first.encode(latent, semantic)
+        codes = self.rvq_first.encode(latent, semantic, fast)
         if self._num_codebooks > semantic:
-            acoustic = self.rvq_rest.encode(latent, self._num_codebooks - semantic)
+            acoustic = self.rvq_rest.encode(latent, self._num_codebooks - semantic, fast)
             codes = torch.cat([codes, acoustic], dim=1)
         return codes
 
