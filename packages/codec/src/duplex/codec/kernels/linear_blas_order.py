@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from duplex.codec.kernels.dispatch import KernelUnsupportedError
-from duplex.codec.kernels.linear_native import rows_view
+from duplex.codec.kernels.linear_native import SIGNATURE, rows_view
 from duplex.codec.kernels.native_build import build
 from torch import Tensor
 from torch.nn import functional as F
@@ -23,17 +23,12 @@ SOURCE = Path(__file__).with_name("linear_blas_order.c")
 ROW_COUNTS = (2, 3)  # where BLAS takes the small-row path whose order the kernel follows
 MULTIPLE = 4  # in and out features: BLAS sums the remainders of other sizes in other orders
 
-_c = ctypes
-_SIGNATURE = [
-    _c.c_void_p, _c.c_int64, _c.c_void_p, _c.c_void_p, _c.c_void_p, _c.c_int64,
-    _c.c_int64, _c.c_int64, _c.c_int64, _c.c_int,
-]  # fmt: skip
-
 
 @functools.cache
-def load() -> ctypes._CFuncPtr:
-    function = build(SOURCE).duplex_linear_blas_order_f32
-    function.argtypes = _SIGNATURE
+def load(name: str = "duplex_linear_blas_order_f32") -> ctypes._CFuncPtr:
+    """A function of ``linear_blas_order.c``; both take the arguments of ``duplex_linear_f32``."""
+    function = getattr(build(SOURCE), name)
+    function.argtypes = SIGNATURE
     function.restype = None
     return function
 
@@ -93,14 +88,6 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 PANEL = 16  # outputs per weight panel of the sequential kernel (linear_blas_order.c)
 
 
-@functools.cache
-def _load_sequential() -> ctypes._CFuncPtr:
-    function = build(SOURCE).duplex_matmul_sequential_f32
-    function.argtypes = _SIGNATURE
-    function.restype = None
-    return function
-
-
 def sequential_panels(weight: Tensor) -> Tensor:
     """``weight [N, K]`` in the sequential kernel's layout ``[ceil(N / PANEL), K, PANEL]``."""
     out_features, in_features = weight.shape
@@ -117,7 +104,7 @@ def matmul_sequential(x: Tensor, panels: Tensor, bias: Tensor | None, out_featur
     rows, in_features = flat.shape
     bias = None if bias is None else bias.detach().float().contiguous()
     out = torch.empty(rows, out_features, dtype=torch.float32)
-    _load_sequential()(
+    load("duplex_matmul_sequential_f32")(
         flat.data_ptr(), flat.stride(0), panels.data_ptr(), None if bias is None else bias.data_ptr(),
         out.data_ptr(), out_features, rows, out_features, in_features, torch.get_num_threads(),
     )  # fmt: skip

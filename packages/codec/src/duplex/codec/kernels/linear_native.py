@@ -18,7 +18,7 @@ SOURCE = Path(__file__).with_name("linear_native.c")
 MAX_ROWS = 32
 
 _c = ctypes
-_SIGNATURE = [
+SIGNATURE = [
     _c.c_void_p, _c.c_int64, _c.c_void_p, _c.c_void_p, _c.c_void_p, _c.c_int64,
     _c.c_int64, _c.c_int64, _c.c_int64, _c.c_int,
 ]  # fmt: skip
@@ -27,7 +27,7 @@ _SIGNATURE = [
 @functools.cache
 def load(extra_flags: tuple[str, ...] | None = None) -> ctypes._CFuncPtr:
     function = build(SOURCE, extra_flags).duplex_linear_f32
-    function.argtypes = _SIGNATURE
+    function.argtypes = SIGNATURE
     function.restype = None
     return function
 
