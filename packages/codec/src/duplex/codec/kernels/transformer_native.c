@@ -132,7 +132,7 @@ static void attend(const duplex_layer* layer, const float* qkv, int64_t width, f
 #pragma omp parallel num_threads(team)
 #endif
     {
-        float* scores = malloc((size_t)used * sizeof(float));
+        float scores[used > 0 ? used : 1]; /* at most the cache capacity: a few KiB */
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -169,7 +169,6 @@ static void attend(const duplex_layer* layer, const float* qkv, int64_t width, f
                 }
             }
         }
-        free(scores);
     }
 }
 
