@@ -20,6 +20,7 @@ from duplex.codec.kernels import (
     choose_backend,
     dispatch,
     enable_triton_interpreter,
+    reference_matmuls,
     rvq_encode,
     use_backend,
 )
@@ -66,8 +67,12 @@ def test_cpu_import_and_calls_never_import_triton_and_a_late_interpreter_is_refu
 
 
 def test_auto_picks_triton_on_cuda_and_torch_elsewhere() -> None:
-    assert choose_backend("rvq_encode", "cpu") == "torch"
-    assert choose_backend("linear", "cpu") == "native"  # a C compiler is installed here
+    assert choose_backend("rvq_encode", "cpu") == "native"  # a C compiler is installed here
+    assert choose_backend("linear", "cpu") == "native"
+    with reference_matmuls():  # the reference's own arithmetic on the CPU
+        assert choose_backend("rvq_encode", "cpu") == "torch"
+        assert choose_backend("linear", "cpu") == "torch"
+        assert choose_backend("rvq_encode", "cuda") == "triton"
     assert choose_backend("attention", "cuda") == "triton"  # triton is installed here
     assert choose_backend("linear", "cuda") == "torch"  # no Triton linear: cuBLAS
     assert choose_backend("attention", "cuda", needs_grad=True) == "torch"

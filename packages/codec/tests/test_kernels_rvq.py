@@ -205,3 +205,49 @@ def test_triton_decode_never_reads_outside_the_table() -> None:
     codes = torch.tensor([[3, 10], [-1, 4]])
     expected = torch.stack([centroids[0, 3], centroids[1, 4]])
     assert torch.equal(rvq_triton.rvq_decode(codes, centroids), expected)
+
+
+@pytest.mark.parametrize(
+    ("n", "dim", "levels", "k"), [(1, 256, 8, 2048), (3, 256, 7, 2048), (32, 13, 3, 100), (2, 9, 1, 7)]
+)
+def test_native_encode_matches_torch_for_any_thread_count(n: int, dim: int, levels: int, k: int) -> None:
+    from duplex.codec.kernels import rvq_native
+
+    centroids = random_centroids(levels, k, dim, seed=n)
+    x = torch.randn(n, dim, generator=torch.Generator().manual_seed(1)) * 1.5
+    threads = torch.get_num_threads()
+    try:
+        codes = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            codes.append(rvq_native.rvq_encode(x, centroids))
+    finally:
+        torch.set_num_threads(threads)
+    assert_equal_up_to_near_ties(x, centroids, codes[0])
+    assert torch.equal(codes[0], codes[1]) and torch.equal(codes[0], codes[2])  # threads split the centroids
+    with use_backend("native"):
+        assert torch.equal(rvq_encode(x, centroids), codes[0])
+
+
+def test_native_encode_ties_go_to_the_lowest_index_across_thread_shares() -> None:
+    generator = torch.Generator().manual_seed(6)
+    centroids = torch.randint(-3, 4, (2, 150, 12), generator=generator).float()
+    centroids[:, 140] = centroids[:, 5]  # in the second thread's share
+    centroids[:, 70] = centroids[:, 66]
+    others = torch.randint(-3, 4, (9, 12), generator=generator).float()
+    x = torch.cat([centroids[0, [5, 66, 140, 70]], others])
+    with use_backend("torch"):
+        expected = rvq_encode(x, centroids)
+    with use_backend("native"):
+        assert torch.equal(rvq_encode(x, centroids), expected)
+    assert expected[:4, 0].tolist() == [5, 66, 5, 66]
+
+
+def test_native_encode_leaves_many_rows_to_torch() -> None:
+    from duplex.codec.kernels import KernelUnsupportedError, rvq_native
+
+    centroids = random_centroids(2, 64, 16, seed=3)
+    x = torch.randn(rvq_native.MAX_ROWS + 1, 16)
+    with use_backend("native"), pytest.raises(KernelUnsupportedError, match="rows"):
+        rvq_encode(x, centroids)
+    assert torch.equal(rvq_encode(x, centroids), rvq_torch.rvq_encode(x, centroids))  # auto falls back

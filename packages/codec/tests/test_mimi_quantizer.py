@@ -65,3 +65,35 @@ def test_mimi_is_registered_as_a_codec():
     assert "mimi" in CODECS
     assert CODECS.get("mimi") is Mimi
     assert isinstance(CODECS.get("mimi")(MimiConfig.from_preset("tiny")), Mimi)
+
+
+@torch.no_grad()
+def test_fast_encode_searches_all_levels_in_one_native_call(monkeypatch) -> None:
+    from duplex.codec.registry import KERNELS
+
+    calls = []
+    native = KERNELS.get("rvq_encode/native")
+
+    def spy(x, centroids):
+        calls.append(tuple(centroids.shape))
+        return native(x, centroids)
+
+    monkeypatch.setitem(KERNELS._components, "rvq_encode/native", spy)
+    torch.manual_seed(0)
+    config = QuantizerConfig(dimension=16, n_q=6, bins=64, input_dimension=24, output_dimension=24)
+    quantizer = SplitResidualVectorQuantizer(config)
+    latent = torch.randn(2, 24, 3)
+    quantizer.init_codebooks(torch.randn(4, 24, 50))
+    quantizer.num_codebooks = 4
+    exact = quantizer.encode(latent)
+    assert calls == []  # the reference's cdist arithmetic
+    assert torch.equal(quantizer.encode(latent, fast=True), exact)
+    assert calls == [(1, 64, 16), (3, 64, 16)]  # only the levels in use are stacked
+
+    # the stacked table follows the codebooks: new statistics give new codes
+    state = quantizer.state_dict()
+    for key in state:
+        if key.endswith("embedding_sum"):
+            state[key] = torch.randn_like(state[key])
+    quantizer.load_state_dict(state)
+    assert torch.equal(quantizer.encode(latent, fast=True), quantizer.encode(latent))

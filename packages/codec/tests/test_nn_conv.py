@@ -206,3 +206,55 @@ def test_reference_exact_streaming_conv_keeps_torchs_bits() -> None:
         expected = torch.cat([conv(x[..., i : i + 16]) for i in range(0, x.shape[-1], 16)], -1)
     assert torch.equal(got, expected)
     assert list(holder._sequential_matches) == [(1, 512, 24)]  # checked once for the shape
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(
+    ("batch", "c_in", "c_out", "kernel", "stride", "dilation", "frames", "bias"),
+    [
+        (1, 64, 32, 3, 1, 1, 193, True),  # SEANet's residual conv
+        (2, 16, 48, 8, 4, 1, 37, True),  # a down-sampling conv, two items
+        (1, 1, 64, 7, 1, 1, 50, True),  # the first conv: one input channel
+        (1, 8, 16, 3, 2, 3, 11, False),  # stride and dilation, no bias
+    ],
+)
+def test_direct_conv_kernel_matches_float64_for_any_thread_count(
+    batch, c_in, c_out, kernel, stride, dilation, frames, bias
+) -> None:
+    from duplex.codec.kernels import conv_native
+
+    torch.manual_seed(c_out)
+    weight = torch.randn(c_out, c_in, kernel) / (c_in * kernel) ** 0.5
+    b = torch.randn(c_out) if bias else None
+    x = torch.randn(batch, c_in, (frames - 1) * stride + dilation * (kernel - 1) + 1)
+    expected = torch.nn.functional.conv1d(
+        x.double(), weight.double(), None if b is None else b.double(), stride=stride, dilation=dilation
+    )
+    panels = conv_native.pack(weight)
+    outputs = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        outputs.append(conv_native.conv1d(x, panels, b, kernel, stride, dilation))
+    torch.set_num_threads(1)
+    assert outputs[0].shape == expected.shape
+    torch.testing.assert_close(outputs[0].double(), expected, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(outputs[0], other) for other in outputs[1:])  # tiles split, sums do not
+
+
+@torch.no_grad()
+def test_long_streaming_chunks_take_the_direct_conv_kernel(monkeypatch) -> None:
+    from duplex.codec.kernels import conv_native, use_backend
+
+    calls = []
+    direct = conv_native.conv1d
+    monkeypatch.setattr(conv_native, "conv1d", lambda *args: calls.append(1) or direct(*args))
+    torch.manual_seed(0)
+    conv = StreamingConv1d(24, 32, 3, dilation=2)  # 32 output channels: the kernel's tiles
+    x = torch.randn(2, 24, 120)
+    outputs = {}
+    for backend in ("auto", "torch"):
+        with use_backend(backend), conv.streaming(2):
+            outputs[backend] = torch.cat([conv(x[..., i : i + 40]) for i in range(0, 120, 40)], -1)
+    assert len(calls) == 3
+    torch.testing.assert_close(outputs["auto"], outputs["torch"], rtol=1e-5, atol=1e-5)
+    assert not conv_native.supports(torch.zeros(40, 24, 3))  # other widths keep torch's conv

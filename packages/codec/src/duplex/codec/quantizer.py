@@ -11,6 +11,8 @@ accelerated kernel can replace them without touching the modules.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from duplex.codec import kernels
@@ -129,20 +131,43 @@ class ResidualVectorQuantizer(nn.Module):
         self.input_proj = nn.Conv1d(input_dim, dimension, 1, bias=False)
         self.output_proj = nn.Conv1d(dimension, output_dim, 1, bias=False)
         self.vq = _CodebookStack(num_codebooks, dimension, bins)
+        self._centroid_table: tuple[list[torch.Tensor], torch.Tensor, list[int]] | None = None
 
     def codebooks(self) -> list[EuclideanCodebook]:
         return [layer._codebook for layer in self.vq.layers]
 
+    def centroid_table(self, levels: int) -> torch.Tensor:
+        """The first ``levels`` codebooks' centroids stacked, ``[levels, K, D]``; kept until a codebook
+        or the count changes."""
+        sources = [codebook.centroids for codebook in self.codebooks()[:levels]]
+        versions = [source._version for source in sources]
+        cached = self._centroid_table
+        # the cache holds the source tensors, so a new table can never reuse their addresses
+        if (
+            cached is None
+            or cached[2] != versions
+            or len(cached[0]) != len(sources)
+            or any(a is not b for a, b in zip(cached[0], sources, strict=True))
+        ):
+            cached = self._centroid_table = (sources, torch.stack(sources), versions)
+        return cached[1]
+
     def encode(self, latent: torch.Tensor, num_codebooks: int, fast: bool = False) -> torch.Tensor:
         """``latent`` ``[B, C, T]`` -> codes ``[B, num_codebooks, T]``; ``fast``: see nearest_codes."""
         batch, _, frames = latent.shape
-        projected = self.input_proj(latent)
-        residual = projected.transpose(1, 2).reshape(batch * frames, -1)  # contiguous rows, as cdist wants
+        if fast:  # the 1x1 projection as a matmul: on the few-row kernel in streaming
+            residual = kernels.linear(latent.transpose(1, 2), self.input_proj.weight[:, :, 0])
+            residual = residual.reshape(batch * frames, -1)
+        else:
+            projected = self.input_proj(latent)
+            residual = projected.transpose(1, 2).reshape(batch * frames, -1)  # contiguous rows for cdist
         codebooks = self.codebooks()[:num_codebooks]
-        if codebooks and kernels.active_backend("rvq_encode", residual.device) != "torch":
-            # Triton on CUDA (duplex.codec.kernels): one fused search over all levels.
-            codes = kernels.rvq_encode(residual, torch.stack([codebook.centroids for codebook in codebooks]))
-            return codes.view(batch, frames, -1).transpose(1, 2)
+        # One fused search over all levels: Triton on CUDA, C on the CPU when ``fast`` (its
+        # distances are not cdist's); see duplex.codec.kernels.
+        with contextlib.nullcontext() if fast else kernels.reference_matmuls():
+            if codebooks and kernels.active_backend("rvq_encode", residual.device) != "torch":
+                codes = kernels.rvq_encode(residual, self.centroid_table(len(codebooks)))
+                return codes.view(batch, frames, -1).transpose(1, 2)
         all_codes = []
         for codebook in self.codebooks()[:num_codebooks]:
             codes = nearest_codes(residual, codebook.centroids, codebook.centroids_augmented, fast)

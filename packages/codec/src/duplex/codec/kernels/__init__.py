@@ -38,6 +38,7 @@ _TORCH_IMPLEMENTATIONS = {
 _ACCELERATED = {  # (op, backend) -> module, imported on first call
     ("rvq_encode", "triton"): "duplex.codec.kernels.rvq_triton",
     ("rvq_decode", "triton"): "duplex.codec.kernels.rvq_triton",
+    ("rvq_encode", "native"): "duplex.codec.kernels.rvq_native",
     ("attention", "triton"): "duplex.codec.kernels.attention_triton",
     ("rope_attention", "triton"): "duplex.codec.kernels.attention_triton",
     ("linear", "native"): "duplex.codec.kernels.linear_native",

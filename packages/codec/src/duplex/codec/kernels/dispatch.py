@@ -115,7 +115,7 @@ def use_backend(backend: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def reference_matmuls() -> Iterator[None]:
-    """Inside this block auto mode leaves matmuls to torch's BLAS, as the reference runs them.
+    """Inside this block auto mode leaves CPU matmuls and RVQ distances to torch, as the reference runs them.
 
     The native CPU kernels sum in another order (differences of about 1e-7, relative); where a
     result feeds an argmin, such as Mimi's codes, that can flip a near-tie. Forced backends are
@@ -261,7 +261,12 @@ def run(op: str, device: torch.device, needs_grad: bool, *args: Any, **kwargs: A
         return implementation(*args, **kwargs)
     except KernelUnsupportedError:
         pass
-    except ImportError as error:  # the kernels do not import or build here: warn once, stop trying.
-        _broken.add(backend)
-        warnings.warn(f"{backend} kernels unavailable ({error}); duplex kernels use torch", stacklevel=3)
+    except ImportError as error:
+        mark_broken(backend, error)
     return KERNELS.get(kernel_name(op, TORCH))(*args, **kwargs)
+
+
+def mark_broken(backend: str, error: Exception) -> None:
+    """A backend's kernels do not import or build here: warn once, and auto mode stops trying them."""
+    _broken.add(backend)
+    warnings.warn(f"{backend} kernels unavailable ({error}); duplex kernels use torch", stacklevel=3)

@@ -10,12 +10,13 @@ keys are those of the official checkpoints.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from duplex.codec import kernels
-from duplex.codec.kernels import dispatch, linear_blas_order, linear_native
+from duplex.codec.kernels import conv_native, dispatch, linear_blas_order, linear_native
 from duplex.codec.kernels.dispatch import NATIVE
 from duplex.codec.streaming import StreamingModule, StreamingState, module_device
 from torch import nn
@@ -42,12 +43,27 @@ def _check_input(x: torch.Tensor, channels: int, stride: int, name: str) -> None
 MATMUL_MAX_FRAMES = 128
 
 
-def _native_rows(x: torch.Tensor, rows: int) -> bool:
+# The few-row kernel wins where reading the weight is the cost: a weight of this size, or few rows.
+# A small weight read by many rows stays in cache, where torch's conv computes faster.
+NATIVE_MIN_WEIGHT_BYTES = 4 << 20
+NATIVE_ANY_WEIGHT_ROWS = 4
+
+
+def _fast_products(x: torch.Tensor) -> bool:
+    """Whether this call may use the fast CPU kernels (auto mode, outside ``reference_matmuls``)."""
+    return (
+        x.dtype == torch.float32
+        and kernels.choose_backend("linear", x.device, torch.is_grad_enabled()) == NATIVE
+    )
+
+
+def _native_rows(x: torch.Tensor, rows: int, weight: torch.Tensor) -> bool:
     """Whether a product with ``rows`` rows should take the native few-row kernel (streaming on CPU)."""
+    weight_bytes = weight.numel() * weight.element_size()
     return (
         rows <= linear_native.MAX_ROWS
-        and x.dtype == torch.float32
-        and kernels.choose_backend("linear", x.device, torch.is_grad_enabled()) == NATIVE
+        and (rows <= NATIVE_ANY_WEIGHT_ROWS or weight_bytes >= NATIVE_MIN_WEIGHT_BYTES)
+        and _fast_products(x)
     )
 
 
@@ -89,32 +105,40 @@ def _unfolded(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
 class _ConvHolder(nn.Module):
     """Keeps the torch conv under the attribute name ``conv`` (checkpoint key ``conv.conv.*``).
 
-    Few-row streaming calls run as one matmul on the native kernel. Inside
-    :func:`~duplex.codec.kernels.reference_matmuls` they keep torch's exact sums instead: for each
-    input shape, the first call checks whether the sequential-order kernel
-    (:func:`~duplex.codec.kernels.linear_blas_order.matmul_sequential`) gives torch's result bit
-    for bit, and later calls of that shape use it when it does.
+    On the CPU, outside :func:`~duplex.codec.kernels.reference_matmuls`, streaming calls take the
+    C kernels: few rows (or a large weight) as one matmul on the few-row kernel, longer inputs on
+    the direct conv kernel (``kernels/conv_native.c``). Inside ``reference_matmuls`` few-row calls
+    keep torch's exact sums instead: for each input shape, the first call checks whether the
+    sequential-order kernel (:func:`~duplex.codec.kernels.linear_blas_order.matmul_sequential`)
+    gives torch's result bit for bit, and later calls of that shape use it when it does.
     """
 
     def __init__(self, conv: nn.Conv1d) -> None:
         super().__init__()
         self.conv = conv
         self._sequential_matches: dict[tuple[int, ...], bool] = {}
-        self._panels: tuple[tuple[int, int], torch.Tensor] | None = None
+        self._packed: dict[str, tuple[tuple[int, int], torch.Tensor]] = {}
 
     def _frames(self, x: torch.Tensor) -> int:
         conv = self.conv
         return (x.shape[-1] - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1) // conv.stride[0] + 1
 
-    def _sequential(self, x: torch.Tensor) -> torch.Tensor:
+    def _weight_as(self, layout: str, pack: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The weight repacked for a kernel, kept until the weight changes."""
         weight = self.conv.weight
         key = (weight.data_ptr(), weight._version)
-        if self._panels is None or self._panels[0] != key:
-            self._panels = (key, linear_blas_order.sequential_panels(weight.view(weight.shape[0], -1)))
-        out = linear_blas_order.matmul_sequential(
-            _unfolded(x, self.conv), self._panels[1], self.conv.bias, self.conv.out_channels
+        cached = self._packed.get(layout)
+        if cached is None or cached[0] != key:
+            cached = self._packed[layout] = (key, pack(weight.detach()))
+        return cached[1]
+
+    def _sequential(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv
+        panels = self._weight_as(
+            "sequential", lambda weight: linear_blas_order.sequential_panels(weight.view(weight.shape[0], -1))
         )
-        return out.view(x.shape[0], -1, self.conv.out_channels).transpose(1, 2)
+        out = linear_blas_order.matmul_sequential(_unfolded(x, conv), panels, conv.bias, conv.out_channels)
+        return out.view(x.shape[0], -1, conv.out_channels).transpose(1, 2)
 
     def _reference_exact(self, x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape)
@@ -129,12 +153,35 @@ class _ConvHolder(nn.Module):
                 self._sequential_matches[shape] = False
         return y
 
+    def _fast(self, x: torch.Tensor, rows: int) -> torch.Tensor | None:
+        """The call on the C kernels, or None where they do not apply."""
+        conv = self.conv
+        if rows <= NATIVE_ANY_WEIGHT_ROWS:
+            return conv1d_by_matmul(x, conv)
+        if conv_native.supports(conv.weight) and dispatch.native_usable():
+            try:
+                panels = self._weight_as("direct", conv_native.pack)
+                (kernel,), (stride,), (dilation,) = conv.kernel_size, conv.stride, conv.dilation
+                return conv_native.conv1d(x, panels, conv.bias, kernel, stride, dilation)
+            except ImportError as error:  # the kernel does not build here
+                dispatch.mark_broken(NATIVE, error)
+                return None
+        if _native_rows(x, rows, conv.weight):
+            return conv1d_by_matmul(x, conv)
+        if conv.kernel_size == (1,) and conv.stride == (1,):
+            # torch's conv takes a slow generic path for 1x1 kernels; this is one matmul per item
+            out = torch.matmul(conv.weight[:, :, 0], x)
+            return out if conv.bias is None else out.add_(conv.bias[:, None])
+        return None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
         if conv.groups == 1 and conv.padding == (0,) and x.device.type == "cpu":
             rows = x.shape[0] * self._frames(x)
-            if _native_rows(x, rows):
-                return conv1d_by_matmul(x, conv)
+            if _fast_products(x):
+                y = self._fast(x, rows)
+                if y is not None:
+                    return y
             needs_grad = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
             if (
                 rows <= linear_native.MAX_ROWS
@@ -169,7 +216,7 @@ class _ConvTransposeHolder(nn.Module):
             and convtr.kernel_size[0] % convtr.stride[0] == 0
             and x.shape[0] * x.shape[-1] <= MATMUL_MAX_FRAMES
         ):
-            native = _native_rows(x, x.shape[0] * x.shape[-1])
+            native = _native_rows(x, x.shape[0] * x.shape[-1], convtr.weight)
             return conv_transpose1d_by_matmul(x, convtr, self.weight_t() if native else None)
         return convtr(x)
 
@@ -237,15 +284,20 @@ class StreamingConv1d(StreamingModule[ConvState]):
             return self.conv(torch.cat([self._left_padding(x), x], dim=-1))
 
         previous = state.previous
-        if self.pad_mode == "replicate":
+        replicate = self.pad_mode == "replicate"
+        if replicate:
             previous = torch.where(state.first.view(-1, 1, 1), x[..., :1], previous)
         padded = torch.cat([previous, x], dim=-1)
         y = self.conv(padded)
-        mask = state.exec_mask
-        state.previous.copy_(
-            torch.where(mask.view(-1, 1, 1), padded[..., -self.left_context :], state.previous)
-        )
-        state.first &= ~mask
+        tail = padded[..., -self.left_context :]
+        if state.all_active():
+            state.previous.copy_(tail)
+            if replicate:
+                state.first.fill_(False)
+        else:
+            mask = state.exec_mask
+            state.previous.copy_(torch.where(mask.view(-1, 1, 1), tail, state.previous))
+            state.first &= ~mask
         return y
 
 
@@ -302,5 +354,8 @@ class StreamingConvTranspose1d(StreamingModule[ConvTransposeState]):
         bias = self.convtr.convtr.bias
         if bias is not None:
             tail = tail - bias[:, None]
-        state.partial.copy_(torch.where(state.exec_mask.view(-1, 1, 1), tail, state.partial))
+        if state.all_active():
+            state.partial.copy_(tail)
+        else:
+            state.partial.copy_(torch.where(state.exec_mask.view(-1, 1, 1), tail, state.partial))
         return y[..., :-overlap]
