@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import torch
 from duplex.codec.config import SeanetConfig
-from duplex.codec.nn import StreamingConv1d, StreamingConvTranspose1d
+from duplex.codec.nn import ELU, StreamingConv1d, StreamingConvTranspose1d
 from torch import nn
 
 
 def _activation(config: SeanetConfig) -> nn.Module:
+    if config.activation == "ELU":
+        return ELU(**config.activation_params)  # torch's, with a C kernel for streaming
     return getattr(nn, config.activation)(**config.activation_params)
 
 

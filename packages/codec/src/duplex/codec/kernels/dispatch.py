@@ -128,6 +128,18 @@ def reference_matmuls() -> Iterator[None]:
         _reference_matmuls.reset(token)
 
 
+def native_wanted(device: torch.device, needs_grad: bool) -> bool:
+    """Whether a module may run a C kernel of its own (one that is not a dispatched op) here:
+    a CPU call without gradients, in auto mode outside :func:`reference_matmuls` or with
+    ``DUPLEX_KERNELS=native``."""
+    if needs_grad or device.type != "cpu":
+        return False
+    requested = requested_backend()
+    if requested == AUTO:
+        return not _reference_matmuls.get() and native_usable()
+    return requested == NATIVE
+
+
 def blas_order_wanted(device: torch.device, needs_grad: bool) -> bool:
     """Inside :func:`reference_matmuls` in auto mode, whether a CPU product may take a C kernel that
     sums in BLAS's own order (same results, bit for bit; see ``linear_blas_order``)."""

@@ -51,10 +51,7 @@ NATIVE_ANY_WEIGHT_ROWS = 4
 
 def _fast_products(x: torch.Tensor) -> bool:
     """Whether this call may use the fast CPU kernels (auto mode, outside ``reference_matmuls``)."""
-    return (
-        x.dtype == torch.float32
-        and kernels.choose_backend("linear", x.device, torch.is_grad_enabled()) == NATIVE
-    )
+    return x.dtype == torch.float32 and dispatch.native_wanted(x.device, torch.is_grad_enabled())
 
 
 def _native_rows(x: torch.Tensor, rows: int, weight: torch.Tensor) -> bool:

@@ -1,0 +1,32 @@
+"""ELU in C (``elu_native.c``): SEANet's activation, a few ulp from torch's."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import torch
+from duplex.codec.kernels.dispatch import KernelUnsupportedError
+from duplex.codec.kernels.native_build import build
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("elu_native.c")
+
+
+@functools.cache
+def load() -> ctypes._CFuncPtr:
+    function = build(SOURCE).duplex_elu_f32
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int]
+    function.restype = None
+    return function
+
+
+def elu(x: Tensor, alpha: float = 1.0) -> Tensor:
+    """``F.elu(x, alpha)`` for a float32 CPU tensor (a new tensor)."""
+    if x.dtype is not torch.float32 or x.device.type != "cpu":
+        raise KernelUnsupportedError("the native ELU takes float32 CPU tensors")
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    load()(x.data_ptr(), y.data_ptr(), x.numel(), alpha, torch.get_num_threads())
+    return y
