@@ -110,8 +110,13 @@ def test_the_build_is_cached_per_source_and_flags(tmp_path, monkeypatch) -> None
     assert list((tmp_path / "kernels").glob("*.so")) == [built]  # no stray scratch files
     edited = tmp_path / "linear_native.c"
     edited.write_text(linear_native.SOURCE.read_text() + "\n/* edited */\n")
+    header = tmp_path / "vec8.h"
+    header.write_text(linear_native.SOURCE.with_name("vec8.h").read_text())
     native_build.build(edited)
     assert len(list((tmp_path / "kernels").glob("*.so"))) == 2
+    header.write_text(header.read_text() + "\n/* edited */\n")  # a header edit rebuilds too
+    native_build.build(edited)
+    assert len(list((tmp_path / "kernels").glob("*.so"))) == 3
 
 
 def test_without_a_compiler_auto_warns_once_and_uses_torch(monkeypatch) -> None:

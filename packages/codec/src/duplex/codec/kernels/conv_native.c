@@ -15,19 +15,11 @@
 #include <omp.h>
 #endif
 
-typedef float vec8 __attribute__((vector_size(32)));
+#include "vec8.h"
 
 #define TIMES 6
 #define VECS 2
 #define CHANNELS (VECS * 8)
-
-static inline vec8 load8(const float* p) {
-    vec8 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline vec8 splat(float a) { return (vec8){a, a, a, a, a, a, a, a}; }
 
 /* One tile: outputs [c0, c0 + CHANNELS) x [t0, t0 + times) of one batch item. */
 static void tile(const float* x, int64_t t_in, int64_t in_channels, int64_t taps, int64_t stride,

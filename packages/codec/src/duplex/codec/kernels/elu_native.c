@@ -11,10 +11,9 @@
 #include <omp.h>
 #endif
 
-typedef float vec8 __attribute__((vector_size(32)));
-typedef int32_t ivec8 __attribute__((vector_size(32)));
+#include "vec8.h"
 
-static inline vec8 splat(float a) { return (vec8){a, a, a, a, a, a, a, a}; }
+typedef int32_t ivec8 __attribute__((vector_size(32)));
 
 static inline vec8 select(ivec8 mask, vec8 a, vec8 b) {
     ivec8 ai, bi;

@@ -10,7 +10,6 @@
  *
  * Each output is summed in the same order whatever the number of input rows, threads or the
  * row's position in the batch, so a row's result never depends on the other rows.
- * Plain C with GCC/Clang vector extensions: the compiler maps them to the host's SIMD unit.
  */
 #include <stdint.h>
 #include <string.h>
@@ -18,21 +17,11 @@
 #include <omp.h>
 #endif
 
-typedef float vec8 __attribute__((vector_size(32)));
+#include "vec8.h"
 
 #define ROWS 4
 #define PAIR 2
 #define ROWS_ALONE 8
-
-static inline vec8 load8(const float* p) {
-    vec8 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline float lanes_sum(vec8 v) {
-    return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
-}
 
 static void single_row(const float* x, const float* w, const float* bias, float* y, int64_t k_count,
                        int64_t n_begin, int64_t n_end) {

@@ -3,11 +3,11 @@
 A kernel's C file ships with the package. The first call compiles it with the system's C compiler
 (``$CC``, else ``cc``, ``gcc`` or ``clang``), tuned for the host CPU (``-march=native``) and with
 OpenMP when the compiler has it, into ``$DUPLEX_CACHE_DIR/kernels`` (default
-``~/.cache/duplex/kernels``). The file name hashes the source, the flags, the compiler and the
-CPU's feature flags, so an edit, another compiler or another CPU sharing the cache gets its own
-build. Later processes load the cached library without compiling. Without a working compiler
-the build raises :class:`NativeBuildError` (an ``ImportError``), and the dispatcher falls back to
-torch in ``auto`` mode.
+``~/.cache/duplex/kernels``). The file name hashes the source (and the headers beside it), the
+flags, the compiler and the CPU's feature flags, so an edit, another compiler or another CPU
+sharing the cache gets its own build. Later processes load the cached library without
+compiling. Without a working compiler the build raises :class:`NativeBuildError` (an
+``ImportError``), and the dispatcher falls back to torch in ``auto`` mode.
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def build(sources: Path | Sequence[Path], extra_flags: Sequence[str] | None = No
     tuning = list(extra_flags) if extra_flags is not None else tuning_flags()
     base = ["-O3", "-fPIC", "-shared", *tuning]
     sources = [sources] if isinstance(sources, Path) else list(sources)
-    code = b"\0".join(source.read_bytes() for source in sources)
+    headers = sorted({header for source in sources for header in source.parent.glob("*.h")})
+    code = b"\0".join(path.read_bytes() for path in [*sources, *headers])
     with _lock:
         for flags in ([*base, "-fopenmp"], base):  # without OpenMP the kernels run on one thread
             identity = [" ".join(flags), _compiler_identity(compiler), _cpu_identity()]

@@ -16,20 +16,10 @@
 #include <omp.h>
 #endif
 
-typedef float vec8 __attribute__((vector_size(32)));
+#include "vec8.h"
 
 #define CENTROIDS 4 /* centroids in flight: independent accumulator chains */
 #define ROWS 2
-
-static inline vec8 load8(const float* p) {
-    vec8 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline float lanes_sum(vec8 v) {
-    return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
-}
 
 /* The nearest centroid in [begin, end) of `table` for each of the rows, with its distance. */
 static void nearest_in(const float* residual, int64_t rows, const float* table, int64_t dim, int64_t begin,

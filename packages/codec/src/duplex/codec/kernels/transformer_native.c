@@ -20,6 +20,8 @@
 #include <omp.h>
 #endif
 
+#include "vec8.h"
+
 void duplex_linear_f32(const float* x, int64_t ldx, const float* w, const float* bias, float* y, int64_t ldy,
                        int64_t m_count, int64_t n_count, int64_t k_count, int threads);
 
@@ -43,19 +45,11 @@ typedef struct {
     int64_t capacity;
 } duplex_layer;
 
-typedef float vec8 __attribute__((vector_size(32)));
-
-static inline vec8 load8(const float* p) {
-    vec8 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
 static float dot(const float* a, const float* b, int64_t n) {
     vec8 acc = {0};
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) acc += load8(a + i) * load8(b + i);
-    float s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+    float s = lanes_sum(acc);
     for (; i < n; i++) s += a[i] * b[i];
     return s;
 }
