@@ -110,8 +110,9 @@ def test_the_build_is_cached_per_source_and_flags(tmp_path, monkeypatch) -> None
     assert list((tmp_path / "kernels").glob("*.so")) == [built]  # no stray scratch files
     edited = tmp_path / "linear_native.c"
     edited.write_text(linear_native.SOURCE.read_text() + "\n/* edited */\n")
-    header = tmp_path / "vec8.h"
-    header.write_text(linear_native.SOURCE.with_name("vec8.h").read_text())
+    for shipped in linear_native.SOURCE.parent.glob("*.h"):
+        (tmp_path / shipped.name).write_text(shipped.read_text())
+    header = tmp_path / "duplex_vec8.h"
     native_build.build(edited)
     assert len(list((tmp_path / "kernels").glob("*.so"))) == 2
     header.write_text(header.read_text() + "\n/* edited */\n")  # a header edit rebuilds too

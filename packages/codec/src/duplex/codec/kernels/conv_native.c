@@ -11,11 +11,8 @@
  */
 #include <stdint.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
-#include "vec8.h"
+#include "duplex_vec8.h"
 
 #define TIMES 6
 #define VECS 2

@@ -7,11 +7,8 @@
  */
 #include <stdint.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
-#include "vec8.h"
+#include "duplex_vec8.h"
 
 typedef int32_t ivec8 __attribute__((vector_size(32)));
 

@@ -14,9 +14,7 @@
 #pragma STDC FP_CONTRACT OFF
 #include <stdint.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "duplex_team.h"
 
 typedef float vec4 __attribute__((vector_size(16)));
 typedef float vec8 __attribute__((vector_size(32)));
@@ -80,12 +78,7 @@ void duplex_linear_blas_order_f32(const float* x, int64_t ldx, const float* w, c
 #pragma omp parallel num_threads(threads)
 #endif
     {
-#ifdef _OPENMP
-        int t = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-        int t = 0, team = 1;
-        (void)threads;
-#endif
+        int t = team_member(), team = team_size();
         int64_t share = ((n_count + team - 1) / team + ROWS - 1) / ROWS * ROWS;
         int64_t begin = t * share, end = begin + share < n_count ? begin + share : n_count;
         if (begin < end) {

@@ -13,11 +13,9 @@
  */
 #include <stdint.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "duplex_team.h"
 
-#include "vec8.h"
+#include "duplex_vec8.h"
 
 #define ROWS 4
 #define PAIR 2
@@ -87,12 +85,7 @@ void duplex_linear_f32(const float* x, int64_t ldx, const float* w, const float*
 #pragma omp parallel num_threads(threads)
 #endif
     {
-#ifdef _OPENMP
-        int t = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-        int t = 0, team = 1;
-        (void)threads;
-#endif
+        int t = team_member(), team = team_size();
         int64_t share = ((n_count + team - 1) / team + ROWS_ALONE - 1) / ROWS_ALONE * ROWS_ALONE;
         int64_t begin = t * share, end = begin + share < n_count ? begin + share : n_count;
         if (begin < end) {

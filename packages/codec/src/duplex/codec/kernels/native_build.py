@@ -106,7 +106,8 @@ def build(sources: Path | Sequence[Path], extra_flags: Sequence[str] | None = No
     """
     compiler = find_compiler()
     tuning = list(extra_flags) if extra_flags is not None else tuning_flags()
-    base = ["-O3", "-fPIC", "-shared", *tuning]
+    # an undeclared function (a missing header) must fail the build, not the library's loading
+    base = ["-O3", "-fPIC", "-shared", "-Werror=implicit-function-declaration", *tuning]
     sources = [sources] if isinstance(sources, Path) else list(sources)
     headers = sorted({header for source in sources for header in source.parent.glob("*.h")})
     code = b"\0".join(path.read_bytes() for path in [*sources, *headers])

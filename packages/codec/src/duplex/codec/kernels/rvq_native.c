@@ -12,11 +12,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "duplex_team.h"
 
-#include "vec8.h"
+#include "duplex_vec8.h"
 
 #define CENTROIDS 4 /* centroids in flight: independent accumulator chains */
 #define ROWS 2
@@ -74,11 +72,7 @@ void duplex_rvq_encode_f32(float* residual, int64_t rows, const float* centroids
 #pragma omp parallel num_threads(threads)
 #endif
     {
-#ifdef _OPENMP
-        int t = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-        int t = 0, team = 1;
-#endif
+        int t = team_member(), team = team_size();
         int64_t share = ((size + team - 1) / team + CENTROIDS - 1) / CENTROIDS * CENTROIDS;
         int64_t begin = t * share < size ? t * share : size;
         int64_t end = begin + share < size ? begin + share : size;

@@ -16,11 +16,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "duplex_team.h"
 
-#include "vec8.h"
+#include "duplex_vec8.h"
 
 void duplex_linear_f32(const float* x, int64_t ldx, const float* w, const float* bias, float* y, int64_t ldy,
                        int64_t m_count, int64_t n_count, int64_t k_count, int threads);

@@ -1,5 +1,5 @@
 /* 8-lane float vectors (GCC/Clang vector extensions; the compiler maps them to the host's SIMD
- * unit), shared by the C kernels. native_build.py hashes this header with every library. */
+ * unit), shared by the C kernels. native_build.py hashes the headers with every library. */
 #ifndef DUPLEX_VEC8_H
 #define DUPLEX_VEC8_H
 
