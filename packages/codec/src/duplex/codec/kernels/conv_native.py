@@ -7,8 +7,8 @@ import functools
 from pathlib import Path
 
 import torch
+from duplex.codec.kernels import native_build
 from duplex.codec.kernels.dispatch import KernelUnsupportedError
-from duplex.codec.kernels.native_build import build
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("conv_native.c")
@@ -23,10 +23,7 @@ SIGNATURE = [
 
 @functools.cache
 def load() -> ctypes._CFuncPtr:
-    function = build(SOURCE).duplex_conv1d_f32
-    function.argtypes = SIGNATURE
-    function.restype = None
-    return function
+    return native_build.function(SOURCE, "duplex_conv1d_f32", SIGNATURE)
 
 
 def supports(weight: Tensor) -> bool:

@@ -7,8 +7,8 @@ import functools
 from pathlib import Path
 
 import torch
+from duplex.codec.kernels import native_build
 from duplex.codec.kernels.dispatch import KernelUnsupportedError
-from duplex.codec.kernels.native_build import build
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("elu_native.c")
@@ -16,10 +16,8 @@ SOURCE = Path(__file__).with_name("elu_native.c")
 
 @functools.cache
 def load() -> ctypes._CFuncPtr:
-    function = build(SOURCE).duplex_elu_f32
-    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int]
-    function.restype = None
-    return function
+    signature = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int]
+    return native_build.function(SOURCE, "duplex_elu_f32", signature)
 
 
 def elu(x: Tensor, alpha: float = 1.0) -> Tensor:

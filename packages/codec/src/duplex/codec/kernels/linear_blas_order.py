@@ -13,9 +13,9 @@ import functools
 from pathlib import Path
 
 import torch
+from duplex.codec.kernels import native_build
 from duplex.codec.kernels.dispatch import KernelUnsupportedError
 from duplex.codec.kernels.linear_native import SIGNATURE, rows_view
-from duplex.codec.kernels.native_build import build
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -27,10 +27,7 @@ MULTIPLE = 4  # in and out features: BLAS sums the remainders of other sizes in 
 @functools.cache
 def load(name: str = "duplex_linear_blas_order_f32") -> ctypes._CFuncPtr:
     """A function of ``linear_blas_order.c``; both take the arguments of ``duplex_linear_f32``."""
-    function = getattr(build(SOURCE), name)
-    function.argtypes = SIGNATURE
-    function.restype = None
-    return function
+    return native_build.function(SOURCE, name, SIGNATURE)
 
 
 def _run(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -7,8 +7,8 @@ import functools
 from pathlib import Path
 
 import torch
+from duplex.codec.kernels import native_build
 from duplex.codec.kernels.dispatch import KernelUnsupportedError
-from duplex.codec.kernels.native_build import build
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("linear_native.c")
@@ -26,10 +26,7 @@ SIGNATURE = [
 
 @functools.cache
 def load(extra_flags: tuple[str, ...] | None = None) -> ctypes._CFuncPtr:
-    function = build(SOURCE, extra_flags).duplex_linear_f32
-    function.argtypes = SIGNATURE
-    function.restype = None
-    return function
+    return native_build.function(SOURCE, "duplex_linear_f32", SIGNATURE, extra_flags=extra_flags)
 
 
 def rows_view(x: Tensor) -> Tensor:

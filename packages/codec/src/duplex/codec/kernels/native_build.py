@@ -133,3 +133,17 @@ def build(sources: Path | Sequence[Path], extra_flags: Sequence[str] | None = No
             except OSError as error:
                 raise NativeBuildError(f"loading {target} failed: {error}") from error
     raise AssertionError("unreachable")
+
+
+def function(
+    sources: Path | Sequence[Path],
+    name: str,
+    argtypes: Sequence[type],
+    restype: type | None = None,
+    extra_flags: Sequence[str] | None = None,
+) -> ctypes._CFuncPtr:
+    """The C function ``name`` of the library built from ``sources``, with its ctypes signature."""
+    found = getattr(build(sources, extra_flags), name)
+    found.argtypes = list(argtypes)
+    found.restype = restype
+    return found

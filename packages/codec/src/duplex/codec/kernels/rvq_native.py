@@ -11,8 +11,8 @@ import functools
 from pathlib import Path
 
 import torch
+from duplex.codec.kernels import native_build
 from duplex.codec.kernels.dispatch import KernelUnsupportedError
-from duplex.codec.kernels.native_build import build
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("rvq_native.c")
@@ -30,10 +30,7 @@ SIGNATURE = [
 
 @functools.cache
 def load() -> ctypes._CFuncPtr:
-    function = build(SOURCE).duplex_rvq_encode_f32
-    function.argtypes = SIGNATURE
-    function.restype = None
-    return function
+    return native_build.function(SOURCE, "duplex_rvq_encode_f32", SIGNATURE)
 
 
 def rvq_encode(x: Tensor, centroids: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ import functools
 from pathlib import Path
 
 import torch
-from duplex.codec.kernels.native_build import build
+from duplex.codec.kernels import native_build
 from torch import Tensor
 
 SOURCES = (Path(__file__).with_name("transformer_native.c"), Path(__file__).with_name("linear_native.c"))
@@ -56,13 +56,11 @@ class LayerSpec(ctypes.Structure):
 
 @functools.cache
 def load() -> ctypes._CFuncPtr:
-    function = build(SOURCES).duplex_transformer_step
-    function.argtypes = [
+    signature = [
         ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
     ]  # fmt: skip
-    function.restype = ctypes.c_int
-    return function
+    return native_build.function(SOURCES, "duplex_transformer_step", signature, restype=ctypes.c_int)
 
 
 def pointer(tensor: Tensor | None) -> int | None:
