@@ -27,12 +27,12 @@ def load() -> ctypes._CFuncPtr:
 
 
 def supports(weight: Tensor) -> bool:
-    """Whether the kernel takes this ``[C_out, C_in, K]`` weight (float32, C_out a multiple of 32)."""
+    """Whether the kernel takes this ``[C_out, C_in, K]`` weight (float32, C_out a multiple of 16)."""
     return weight.dtype is torch.float32 and weight.dim() == 3 and weight.shape[0] % CHANNELS == 0
 
 
 def pack(weight: Tensor) -> Tensor:
-    """``[C_out, C_in, K]`` -> the kernel's panels ``[C_out / 32, C_in * K, 32]``."""
+    """``[C_out, C_in, K]`` -> the kernel's panels ``[C_out / 16, C_in * K, 16]``."""
     if not supports(weight):
         raise KernelUnsupportedError(f"the native conv takes float32 weights with C_out % {CHANNELS} == 0")
     out_channels = weight.shape[0]

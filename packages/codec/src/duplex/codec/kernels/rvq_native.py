@@ -47,7 +47,7 @@ def rvq_encode(x: Tensor, centroids: Tensor) -> Tensor:
         return codes
     if centroids.stride(1) != dim or centroids.stride(2) != 1:
         centroids = centroids.contiguous()
-    residual = x.contiguous().clone()
+    residual = x.clone(memory_format=torch.contiguous_format)  # the kernel updates it in place
     load()(
         residual.data_ptr(), rows, centroids.data_ptr(), centroids.stride(0), levels, size, dim,
         codes.data_ptr(), torch.get_num_threads(),
