@@ -266,7 +266,14 @@ class Mimi(StreamingModule[MimiState]):
         latent = self.encode_latent(wav)
         if latent.shape[-1] == 0:
             return torch.zeros(latent.shape[0], self.num_codebooks, 0, dtype=torch.long, device=latent.device)
-        return self.quantizer.encode(latent, fast=not self.reference_codes)
+        fast = not self.reference_codes
+        if self.is_streaming and latent.shape[-1] > 1:
+            # BLAS rounds a product differently for different row counts, and a rounding can flip a
+            # near-tie: one frame per search keeps streaming codes independent of the chunking
+            # (those of one frame per call, as the reference streams).
+            frames = latent.split(1, dim=-1)
+            return torch.cat([self.quantizer.encode(frame, fast=fast) for frame in frames], dim=-1)
+        return self.quantizer.encode(latent, fast=fast)
 
     def decode_latent(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes ``[B, K, F]`` -> quantized latent ``[B, D, F]``."""

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from duplex.codec import kernels
 from duplex.codec.config import QuantizerConfig
+from duplex.codec.kernels import rvq_reference_order
+from duplex.codec.kernels.dispatch import KernelUnsupportedError, blas_order_wanted
 from torch import nn
 
 # Old spellings of the codebook buffers found in earlier checkpoints.
@@ -131,17 +133,18 @@ class ResidualVectorQuantizer(nn.Module):
         self.input_proj = nn.Conv1d(input_dim, dimension, 1, bias=False)
         self.output_proj = nn.Conv1d(dimension, output_dim, 1, bias=False)
         self.vq = _CodebookStack(num_codebooks, dimension, bins)
-        self._centroid_table: tuple[list[torch.Tensor], torch.Tensor, list[int]] | None = None
+        self._centroid_tables: dict[str, tuple[list[torch.Tensor], torch.Tensor, list[int]]] = {}
 
     def codebooks(self) -> list[EuclideanCodebook]:
         return [layer._codebook for layer in self.vq.layers]
 
-    def centroid_table(self, levels: int) -> torch.Tensor:
-        """The first ``levels`` codebooks' centroids stacked, ``[levels, K, D]``; kept until a codebook
-        or the count changes."""
-        sources = [codebook.centroids for codebook in self.codebooks()[:levels]]
+    def centroid_table(self, levels: int, augmented: bool = False) -> torch.Tensor:
+        """The first ``levels`` codebooks' centroids stacked, ``[levels, K, D]`` (``augmented``: their
+        cdist rows ``[levels, K, D + 2]``); kept until a codebook or the count changes."""
+        name = "centroids_augmented" if augmented else "centroids"
+        sources = [getattr(codebook, name) for codebook in self.codebooks()[:levels]]
         versions = [source._version for source in sources]
-        cached = self._centroid_table
+        cached = self._centroid_tables.get(name)
         # the cache holds the source tensors, so a new table can never reuse their addresses
         if (
             cached is None
@@ -149,7 +152,7 @@ class ResidualVectorQuantizer(nn.Module):
             or len(cached[0]) != len(sources)
             or any(a is not b for a, b in zip(cached[0], sources, strict=True))
         ):
-            cached = self._centroid_table = (sources, torch.stack(sources), versions)
+            cached = self._centroid_tables[name] = (sources, torch.stack(sources), versions)
         return cached[1]
 
     def encode(self, latent: torch.Tensor, num_codebooks: int, fast: bool = False) -> torch.Tensor:
@@ -162,11 +165,15 @@ class ResidualVectorQuantizer(nn.Module):
             projected = self.input_proj(latent)
             residual = projected.transpose(1, 2).reshape(batch * frames, -1)  # contiguous rows for cdist
         codebooks = self.codebooks()[:num_codebooks]
-        # One fused search over all levels: Triton on CUDA, C on the CPU when ``fast`` (its
-        # distances are not cdist's); see duplex.codec.kernels.
+        # One fused search over all levels: Triton on CUDA, C on the CPU (with ``fast`` its
+        # distances are not cdist's; without, cdist's own arithmetic); see duplex.codec.kernels.
         with contextlib.nullcontext() if fast else kernels.reference_matmuls():
+            codes = None
             if codebooks and kernels.active_backend("rvq_encode", residual.device) != "torch":
                 codes = kernels.rvq_encode(residual, self.centroid_table(len(codebooks)))
+            elif codebooks and blas_order_wanted(residual.device, needs_grad=False):
+                codes = self._encode_reference_order(residual, len(codebooks))
+            if codes is not None:
                 return codes.view(batch, frames, -1).transpose(1, 2)
         all_codes = []
         for codebook in self.codebooks()[:num_codebooks]:
@@ -176,6 +183,16 @@ class ResidualVectorQuantizer(nn.Module):
         if not all_codes:
             return latent.new_zeros(batch, 0, frames, dtype=torch.long)
         return torch.stack(all_codes, dim=1).view(batch, frames, -1).transpose(1, 2)
+
+    def _encode_reference_order(self, residual: torch.Tensor, levels: int) -> torch.Tensor | None:
+        """The torch loop's codes in one C call (:mod:`~duplex.codec.kernels.rvq_reference_order`),
+        or None where it cannot run here."""
+        try:
+            return rvq_reference_order.rvq_encode(
+                residual, self.centroid_table(levels), self.centroid_table(levels, augmented=True)
+            )
+        except (KernelUnsupportedError, ImportError):  # ImportError: no C compiler
+            return None
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """``codes`` ``[B, K, T]`` -> latent ``[B, C_out, T]`` (sum of centroids, then projection)."""

@@ -1,0 +1,116 @@
+"""The reference-order RVQ (one C call, cdist's own arithmetic) against the quantizer's torch loop."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+import torch
+from duplex.codec.config import QuantizerConfig
+from duplex.codec.kernels import rvq_reference_order, use_backend
+from duplex.codec.kernels.dispatch import KernelUnsupportedError
+from duplex.codec.quantizer import SplitResidualVectorQuantizer, augmented_centroids, lookup, nearest_codes
+
+
+def torch_loop(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    residual, codes = x, []
+    for table in centroids:
+        codes.append(nearest_codes(residual, table, augmented_centroids(table)))
+        residual = residual - lookup(codes[-1], table)
+    return torch.stack(codes, dim=1)
+
+
+def data_initialised_tables(levels: int, size: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and centroids drawn near those rows, level after level, as Mimi's codebooks are:
+    plenty of near-ties between neighbouring centroids."""
+    g = torch.Generator().manual_seed(seed)
+    data = torch.randn(4096, dim, generator=g)
+    tables, residual = [], data
+    for _ in range(levels):
+        picks = torch.randint(data.shape[0], (size,), generator=g)
+        table = residual[picks] + 0.3 * residual.std(0) * torch.randn(size, dim, generator=g)
+        tables.append(table)
+        residual = residual - lookup(nearest_codes(residual, table, augmented_centroids(table)), table)
+    return data, torch.stack(tables)
+
+
+def test_it_runs_here_on_torchs_x86_wheels() -> None:
+    """On x86 torch links MKL and exports what the kernel calls: the check must pass, or the exact
+    encode would silently stay on the slow path."""
+    if platform.machine() not in ("x86_64", "AMD64") or not torch.backends.mkl.is_available():
+        pytest.skip("torch's CPU BLAS here is not MKL")
+    assert rvq_reference_order.vector_lanes() is not None
+    assert rvq_reference_order.matches_torch()
+
+
+@pytest.mark.parametrize("dim", [1, 7, 8, 64, 100, 256, 260, 1100, 4099])
+def test_squared_norms_are_torchs_for_any_length(dim: int) -> None:
+    lanes = rvq_reference_order.vector_lanes()
+    if lanes is None:
+        pytest.skip("no vector width reproduces torch's sums here")
+    x = torch.randn(5, dim, generator=torch.Generator().manual_seed(dim)) * 3
+    assert torch.equal(rvq_reference_order._sums_of_squares(x, lanes), x.pow(2).sum(-1))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 16, 310])
+@pytest.mark.parametrize("scale", [0.01, 1.0, 30.0])
+def test_codes_equal_the_torch_loop_bit_for_bit(rows: int, scale: float) -> None:
+    data, centroids = data_initialised_tables(8, 2048, 256, seed=rows)
+    x, centroids = data[:rows] * scale, centroids * scale
+    augmented = rvq_reference_order.augmented_table(centroids)
+    if not rvq_reference_order.matches_torch():
+        with pytest.raises(KernelUnsupportedError):
+            rvq_reference_order.rvq_encode(x, centroids, augmented)
+        return
+    before = x.clone()
+    codes = rvq_reference_order.rvq_encode(x, centroids, augmented)
+    assert torch.equal(codes, torch_loop(x, centroids))
+    assert torch.equal(x, before)  # the input is not the residual it updates
+
+
+def test_it_declines_what_it_does_not_reproduce() -> None:
+    x = torch.randn(2, 16)
+    small = torch.randn(2, 25, 16)  # cdist computes <= 25 centroids directly, not by matmul
+    with pytest.raises(KernelUnsupportedError, match="26 centroids"):
+        rvq_reference_order.rvq_encode(x, small, rvq_reference_order.augmented_table(small))
+    table = torch.randn(2, 64, 16)
+    augmented = rvq_reference_order.augmented_table(table)
+    with pytest.raises(KernelUnsupportedError):
+        rvq_reference_order.rvq_encode(x.double(), table.double(), augmented.double())
+    with pytest.raises(KernelUnsupportedError):
+        rvq_reference_order.rvq_encode(x, table, augmented[:, :, :-1])
+    # torch sums the norms of rows that are not contiguous in other orders (a batch-1 latent
+    # [1, D, T] -> [T, D] is such a view)
+    with pytest.raises(KernelUnsupportedError, match="contiguous"):
+        rvq_reference_order.rvq_encode(torch.randn(16, 3).T, table, augmented)
+
+
+@torch.no_grad()
+def test_exact_encode_takes_one_call_per_rvq_and_follows_new_weights(monkeypatch) -> None:
+    calls = []
+    original = rvq_reference_order.rvq_encode
+
+    def spy(x, centroids, augmented):
+        calls.append(tuple(centroids.shape))
+        return original(x, centroids, augmented)
+
+    monkeypatch.setattr(rvq_reference_order, "rvq_encode", spy)
+    torch.manual_seed(0)
+    config = QuantizerConfig(dimension=16, n_q=6, bins=64, input_dimension=24, output_dimension=24)
+    quantizer = SplitResidualVectorQuantizer(config)
+    latent = torch.randn(2, 24, 3)
+    quantizer.init_codebooks(torch.randn(4, 24, 50))
+    quantizer.num_codebooks = 4
+    codes = quantizer.encode(latent)
+    assert calls == [(1, 64, 16), (3, 64, 16)]  # the levels in use, in one call per RVQ
+    with use_backend("torch"):
+        assert torch.equal(codes, quantizer.encode(latent))
+
+    state = quantizer.state_dict()
+    for key in state:
+        if key.endswith("embedding_sum"):
+            state[key] = torch.randn_like(state[key])
+    quantizer.load_state_dict(state)
+    codes = quantizer.encode(latent)
+    with use_backend("torch"):
+        assert torch.equal(codes, quantizer.encode(latent))
