@@ -11,6 +11,7 @@ from typing import Literal
 
 import torch
 from duplex.codec.nn.attention import SharedStep, StreamingMultiheadAttention
+from duplex.codec.nn.eager_step import covers, eager_step
 from duplex.codec.nn.feedforward import GATINGS, PerStepGating, make_feedforward
 from duplex.codec.nn.linear import Linear
 from duplex.codec.nn.native_step import NativeStep
@@ -168,6 +169,7 @@ class TransformerState(StreamingState):
     offset: torch.Tensor  # [B] long: positions already processed by each item
     native: NativeStep | None = None  # the layers packed for the C step (see native_step)
     native_packed: bool = False  # whether packing was tried (native None: not supported)
+    eager_covered: bool | None = None  # whether eager_step covers the layers (None: not checked yet)
 
     def reset(self, slots: torch.Tensor) -> None:
         self.offset[slots] = 0
@@ -202,6 +204,8 @@ class StreamingTransformer(StreamingModule[TransformerState]):
         native = self._native_step(x, state)
         if native is not None:
             x = self._run_native(native, x, positions)
+        elif self._eager_step_applies(x, state):
+            x = eager_step(self, x, positions)
         else:
             shared = SharedStep(positions)
             for layer in self.layers:
@@ -221,6 +225,14 @@ class StreamingTransformer(StreamingModule[TransformerState]):
         if native is None or x.shape[1] > self.layers[0].self_attn.streaming_state.cache.capacity:
             return None
         return native if native.runs(x, state.all_active()) else None
+
+    def _eager_step_applies(self, x: torch.Tensor, state: TransformerState | None) -> bool:
+        """Whether this call can take :mod:`~duplex.codec.nn.eager_step` (the module path's ops, CPU)."""
+        if state is None or x.device.type != "cpu" or not state.all_active():
+            return False
+        if state.eager_covered is None:
+            state.eager_covered = covers(self)
+        return state.eager_covered
 
     def _run_native(self, native: NativeStep, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         length = x.shape[1]
