@@ -9,7 +9,8 @@ two), batch size 1, one frame per call, as a live conversation does: encode 1920
 codes, decode 8 codes -> 1920 samples. They step frame by frame in lockstep, so that a busy
 machine slows them alike. Each row reports the median and the mean over the timed
 frames, after a warm-up. "duplex" encodes with torch's own arithmetic (its products on C
-kernels that sum in BLAS's order, checked bit for bit) so that its codes are the reference's;
+kernels that sum in BLAS's order, its RVQ search in one C call to torch's own sgemm_, each
+checked bit for bit) so that its codes are the reference's;
 "duplex, fast encode" (``reference_codes = False``) runs the encoder and the RVQ search on the
 fast CPU kernels (codes equal up to near-tie flips: 0.3 % in the official-size parity test).
 The reference and rustymimi are test-only dependencies (uv group ``oracle``); a missing one is

@@ -115,7 +115,9 @@ def use_backend(backend: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def reference_matmuls() -> Iterator[None]:
-    """Inside this block auto mode leaves CPU matmuls and RVQ distances to torch, as the reference runs them.
+    """Inside this block auto mode computes CPU matmuls and RVQ distances with torch's arithmetic,
+    as the reference runs them: torch's ops, or C kernels checked to give their very bits
+    (:func:`blas_order_wanted`).
 
     The native CPU kernels sum in another order (differences of about 1e-7, relative); where a
     result feeds an argmin, such as Mimi's codes, that can flip a near-tie. Forced backends are

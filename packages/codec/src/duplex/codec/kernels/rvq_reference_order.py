@@ -59,7 +59,9 @@ def augmented_table(centroids: Tensor) -> Tensor:
     return torch.cat([centroids, torch.ones_like(norms), norms], dim=-1)
 
 
-def _encode(x: Tensor, centroids: Tensor, augmented: Tensor) -> tuple[Tensor, Tensor]:
+def _encode(
+    x: Tensor, centroids: Tensor, augmented: Tensor, threads: int | None = None
+) -> tuple[Tensor, Tensor]:
     rows, dim = x.shape
     levels, size, _ = centroids.shape
     residual = x.clone(memory_format=torch.contiguous_format)
@@ -69,7 +71,7 @@ def _encode(x: Tensor, centroids: Tensor, augmented: Tensor) -> tuple[Tensor, Te
     load()(
         residual.data_ptr(), rows, dim, augmented.data_ptr(), centroids.data_ptr(), levels, size,
         codes.data_ptr(), lhs.data_ptr(), distances.data_ptr(), torch_function("sgemm_"),
-        torch_function("vsSqrt"), vector_lanes(), torch.get_num_threads(),
+        torch_function("vsSqrt"), vector_lanes(), threads or torch.get_num_threads(),
     )  # fmt: skip
     return codes, distances
 
@@ -115,10 +117,11 @@ def matches_torch() -> bool:
         centroids[:, 1] = centroids[:, 0]  # an exact tie: the lowest index wins, as in argmin
         x = torch.randn(rows, dim, generator=generator)
         x[0] = centroids[0, 0] + 1e-3
-        codes, distances = _encode(x, centroids, augmented_table(centroids))
         expected_codes, expected_distances = _torch_encode(x, centroids)
-        if not (torch.equal(codes, expected_codes) and torch.equal(distances, expected_distances)):
-            return False
+        for threads in (1, 2, 4):  # the threads split the centroids between their BLAS calls
+            codes, distances = _encode(x, centroids, augmented_table(centroids), threads)
+            if not (torch.equal(codes, expected_codes) and torch.equal(distances, expected_distances)):
+                return False
     return True
 
 
