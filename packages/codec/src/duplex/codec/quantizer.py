@@ -163,7 +163,9 @@ class ResidualVectorQuantizer(nn.Module):
             residual = residual.reshape(batch * frames, -1)
         else:
             projected = self.input_proj(latent)
-            residual = projected.transpose(1, 2).reshape(batch * frames, -1)  # contiguous rows for cdist
+            # as the reference reshapes it: a column view for one item of several frames, whose
+            # norms torch sums in another order than contiguous rows
+            residual = projected.transpose(1, 2).reshape(batch * frames, -1)
         codebooks = self.codebooks()[:num_codebooks]
         # One fused search over all levels: Triton on CUDA, C on the CPU (with ``fast`` its
         # distances are not cdist's; without, cdist's own arithmetic); see duplex.codec.kernels.
