@@ -68,17 +68,24 @@ def test_mimi_is_registered_as_a_codec():
 
 
 @torch.no_grad()
-def test_fast_encode_searches_all_levels_in_one_native_call(monkeypatch) -> None:
+def test_encode_searches_all_levels_in_one_c_call_fast_or_exact(monkeypatch) -> None:
+    from duplex.codec.kernels import rvq_reference_order, use_backend
     from duplex.codec.registry import KERNELS
 
-    calls = []
+    calls, exact_calls = [], []
     native = KERNELS.get("rvq_encode/native")
+    reference_order = rvq_reference_order.rvq_encode
 
     def spy(x, centroids):
         calls.append(tuple(centroids.shape))
         return native(x, centroids)
 
+    def exact_spy(x, centroids, augmented):
+        exact_calls.append(tuple(centroids.shape))
+        return reference_order(x, centroids, augmented)
+
     monkeypatch.setitem(KERNELS._components, "rvq_encode/native", spy)
+    monkeypatch.setattr(rvq_reference_order, "rvq_encode", exact_spy)
     torch.manual_seed(0)
     config = QuantizerConfig(dimension=16, n_q=6, bins=64, input_dimension=24, output_dimension=24)
     quantizer = SplitResidualVectorQuantizer(config)
@@ -86,7 +93,10 @@ def test_fast_encode_searches_all_levels_in_one_native_call(monkeypatch) -> None
     quantizer.init_codebooks(torch.randn(4, 24, 50))
     quantizer.num_codebooks = 4
     exact = quantizer.encode(latent)
-    assert calls == []  # the reference's cdist arithmetic
+    assert calls == []  # the reference's cdist arithmetic ...
+    assert exact_calls == [(1, 64, 16), (3, 64, 16)]  # ... in one C call per RVQ
+    with use_backend("torch"):
+        assert torch.equal(quantizer.encode(latent), exact)  # the torch loop's very codes
     assert torch.equal(quantizer.encode(latent, fast=True), exact)
     assert calls == [(1, 64, 16), (3, 64, 16)]  # only the levels in use are stacked
 
@@ -96,4 +106,7 @@ def test_fast_encode_searches_all_levels_in_one_native_call(monkeypatch) -> None
         if key.endswith("embedding_sum"):
             state[key] = torch.randn_like(state[key])
     quantizer.load_state_dict(state)
-    assert torch.equal(quantizer.encode(latent, fast=True), quantizer.encode(latent))
+    exact = quantizer.encode(latent)
+    assert torch.equal(quantizer.encode(latent, fast=True), exact)
+    with use_backend("torch"):
+        assert torch.equal(quantizer.encode(latent), exact)

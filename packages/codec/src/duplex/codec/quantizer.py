@@ -32,8 +32,7 @@ LEGACY_CODEBOOK_NAMES = {
 
 def augmented_centroids(centroids: torch.Tensor) -> torch.Tensor:
     """``[K, D]`` -> ``[K, D + 2]`` rows ``[e, 1, ||e||^2]``: the centroid side of cdist's matmul path."""
-    norms = centroids.pow(2).sum(-1, keepdim=True)
-    return torch.cat([centroids, torch.ones_like(norms), norms], dim=-1)
+    return rvq_reference_order.augmented_table(centroids)
 
 
 def nearest_codes(

@@ -54,7 +54,7 @@ def load(name: str = "duplex_rvq_encode_reference_order") -> ctypes._CFuncPtr:
 
 
 def augmented_table(centroids: Tensor) -> Tensor:
-    """``[L, K, D]`` -> ``[L, K, D + 2]`` rows ``[e, 1, |e|^2]``, as cdist builds them."""
+    """``[..., K, D]`` -> ``[..., K, D + 2]`` rows ``[e, 1, |e|^2]``, as cdist builds them."""
     norms = centroids.pow(2).sum(-1, keepdim=True)
     return torch.cat([centroids, torch.ones_like(norms), norms], dim=-1)
 
@@ -82,7 +82,7 @@ def _torch_encode(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
     for table in centroids:
         norms = residual.pow(2).sum(-1, keepdim=True)
         lhs = torch.cat([residual.mul(-2), norms, torch.ones_like(norms)], dim=-1)
-        distances = lhs.matmul(augmented_table(table[None])[0].mT).clamp_min_(0).sqrt_()
+        distances = lhs.matmul(augmented_table(table).mT).clamp_min_(0).sqrt_()
         codes.append(distances.argmin(dim=-1))
         residual = residual - table[codes[-1]]
     return torch.stack(codes, dim=1), distances
