@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from duplex.codec.nn import reference_step
 from duplex.codec.nn.attention import SharedStep, StreamingMultiheadAttention
 from duplex.codec.nn.eager_step import covers, eager_step
 from duplex.codec.nn.feedforward import GATINGS, PerStepGating, make_feedforward
@@ -205,7 +206,10 @@ class StreamingTransformer(StreamingModule[TransformerState]):
         if native is not None:
             x = self._run_native(native, x, positions)
         elif self._eager_step_applies(x, state):
-            x = eager_step(self, x, positions)
+            if reference_step.applies(self, state.native, x):
+                x = reference_step.reference_step(self, state.native, x, positions)
+            else:
+                x = eager_step(self, x, positions)
         else:
             shared = SharedStep(positions)
             for layer in self.layers:
