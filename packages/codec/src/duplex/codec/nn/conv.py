@@ -16,10 +16,11 @@ from typing import Literal
 
 import torch
 from duplex.codec import kernels
-from duplex.codec.kernels import conv_native, dispatch, linear_blas_order, linear_native
+from duplex.codec.kernels import conv_native, conv_onednn_order, dispatch, linear_blas_order, linear_native
 from duplex.codec.kernels.dispatch import NATIVE
 from duplex.codec.streaming import StreamingModule, StreamingState, module_device
 from torch import nn
+from torch.nn import functional as F
 
 PadMode = Literal["constant", "replicate"]
 
@@ -99,21 +100,31 @@ def _unfolded(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     return windows.permute(0, 2, 1, 3).reshape(-1, conv.in_channels * kernel)
 
 
+_ROUTE_PACKS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sequential": lambda weight: linear_blas_order.sequential_panels(weight.reshape(weight.shape[0], -1)),
+    "onednn": conv_onednn_order.pack,
+}
+
+
 class _ConvHolder(nn.Module):
     """Keeps the torch conv under the attribute name ``conv`` (checkpoint key ``conv.conv.*``).
 
     On the CPU, outside :func:`~duplex.codec.kernels.reference_matmuls`, streaming calls take the
     C kernels: few rows (or a large weight) as one matmul on the few-row kernel, longer inputs on
-    the direct conv kernel (``kernels/conv_native.c``). Inside ``reference_matmuls`` few-row calls
-    keep torch's exact sums instead: for each input shape, the first call checks whether the
-    sequential-order kernel (:func:`~duplex.codec.kernels.linear_blas_order.matmul_sequential`)
-    gives torch's result bit for bit, and later calls of that shape use it when it does.
+    the direct conv kernel (``kernels/conv_native.c``). Inside ``reference_matmuls`` streaming calls
+    keep torch's exact sums instead, on a C kernel that sums as torch's conv does for that shape:
+    the sequential order (:func:`~duplex.codec.kernels.linear_blas_order.matmul_sequential`) for
+    few rows, oneDNN's orders (:mod:`~duplex.codec.kernels.conv_onednn_order`) where torch hands
+    the conv to oneDNN. For each input shape the first call checks these kernels against torch's
+    conv on random data, bit for bit; calls of that shape take the first that matched, or torch's
+    conv.
     """
 
     def __init__(self, conv: nn.Conv1d) -> None:
         super().__init__()
         self.conv = conv
-        self._sequential_matches: dict[tuple[int, ...], bool] = {}
+        # per input shape and thread count: the C kernel that gives torch's bits (None: torch's conv)
+        self._exact_route: dict[tuple[int, ...], str | None] = {}
         self._packed: dict[str, tuple[tuple[int, int], torch.Tensor]] = {}
 
     def _frames(self, x: torch.Tensor) -> int:
@@ -129,26 +140,49 @@ class _ConvHolder(nn.Module):
             cached = self._packed[layout] = (key, pack(weight.detach()))
         return cached[1]
 
-    def _sequential(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self.conv
-        panels = self._weight_as(
-            "sequential", lambda weight: linear_blas_order.sequential_panels(weight.view(weight.shape[0], -1))
-        )
-        out = linear_blas_order.matmul_sequential(_unfolded(x, conv), panels, conv.bias, conv.out_channels)
-        return out.view(x.shape[0], -1, conv.out_channels).transpose(1, 2)
+    def _sequential(self, x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        out_channels = self.conv.out_channels
+        out = linear_blas_order.matmul_sequential(_unfolded(x, self.conv), panels, bias, out_channels)
+        return out.view(x.shape[0], -1, out_channels).transpose(1, 2)
 
-    def _reference_exact(self, x: torch.Tensor) -> torch.Tensor:
-        shape = tuple(x.shape)
-        matches = self._sequential_matches.get(shape)
-        if matches:
-            return self._sequential(x)
-        y = self.conv(x)
-        if matches is None:
-            try:
-                self._sequential_matches[shape] = torch.equal(self._sequential(x), y)
-            except (ImportError, kernels.KernelUnsupportedError):
-                self._sequential_matches[shape] = False
-        return y
+    def _onednn_order(self, x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        (kernel,), (stride,), (dilation,) = self.conv.kernel_size, self.conv.stride, self.conv.dilation
+        one_by_one = kernel == 1 and stride == 1
+        return conv_onednn_order.conv1d(x, panels, bias, kernel, stride, dilation, one_by_one)
+
+    def _exact_routes(self, rows: int) -> list[str]:
+        """The C kernels that may give torch's bits for a call of ``rows`` output rows."""
+        routes = ["sequential"] if rows <= linear_native.MAX_ROWS else []
+        return routes + (["onednn"] if conv_onednn_order.supports(self.conv.weight) else [])
+
+    def _run_route(
+        self, name: str, x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        return (self._sequential if name == "sequential" else self._onednn_order)(x, panels, bias)
+
+    def _route_matches(self, name: str, shape: tuple[int, ...]) -> bool:
+        """Whether kernel ``name`` gives torch's conv bits for inputs of ``shape`` here, checked on
+        random data: a live input (silence, say) could agree with any order."""
+        conv = self.conv
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(shape, generator=generator)
+        weight = torch.randn(conv.weight.shape, generator=generator) / conv.weight[0].numel() ** 0.5
+        bias = None if conv.bias is None else torch.randn(conv.out_channels, generator=generator)
+        expected = F.conv1d(x, weight, bias, conv.stride, 0, conv.dilation, conv.groups)
+        try:
+            return torch.equal(self._run_route(name, x, _ROUTE_PACKS[name](weight), bias), expected)
+        except (ImportError, kernels.KernelUnsupportedError):
+            return False
+
+    def _reference_exact(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        key = (*x.shape, torch.get_num_threads())  # torch picks its conv algorithm by shape and threads
+        if key not in self._exact_route:
+            matching = (name for name in self._exact_routes(rows) if self._route_matches(name, x.shape))
+            self._exact_route[key] = next(matching, None)
+        name = self._exact_route[key]
+        if name is None:
+            return self.conv(x)
+        return self._run_route(name, x, self._weight_as(name, _ROUTE_PACKS[name]), self.conv.bias)
 
     def _fast(self, x: torch.Tensor, rows: int) -> torch.Tensor | None:
         """The call on the C kernels, or None where they do not apply."""
@@ -180,12 +214,8 @@ class _ConvHolder(nn.Module):
                 if y is not None:
                     return y
             needs_grad = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
-            if (
-                rows <= linear_native.MAX_ROWS
-                and x.dtype == torch.float32
-                and dispatch.blas_order_wanted(x.device, needs_grad)
-            ):
-                return self._reference_exact(x)
+            if x.dtype == torch.float32 and dispatch.blas_order_wanted(x.device, needs_grad):
+                return self._reference_exact(x, rows)
         return conv(x)
 
 
