@@ -234,6 +234,59 @@ int duplex_attention_reference_order(const float* q, int64_t q_stride, const flo
     return 0;
 }
 
+/* ---- GELU ----------------------------------------------------------------------------------- */
+
+/* torch's exact GELU on x86 is oneDNN's eltwise gelu_erf; its AVX-512 kernel evaluates erf(s / sqrt 2)
+ * as a degree-5 polynomial in |s| picked from 24 pieces by the float's exponent and two mantissa bits
+ * (coefficients: oneDNN's gelu_erf_minimax_polynomial table), then gelu = s * (1 + erf) * 0.5. */
+static const uint32_t GELU_POLYNOMIAL[6][25] = {
+    {0xa6f2cb94, 0x32827792, 0x3381cc0c, 0x34523d4a, 0x351ac44d, 0x35f36d88, 0x36ee8229, 0x37b8a3bb, 0x3867a213,
+     0x3940033b, 0x3a2a5a1d, 0x3ae35863, 0x3b7828f2, 0x3c08b14b, 0x3c515ed3, 0xbb503236, 0xbd8d8e5e, 0xbe8abcd9,
+     0xbf0c19a2, 0xbeccb328, 0x3e176ced, 0x3f470d99, 0x3f7abb28, 0x3f800000, 0x00000000},
+    {0x3f4c422a, 0x3f4c421f, 0x3f4c4207, 0x3f4c41cb, 0x3f4c413b, 0x3f4c3fad, 0x3f4c3a2f, 0x3f4c2d40, 0x3f4c146a,
+     0x3f4bc341, 0x3f4ad08c, 0x3f48f8cf, 0x3f45fac7, 0x3f404e07, 0x3f3b980f, 0x3f48dff3, 0x3f78b21b, 0x3fbb0704,
+     0x40019c32, 0x3fe536d6, 0x3f81331e, 0x3e6c8684, 0x3c98f936, 0x00000000, 0x3f800000},
+    {0xb62173f4, 0x3735e4cf, 0x37f2ff89, 0x388c23be, 0x3917535c, 0x39ab2ab0, 0x3a60fadb, 0x3af9b960, 0x3b6e5491,
+     0x3c0a4ec5, 0x3ca5aa8c, 0x3d2138d9, 0x3d8737d4, 0x3ddfb660, 0x3e0f27ab, 0x3d94004b, 0xbe0efdeb, 0xbf1d96c3,
+     0xbf89db58, 0xbf6d9897, 0xbef69fb8, 0xbdc4f8a8, 0xbbde6422, 0x00000000, 0x00000000},
+    {0xbe081a19, 0xbe084570, 0xbe08639b, 0xbe089837, 0xbe08f409, 0xbe09ab95, 0xbe0b66d0, 0xbe0e400a, 0xbe124df8,
+     0xbe1bde02, 0xbe2f19c9, 0xbe4931bf, 0xbe685fbc, 0xbe89c95f, 0xbe96cbca, 0xbe8044aa, 0xbe0550f2, 0x3dcfd6a1,
+     0x3e94c826, 0x3e79345f, 0x3decec91, 0x3ca46568, 0x3aa1e00a, 0x00000000, 0x00000000},
+    {0xba3d61db, 0x39f097a3, 0x3a5845dc, 0x3ab1fa35, 0x3b0cefb8, 0x3b653ab6, 0x3bcae527, 0x3c221712, 0x3c6c5840,
+     0x3cc0a703, 0x3d1dcc19, 0x3d63656d, 0x3d955907, 0x3dbf9910, 0x3dd53f69, 0x3db7dcef, 0x3d639ebe, 0xba6ede48,
+     0xbd22be69, 0xbd041cf1, 0xbc64f5ab, 0xbb097a32, 0xb8ebf380, 0x00000000, 0x00000000},
+    {0x3cb7d80c, 0x3c9b6050, 0x3c978d11, 0x3c92e850, 0x3c8d058b, 0x3c848454, 0x3c6cd623, 0x3c4c824b, 0x3c2a7935,
+     0x3be0b390, 0x3b0651ac, 0xbb232f53, 0xbbd42fa0, 0xbc2c5366, 0xbc492c9e, 0xbc2a7aa6, 0xbbd55d04, 0xba823a76,
+     0x3b102aa8, 0x3ae25a7e, 0x3a31f792, 0x38b84375, 0x3689bb5a, 0x00000000, 0x00000000},
+};
+
+static inline float bits_float(uint32_t bits) {
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static void onednn_gelu(float* x, int64_t n) {
+    const float right_bound = bits_float(0x40b15cee);
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &x[i], 4);
+        const uint32_t magnitude_bits = bits & 0x7fffffffu;
+        const float magnitude = bits_float(magnitude_bits);
+        int32_t piece = (int32_t)(magnitude_bits + 0xc21fffffu) >> 21; /* the exponent and 2 mantissa bits */
+        piece = piece < 1 ? 1 : piece > 24 ? 24 : piece;
+        if (right_bound < magnitude) piece = 23;
+        float erf = bits_float(GELU_POLYNOMIAL[5][piece]);
+        for (int degree = 4; degree >= 0; degree--) erf = fmaf(erf, magnitude, bits_float(GELU_POLYNOMIAL[degree][piece]));
+        uint32_t erf_bits;
+        memcpy(&erf_bits, &erf, 4);
+        erf = bits_float(erf_bits ^ (bits & 0x80000000u));
+        x[i] = x[i] * (erf + 1.0f) * 0.5f;
+    }
+}
+
+void duplex_gelu_reference_order(float* x, int64_t n) { onednn_gelu(x, n); }
+
 /* ---- the step ------------------------------------------------------------------------------- */
 
 /* torch's arithmetic on this machine: its BLAS and the vector widths of its kernels. */
@@ -242,6 +295,7 @@ typedef struct {
     int64_t norm_lanes;      /* LayerNorm's RowwiseMoments */
     int64_t attention_lanes; /* the flash-attention kernel's sums */
     int64_t complex_pairs;   /* complex numbers per vectorized step of the complex mul */
+    int64_t onednn_gelu;     /* whether torch's GELU is oneDNN's AVX-512 minimax kernel (else: torch's) */
 } torch_math;
 
 /* x * rotation for `pairs` complex numbers, as torch's complex mul: whole chunks of
@@ -372,4 +426,19 @@ int duplex_transformer_reference_part(const duplex_layer* layers, int64_t count,
     }
     if (part == count) return 0;
     return attention_half(&layers[part], x, batch, length, positions, rotation, used, hidden, math, threads);
+}
+
+/* A whole streaming step (every part, oneDNN's GELU between them in place), for where
+ * math->onednn_gelu holds; `hidden` is scratch [batch * length, hidden]. */
+int duplex_transformer_reference_step(const duplex_layer* layers, int64_t count, float* x, int64_t batch,
+                                      int64_t length, const int64_t* positions, const float* rotation,
+                                      int64_t used, float* hidden, const torch_math* math, int threads) {
+    if (!math->onednn_gelu) return -1;
+    for (int64_t part = 0; part <= count; part++) {
+        const int status = duplex_transformer_reference_part(layers, count, part, x, batch, length, positions,
+                                                             rotation, used, hidden, hidden, math, threads);
+        if (status != 0) return status;
+        if (part < count) onednn_gelu(hidden, batch * length * layers[part].hidden);
+    }
+    return 0;
 }

@@ -3,8 +3,9 @@
 The reference-exact encode needs Mimi's encoder transformer to the last bit. Its torch ops cost
 far more in dispatch than in arithmetic at two rows per step; the C file does the same arithmetic:
 torch's LayerNorm moments, the BLAS-order matmuls, the rotary complex product, and the CPU
-flash attention (torch's own ``sgemm_`` for its two products, exp_u20, the lane sums). Only the
-GELU stays a torch call between the C parts (on x86 torch hands it to oneDNN's JIT kernels).
+flash attention (torch's own ``sgemm_`` for its two products, exp_u20, the lane sums), and the
+GELU of oneDNN's AVX-512 kernel, to which torch hands it on such CPUs. Where that GELU is not
+torch's, the step runs as one C part per layer with torch's GELU between the parts.
 
 Two things of torch's are found here by trial, not assumed: the vector width of its LayerNorm
 kernel (8 floats on AVX-512 CPUs too: ATen registers that kernel for AVX2 only) and of its
@@ -41,8 +42,14 @@ _ATTENTION = [
     _c.c_void_p, _c.c_int64, _c.c_void_p, _c.c_void_p, _c.c_int64, _c.c_void_p, _c.c_int64, _c.c_int64,
     _c.c_int64, _c.c_int64, _c.c_void_p, _c.c_void_p, _c.c_int, _c.c_int,
 ]  # fmt: skip
+_STEP = [
+    _c.c_void_p, _c.c_int64, _c.c_void_p, _c.c_int64, _c.c_int64, _c.c_void_p, _c.c_void_p, _c.c_int64,
+    _c.c_void_p, _c.c_void_p, _c.c_int,
+]  # fmt: skip
 _ROTATE = [_c.c_void_p, _c.c_void_p, _c.c_int64, _c.c_int64, _c.c_int64, _c.c_void_p, _c.c_int64]
 _SIGNATURES = {
+    "duplex_transformer_reference_step": _STEP,
+    "duplex_gelu_reference_order": [_c.c_void_p, _c.c_int64],
     "duplex_rotate_reference_order": _ROTATE,
     "duplex_transformer_reference_part": _PART,
     "duplex_layer_norm_reference_order": _NORM,
@@ -58,6 +65,7 @@ class TorchMath(ctypes.Structure):
         ("norm_lanes", _c.c_int64),
         ("attention_lanes", _c.c_int64),
         ("complex_pairs", _c.c_int64),
+        ("onednn_gelu", _c.c_int64),
     ]
 
 
@@ -103,6 +111,22 @@ def rotate(x: Tensor, rotation: Tensor, vector_pairs: int) -> Tensor:
         x.data_ptr(), out.data_ptr(), length, heads, head_dim, rotation.data_ptr(), vector_pairs
     )
     return out
+
+
+def gelu(x: Tensor) -> Tensor:
+    """oneDNN's AVX-512 exact GELU (torch's on such CPUs) of contiguous float32 values, in C."""
+    y = x.clone()
+    load("duplex_gelu_reference_order")(y.data_ptr(), y.numel())
+    return y
+
+
+def _gelu_matches() -> bool:
+    generator = torch.Generator().manual_seed(3)
+    x = torch.cat(
+        [torch.randn(8192, generator=generator) * scale for scale in (0.01, 1, 3, 10)]
+        + [torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-40, 5.0, -5.0, 5.5, -5.5, 30.0, -30.0, 1e30, -1e30])]
+    )
+    return torch.equal(gelu(x), F.gelu(x))
 
 
 def _torch_attention(qk: Tensor, keys: Tensor, values: Tensor, allowed: Tensor) -> Tensor:
@@ -174,11 +198,33 @@ def torch_math() -> TorchMath | None:
         norm_lanes = next((lanes for lanes in (8, 16) if _norm_matches(lanes)), None)
         attention_lanes = next((lanes for lanes in (16, 8) if _attention_matches(lanes)), None)
         complex_pairs = next((pairs for pairs in (8, 16, 4) if _rotation_matches(pairs)), None)
+        onednn_gelu = _gelu_matches()
     except ImportError:  # the kernel does not build here
         return None
     if norm_lanes is None or attention_lanes is None or complex_pairs is None:
         return None
-    return TorchMath(sgemm, norm_lanes, attention_lanes, complex_pairs)
+    return TorchMath(sgemm, norm_lanes, attention_lanes, complex_pairs, onednn_gelu)
+
+
+def step(
+    specs: ctypes.Array,
+    x: Tensor,
+    positions: Tensor,
+    rotation: Tensor | None,
+    used: int,
+    hidden: Tensor,
+    math: TorchMath,
+) -> None:
+    """A whole step over ``x [B, T, D]`` (contiguous, updated in place) in one call, GELU included:
+    only where ``math.onednn_gelu``. ``hidden`` is scratch ``[B, T, hidden]``."""
+    batch, length, _ = x.shape
+    status = load("duplex_transformer_reference_step")(
+        ctypes.addressof(specs), len(specs), x.data_ptr(), batch, length, positions.data_ptr(),
+        None if rotation is None else rotation.data_ptr(), used, hidden.data_ptr(), ctypes.byref(math),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    if status != 0:
+        raise MemoryError("the reference-order transformer step could not allocate its scratch memory")
 
 
 def part(

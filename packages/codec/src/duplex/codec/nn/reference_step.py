@@ -1,11 +1,12 @@
 """A streaming call of Mimi's transformer with torch's arithmetic, bit for bit, mostly in C.
 
 Inside :func:`~duplex.codec.kernels.reference_matmuls` (the reference-exact encode) the layers
-that :func:`~duplex.codec.nn.eager_step.covers` run as one C part per layer
-(:mod:`duplex.codec.kernels.transformer_reference_order`) with torch's GELU between the parts:
-the same bits as :func:`~duplex.codec.nn.eager_step.eager_step`, without its ~20 torch ops per
-layer. It takes the calls the C kernels reproduce: batch 1, 2-3 steps (the BLAS-order matmul's
-rows), float32 on the CPU, keys within one attention block. :func:`matches_eager_step` compares
+that :func:`~duplex.codec.nn.eager_step.covers` run in C
+(:mod:`duplex.codec.kernels.transformer_reference_order`): one call for the whole step where the
+C GELU is torch's, else one call per layer with torch's GELU between them. The same bits as
+:func:`~duplex.codec.nn.eager_step.eager_step`, without its ~20 torch ops per layer. It takes
+the calls the C kernels reproduce: batch 1, 2-3 steps (the BLAS-order matmul's rows), float32
+on the CPU, keys within one attention block. :func:`matches_eager_step` compares
 whole streams with the eager step once per process before any of it is used.
 """
 
@@ -55,13 +56,16 @@ def reference_step(transformer: nn.Module, native: NativeStep, x: Tensor, positi
     used = min(cache.capacity, cache.used + length)
     positions = positions.contiguous()
     hidden = torch.empty(batch, length, layers[0].linear1.weight.shape[0])
-    activated = None
-    for index in range(len(layers) + 1):
-        transformer_reference_order.part(
-            native.specs, index, out, positions, rotation, used, activated, hidden, math
-        )
-        if index < len(layers):
-            activated = F.gelu(hidden)  # torch's own (oneDNN's kernel on x86): not emulated
+    if math.onednn_gelu:
+        transformer_reference_order.step(native.specs, out, positions, rotation, used, hidden, math)
+    else:  # torch's GELU between the C parts
+        activated = None
+        for index in range(len(layers) + 1):
+            transformer_reference_order.part(
+                native.specs, index, out, positions, rotation, used, activated, hidden, math
+            )
+            if index < len(layers):
+                activated = F.gelu(hidden)
     for layer in layers:  # what the module path advances (the C parts moved the offsets)
         layer.streaming_state.step += length
         attn_state = layer.self_attn.streaming_state
