@@ -7,10 +7,11 @@
 All three run the same random weights (written by duplex's save_pretrained, read by the other
 two), batch size 1, one frame per call, as a live conversation does: encode 1920 samples -> 8
 codes, decode 8 codes -> 1920 samples. They step frame by frame in lockstep, so that a busy
-machine slows them alike. Each row reports the median and the mean over the timed
-frames, after a warm-up. "duplex" encodes with torch's own arithmetic (its products on C
-kernels that sum in BLAS's order, its RVQ search in one C call to torch's own sgemm_, each
-checked bit for bit) so that its codes are the reference's;
+machine slows them alike, in an order that turns every frame. Each row reports the median and
+the mean over the timed frames, after a warm-up. "duplex" encodes with torch's own arithmetic,
+on C kernels that each reproduce the torch kernel they stand for, checked bit for bit (the
+encoder transformer's step, the convolutions that torch runs on oneDNN or on few rows, the RVQ
+search through torch's own sgemm_), so that its codes are the reference's;
 "duplex, fast encode" (``reference_codes = False``) runs the encoder and the RVQ search on the
 fast CPU kernels (codes equal up to near-tie flips: 0.3 % in the official-size parity test).
 The reference and rustymimi are test-only dependencies (uv group ``oracle``); a missing one is
@@ -104,8 +105,12 @@ def main() -> None:
 
         times = {name: ([], []) for name in steppers}
         codes = {name: [] for name in steppers}
+        names = list(steppers)
         for i, frame in enumerate(frames):
-            for name, (encode_step, decode_step) in steppers.items():
+            # the order turns every frame: each one follows each other one as often (whoever runs
+            # right after another pays for its threads winding down)
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                encode_step, decode_step = steppers[name]
                 start = time.perf_counter()
                 c = encode_step(frame)
                 middle = time.perf_counter()
