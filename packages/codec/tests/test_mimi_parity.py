@@ -197,6 +197,36 @@ def test_streaming_encode_returns_the_reference_streaming_codes(models, referenc
 
 
 @torch.no_grad()
+def test_one_stream_encodes_with_the_reference_codes_on_the_c_kernels(models, monkeypatch):
+    """One conversation (batch 1, as the benchmark): 25 frames, one per call, give the reference's
+    codes bit for bit, and the exact encode runs on its C kernels: the encoder transformer's step
+    in C and SEANet's long convolutions on the oneDNN-order kernel."""
+    from duplex.codec.nn import reference_step
+    from duplex.codec.nn.conv import _ConvHolder
+
+    reference, ours = models
+    wav = speechlike(1, 25 * FRAME, seed=5)
+    with reference.streaming(1):
+        expected = torch.cat([reference.encode(wav[..., i * FRAME : (i + 1) * FRAME]) for i in range(25)], -1)
+    assert reference_step.matches_eager_step()  # its own check streams through the step too
+    steps = []
+    original = reference_step.reference_step
+    monkeypatch.setattr(reference_step, "reference_step", lambda *a: steps.append(1) or original(*a))
+    with ours.streaming(1):
+        codes = torch.cat([ours.encode(wav[..., i * FRAME : (i + 1) * FRAME]) for i in range(25)], -1)
+    assert torch.equal(codes, expected)
+    assert len(steps) == 25
+    routes = [
+        route
+        for module in ours.encoder.modules()
+        if isinstance(module, _ConvHolder)
+        for key, route in module._exact_route.items()
+        if key[0] == 1
+    ]
+    assert routes.count("onednn") >= 8 and routes.count("sequential") == 2
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("frames_per_call", [1, 5])
 def test_streaming_decode_matches_reference_past_ten_seconds(models, reference_stream, frames_per_call):
     _, ours = models
