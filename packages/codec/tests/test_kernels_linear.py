@@ -186,12 +186,13 @@ def test_an_unwritable_cache_is_a_build_error_that_names_the_setting(tmp_path, m
 
 
 def test_the_blas_order_kernel_gives_torchs_bits_or_declines() -> None:
-    """Either torch's matmul sums 2-3 rows in the kernel's order here (MKL on AVX2) and the kernel
-    gives its bits, or the kernel declines and callers keep torch's matmul."""
+    """Either torch's matmul sums 1-3 rows in the kernel's order here (MKL's gemv for one row, its
+    small-row sgemm for 2-3) and the kernel gives its bits, or it declines and callers keep torch's."""
     from duplex.codec.kernels import linear_blas_order
 
     g = torch.Generator().manual_seed(3)
-    for rows, out_features, in_features in ((2, 1536, 512), (3, 512, 2048), (2, 72, 36)):
+    shapes = ((2, 1536, 512), (3, 512, 2048), (2, 72, 36), (1, 512, 2048), (1, 2048, 258), (1, 8, 5))
+    for rows, out_features, in_features in shapes:
         x = torch.randn(1, rows, in_features, generator=g)
         weight = torch.randn(out_features, in_features, generator=g) * 0.05
         bias = torch.randn(out_features, generator=g)
@@ -201,11 +202,16 @@ def test_the_blas_order_kernel_gives_torchs_bits_or_declines() -> None:
             else:
                 with pytest.raises(KernelUnsupportedError):
                     linear_blas_order.linear(x, weight, b)
-    with pytest.raises(KernelUnsupportedError, match="2-3 rows"):
-        linear_blas_order.linear(torch.randn(4, 8), torch.randn(5, 8))
-    for in_features, out_features in ((6, 8), (8, 6)):  # BLAS sums the remainders differently
+    if linear_blas_order.matches_blas():  # one row per item, as a one-frame convolution sums
+        x, weight = torch.randn(3, 40, generator=g), torch.randn(16, 40, generator=g)
+        expected = torch.cat([F.linear(row, weight) for row in x.split(1)])
+        assert torch.equal(linear_blas_order.gemv_rows(x, weight), expected)
+    with pytest.raises(KernelUnsupportedError, match="1-3 rows"):
+        linear_blas_order.linear(torch.randn(4, 8), torch.randn(8, 8))
+    # BLAS sums the remainders of other sizes differently
+    for rows, in_features, out_features in ((2, 6, 8), (2, 8, 6), (1, 8, 6)):
         with pytest.raises(KernelUnsupportedError, match="multiples of 4"):
-            linear_blas_order.linear(torch.randn(2, in_features), torch.randn(out_features, in_features))
+            linear_blas_order.linear(torch.randn(rows, in_features), torch.randn(out_features, in_features))
 
 
 def test_the_sequential_kernel_sums_term_by_term_from_the_bias() -> None:

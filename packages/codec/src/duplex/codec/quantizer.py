@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from duplex.codec import kernels
 from duplex.codec.config import QuantizerConfig
-from duplex.codec.kernels import rvq_reference_order
+from duplex.codec.kernels import linear_blas_order, rvq_reference_order
 from duplex.codec.kernels.dispatch import KernelUnsupportedError, blas_order_wanted
 from torch import nn
 
@@ -157,18 +157,21 @@ class ResidualVectorQuantizer(nn.Module):
     def encode(self, latent: torch.Tensor, num_codebooks: int, fast: bool = False) -> torch.Tensor:
         """``latent`` ``[B, C, T]`` -> codes ``[B, num_codebooks, T]``; ``fast``: see nearest_codes."""
         batch, _, frames = latent.shape
-        if fast:  # the 1x1 projection as a matmul: on the few-row kernel in streaming
-            residual = kernels.linear(latent.transpose(1, 2), self.input_proj.weight[:, :, 0])
-            residual = residual.reshape(batch * frames, -1)
-        else:
-            projected = self.input_proj(latent)
-            # as the reference reshapes it: a column view for one item of several frames, whose
-            # norms torch sums in another order than contiguous rows
-            residual = projected.transpose(1, 2).reshape(batch * frames, -1)
         codebooks = self.codebooks()[:num_codebooks]
         # One fused search over all levels: Triton on CUDA, C on the CPU (with ``fast`` its
         # distances are not cdist's; without, cdist's own arithmetic); see duplex.codec.kernels.
         with contextlib.nullcontext() if fast else kernels.reference_matmuls():
+            if fast:  # the 1x1 projection as a matmul: on the few-row kernel in streaming
+                residual = kernels.linear(latent.transpose(1, 2), self.input_proj.weight[:, :, 0])
+                residual = residual.reshape(batch * frames, -1)
+            elif frames == 1 and self._gemv_projection_wanted(latent):
+                # torch's 1x1 conv of one frame is one BLAS gemv per item: the same sums in C
+                residual = linear_blas_order.gemv_rows(latent[..., 0], self.input_proj.weight[:, :, 0])
+            else:
+                projected = self.input_proj(latent)
+                # as the reference reshapes it: a column view for one item of several frames, whose
+                # norms torch sums in another order than contiguous rows
+                residual = projected.transpose(1, 2).reshape(batch * frames, -1)
             codes = None
             if codebooks and kernels.active_backend("rvq_encode", residual.device) != "torch":
                 codes = kernels.rvq_encode(residual, self.centroid_table(len(codebooks)))
@@ -184,6 +187,15 @@ class ResidualVectorQuantizer(nn.Module):
         if not all_codes:
             return latent.new_zeros(batch, 0, frames, dtype=torch.long)
         return torch.stack(all_codes, dim=1).view(batch, frames, -1).transpose(1, 2)
+
+    def _gemv_projection_wanted(self, latent: torch.Tensor) -> bool:
+        weight = self.input_proj.weight
+        return (
+            latent.dtype is weight.dtype is torch.float32
+            and blas_order_wanted(latent.device, needs_grad=torch.is_grad_enabled() and weight.requires_grad)
+            and linear_blas_order.supports(1, weight.shape[1], weight.shape[0])
+            and linear_blas_order.matches_blas()
+        )
 
     def _encode_reference_order(self, residual: torch.Tensor, levels: int) -> torch.Tensor | None:
         """The torch loop's codes in one C call (:mod:`~duplex.codec.kernels.rvq_reference_order`),

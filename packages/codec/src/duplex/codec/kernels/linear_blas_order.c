@@ -1,11 +1,14 @@
-/* y = x @ w^T (+ bias) for 2 or 3 rows, summed in the order of MKL's small-row sgemm on AVX2 CPUs.
+/* y = x @ w^T (+ bias) for 1, 2 or 3 rows, summed in the order of MKL's small-row kernels here.
  *
  * Where a result feeds an argmin (Mimi's codes), the reference's own rounding decides near-ties;
  * matching its codes needs its sums bit for bit, not just close. For 2-3 rows MKL reads each
  * weight row as 4-float vectors: four partial sums, element k going to sum k % 4, each step a
  * separate multiply and add (no fused multiply-add), then (s0 + s2) + (s1 + s3), then the bias.
- * This kernel does the same sums, at the speed of a few-row kernel (MKL's is 3-5x slower there).
- * Python checks it against torch's matmul on this machine before using it (linear_blas_order.py).
+ * One row (its gemv: torch's 1-row matmul, a one-frame convolution, cdist of one row) starts with
+ * the first h = (K - 1) % 4 + 1 products summed in turn into partial sum 0, then takes 4-float
+ * vectors from element h on, the same way. These kernels do the same sums at the speed of a
+ * few-row kernel (MKL's is 3-5x slower there). Python checks them against torch on this machine
+ * before using them (linear_blas_order.py).
  *
  * The file is compiled with -ffp-contract=off semantics (the pragma): a fused multiply-add would
  * change the rounding.
@@ -71,7 +74,44 @@ static inline __attribute__((always_inline)) void block_rows(const float* x, int
     }
 }
 
-/* m_count in 2..3, k_count a multiple of 4 (the caller checks). */
+/* One row: the head of h products into partial sum 0, then 4-float vectors. Any k_count. */
+static void block_gemv(const float* x, const float* w, const float* bias, float* y, int64_t k_count,
+                       int64_t n_begin, int64_t n_end) {
+    const int64_t head = (k_count - 1) % 4 + 1;
+    for (int64_t n = n_begin; n < n_end; n += ROWS) {
+        int rows = n_end - n < ROWS ? (int)(n_end - n) : ROWS;
+        const float* wr[ROWS];
+        for (int r = 0; r < ROWS; r++) wr[r] = w + (n + (r < rows ? r : 0)) * k_count;
+        vec8 acc[ROWS / 2] = {{0}};
+        for (int r = 0; r < ROWS; r++) {
+            float s = 0.0f;
+            for (int64_t k = 0; k < head; k++) s = s + x[k] * wr[r][k];
+            acc[r / 2][(r % 2) * 4] = s;
+        }
+        const char* next_block = (const char*)(w + (n + ROWS) * k_count);
+        const int prefetch = n + ROWS < n_end;
+        for (int64_t k = head; k < k_count; k += 4) {
+            if (prefetch) {
+                __builtin_prefetch(next_block + (k - head) * ROWS * 4, 0, 3);
+                __builtin_prefetch(next_block + (k - head) * ROWS * 4 + 64, 0, 3);
+            }
+            const vec8 xs = load_halves(x + k, x + k);
+            for (int r = 0; r < ROWS / 2; r++) {
+                vec8 product = xs * load_halves(wr[2 * r] + k, wr[2 * r + 1] + k);
+                acc[r] = acc[r] + product;
+            }
+        }
+        for (int r = 0; r < rows; r++) {
+            vec8 a = acc[r / 2];
+            int h = (r % 2) * 4;
+            float s = (a[h] + a[h + 2]) + (a[h + 1] + a[h + 3]);
+            y[n + r] = bias ? s + bias[n + r] : s;
+        }
+    }
+}
+
+/* m_count in 1..3; for 2-3 rows k_count a multiple of 4 (the caller checks). Rows of one call
+ * are independent: one row takes the gemv order, 2-3 rows the small-row sgemm order. */
 void duplex_linear_blas_order_f32(const float* x, int64_t ldx, const float* w, const float* bias, float* y,
                                   int64_t ldy, int64_t m_count, int64_t n_count, int64_t k_count, int threads) {
 #ifdef _OPENMP
@@ -82,7 +122,9 @@ void duplex_linear_blas_order_f32(const float* x, int64_t ldx, const float* w, c
         int64_t share = ((n_count + team - 1) / team + ROWS - 1) / ROWS * ROWS;
         int64_t begin = t * share, end = begin + share < n_count ? begin + share : n_count;
         if (begin < end) {
-            if (m_count == 2)
+            if (m_count == 1)
+                block_gemv(x, w, bias, y, k_count, begin, end);
+            else if (m_count == 2)
                 block_rows(x, ldx, w, bias, y, ldy, 2, k_count, begin, end);
             else
                 block_rows(x, ldx, w, bias, y, ldy, 3, k_count, begin, end);

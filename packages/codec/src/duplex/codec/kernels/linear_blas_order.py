@@ -1,4 +1,4 @@
-"""The 2-3 row float32 matmul in BLAS's summation order (``linear_blas_order.c``).
+"""The 1-3 row float32 matmul in BLAS's summation order (``linear_blas_order.c``).
 
 :func:`matches_blas` checks, once per process, that torch's own matmul gives the kernel's results
 bit for bit on this machine (it does with the MKL of torch's x86 wheels on AVX2 CPUs); where it
@@ -20,8 +20,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 SOURCE = Path(__file__).with_name("linear_blas_order.c")
-ROW_COUNTS = (2, 3)  # where BLAS takes the small-row path whose order the kernel follows
-MULTIPLE = 4  # in and out features: BLAS sums the remainders of other sizes in other orders
+ROW_COUNTS = (1, 2, 3)  # where BLAS takes the gemv (1 row) or small-row path the kernel follows
+MULTIPLE = 4  # out features (and in features, from 2 rows): BLAS sums other sizes in other orders
 
 
 @functools.cache
@@ -45,7 +45,11 @@ def _run(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 def matches_blas() -> bool:
     """Whether torch's matmul sums like the kernel here (random data of the models' shapes)."""
     generator = torch.Generator().manual_seed(0)
-    for rows, out_features, in_features in ((2, 1536, 512), (3, 512, 2048), (2, 100, 1028), (3, 12, 36)):
+    shapes = (
+        (2, 1536, 512), (3, 512, 2048), (2, 100, 1028), (3, 12, 36),
+        (1, 512, 2048), (1, 256, 512), (1, 2048, 258), (1, 12, 37),
+    )  # fmt: skip
+    for rows, out_features, in_features in shapes:
         x = torch.randn(rows, in_features, generator=generator)
         weight = torch.randn(out_features, in_features, generator=generator) * 0.05
         bias = torch.randn(out_features, generator=generator)
@@ -57,13 +61,16 @@ def matches_blas() -> bool:
     return True
 
 
+def supports(rows: int, in_features: int, out_features: int) -> bool:
+    """Whether the kernel follows BLAS's order for a product of this shape."""
+    return rows in ROW_COUNTS and out_features % MULTIPLE == 0 and (rows == 1 or in_features % MULTIPLE == 0)
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     in_features = x.shape[-1]
     rows = x.numel() // in_features if in_features else 0
     if not (
-        rows in ROW_COUNTS
-        and in_features % MULTIPLE == 0
-        and weight.shape[0] % MULTIPLE == 0
+        supports(rows, in_features, weight.shape[0])
         and x.dtype is torch.float32
         and weight.dtype is torch.float32
         and (bias is None or bias.dtype is torch.float32)
@@ -71,7 +78,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         and (bias is None or bias.device.type == "cpu")
     ):
         raise KernelUnsupportedError(
-            "the BLAS-order linear takes 2-3 rows of float32 on the CPU, in and out features multiples of 4"
+            "the BLAS-order linear takes 1-3 rows of float32 on the CPU, out features (and in features "
+            "from 2 rows) multiples of 4"
         )
     if not matches_blas():
         raise KernelUnsupportedError("torch's matmul does not sum in the BLAS-order kernel's order here")
@@ -80,6 +88,19 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     bias = None if bias is None else bias.contiguous()
     out = _run(flat, weight, bias)
     return out if x.dim() == 2 else out.view(*x.shape[:-1], weight.shape[0])
+
+
+def gemv_rows(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x [M, K] @ weight.T + bias`` as M separate 1-row products (BLAS's gemv order for each),
+    as torch's convolution of one output frame computes each batch item; ``weight [N, K]``
+    contiguous."""
+    if not (supports(1, x.shape[-1], weight.shape[0]) and x.dtype is weight.dtype is torch.float32):
+        raise KernelUnsupportedError("the gemv-order rows take float32, out features a multiple of 4")
+    if not matches_blas():
+        raise KernelUnsupportedError("torch's matmul does not sum in the BLAS-order kernel's order here")
+    x = rows_view(x)
+    bias = None if bias is None else bias.detach().contiguous()
+    return torch.cat([_run(row, weight, bias) for row in x.split(1)])
 
 
 PANEL = 16  # outputs per weight panel of the sequential kernel (linear_blas_order.c)

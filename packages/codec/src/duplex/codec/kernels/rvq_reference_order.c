@@ -7,7 +7,9 @@
  *     cascade sum: vectors of `lanes` floats, four interleaved vector accumulators, a scalar tail,
  *     then the lanes added one after another), emulated by torch_sum_of_squares;
  *   - the product is torch's own BLAS: the caller passes the sgemm_ that torch links (MKL in the
- *     x86 wheels) and this calls it with the arguments torch's matmul uses;
+ *     x86 wheels) and this calls it with the arguments torch's matmul uses; for one row, where
+ *     BLAS runs its gemv, linear_blas_order.c's kernel gives the same sums (when the caller
+ *     found it does);
  *   - the square root is torch's too: MKL's vsSqrt (not always correctly rounded; its results do
  *     not depend on where an element sits in the call);
  *   - clamp, argmin (first minimum) and the residual update are exact operations.
@@ -17,6 +19,7 @@
 #pragma GCC optimize("fp-contract=off")
 #pragma STDC FP_CONTRACT OFF
 #include <math.h> /* isnan */
+#include <stddef.h>
 #include <stdint.h>
 #include "duplex_team.h"
 
@@ -24,6 +27,9 @@ typedef void (*sgemm_fn)(const char* transa, const char* transb, const int* m, c
                          const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
                          const float* beta, float* c, const int* ldc);
 typedef void (*vsqrt_fn)(int n, const float* a, float* y);
+
+void duplex_linear_blas_order_f32(const float* x, int64_t ldx, const float* w, const float* bias, float* y,
+                                  int64_t ldy, int64_t m_count, int64_t n_count, int64_t k_count, int threads);
 
 #define MAX_LANES 16
 #define ILP 4    /* vector accumulators of torch's row_sum */
@@ -87,7 +93,7 @@ static float torch_sum_of_squares(const float* x, int64_t n, int lanes) {
 void duplex_rvq_encode_reference_order(float* residual, int64_t rows, int64_t dim, const float* augmented,
                                        const float* centroids, int64_t levels, int64_t size, int64_t* codes,
                                        float* lhs, float* distances, sgemm_fn sgemm, vsqrt_fn vsqrt,
-                                       int lanes, int threads) {
+                                       int lanes, int one_row_gemv, int threads) {
     const int m = (int)size, n = (int)rows, k = (int)(dim + 2);
     const float one = 1.0f, zero = 0.0f;
     for (int64_t level = 0; level < levels; level++) {
@@ -104,12 +110,17 @@ void duplex_rvq_encode_reference_order(float* residual, int64_t rows, int64_t di
          * for a few rows, and the table comes from memory: for up to SPLIT_ROWS rows, each thread
          * takes an equal part of the centroids, a multiple of SPLIT_ALIGN (BLAS then sums each
          * distance as in one call; checked in Python). */
-        const int parts = rows <= SPLIT_ROWS && size % (SPLIT_ALIGN * threads) == 0 ? threads : 1;
+        if (rows == 1 && one_row_gemv && size % 4 == 0) {
+            /* one row is BLAS's gemv, whose order linear_blas_order.c follows at full bandwidth */
+            duplex_linear_blas_order_f32(lhs, k, table, NULL, distances, m, 1, m, k, threads);
+        } else {
+            const int parts = rows <= SPLIT_ROWS && size % (SPLIT_ALIGN * threads) == 0 ? threads : 1;
 #pragma omp parallel num_threads(parts)
-        {
-            const int count = m / team_size(), begin = team_member() * count;
-            sgemm("T", "N", &count, &n, &k, &one, table + (int64_t)begin * k, &k, lhs, &k, &zero,
-                  distances + begin, &m);
+            {
+                const int count = m / team_size(), begin = team_member() * count;
+                sgemm("T", "N", &count, &n, &k, &one, table + (int64_t)begin * k, &k, lhs, &k, &zero,
+                      distances + begin, &m);
+            }
         }
         for (int64_t c = 0; c < rows * size; c++)
             if (distances[c] < 0.0f) distances[c] = 0.0f; /* clamp_min_(0), which keeps a NaN */

@@ -23,13 +23,13 @@ from duplex.codec.kernels import native_build
 from duplex.codec.kernels.dispatch import KernelUnsupportedError
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("rvq_reference_order.c")
+SOURCES = (Path(__file__).with_name("rvq_reference_order.c"), Path(__file__).with_name("linear_blas_order.c"))
 MIN_CENTROIDS = 26  # cdist takes its matmul path from 26 centroids on
 
 _c = ctypes
 ENCODE_SIGNATURE = [
     _c.c_void_p, _c.c_int64, _c.c_int64, _c.c_void_p, _c.c_void_p, _c.c_int64, _c.c_int64, _c.c_void_p,
-    _c.c_void_p, _c.c_void_p, _c.c_void_p, _c.c_void_p, _c.c_int, _c.c_int,
+    _c.c_void_p, _c.c_void_p, _c.c_void_p, _c.c_void_p, _c.c_int, _c.c_int, _c.c_int,
 ]  # fmt: skip
 NORM_SIGNATURE = [_c.c_void_p, _c.c_int64, _c.c_int64, _c.c_void_p, _c.c_int]
 
@@ -50,7 +50,7 @@ def torch_function(name: str) -> int | None:
 @functools.cache
 def load(name: str = "duplex_rvq_encode_reference_order") -> ctypes._CFuncPtr:
     signature = ENCODE_SIGNATURE if name == "duplex_rvq_encode_reference_order" else NORM_SIGNATURE
-    return native_build.function(SOURCE, name, signature)
+    return native_build.function(SOURCES, name, signature)
 
 
 def augmented_table(centroids: Tensor) -> Tensor:
@@ -60,18 +60,23 @@ def augmented_table(centroids: Tensor) -> Tensor:
 
 
 def _encode(
-    x: Tensor, centroids: Tensor, augmented: Tensor, threads: int | None = None
+    x: Tensor,
+    centroids: Tensor,
+    augmented: Tensor,
+    threads: int | None = None,
+    one_row_gemv: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     rows, dim = x.shape
     levels, size, _ = centroids.shape
     residual = x.clone(memory_format=torch.contiguous_format)
     codes = torch.empty(rows, levels, dtype=torch.long)
     lhs = torch.empty(rows, dim + 2)
+    gemv = one_row_gemv_matches() if one_row_gemv is None else one_row_gemv
     distances = torch.empty(rows, size)
     load()(
         residual.data_ptr(), rows, dim, augmented.data_ptr(), centroids.data_ptr(), levels, size,
         codes.data_ptr(), lhs.data_ptr(), distances.data_ptr(), torch_function("sgemm_"),
-        torch_function("vsSqrt"), vector_lanes(), threads or torch.get_num_threads(),
+        torch_function("vsSqrt"), vector_lanes(), int(gemv), threads or torch.get_num_threads(),
     )  # fmt: skip
     return codes, distances
 
@@ -106,8 +111,19 @@ def vector_lanes() -> int | None:
 
 
 @functools.cache
+def one_row_gemv_matches() -> bool:
+    """Whether one row's distances may take the gemv-order kernel (``linear_blas_order.c``): where
+    torch's 1-row matmul is BLAS's gemv, summed as that kernel does."""
+    return _matches(one_row_gemv=True)
+
+
+@functools.cache
 def matches_torch() -> bool:
     """Whether the C loop gives torch's bits here: norms, distances and codes, on data with ties."""
+    return one_row_gemv_matches() or _matches(one_row_gemv=False)
+
+
+def _matches(one_row_gemv: bool) -> bool:
     if torch_function("sgemm_") is None or torch_function("vsSqrt") is None or vector_lanes() is None:
         return False
     generator = torch.Generator().manual_seed(1)
@@ -119,7 +135,7 @@ def matches_torch() -> bool:
         x[0] = centroids[0, 0] + 1e-3
         expected_codes, expected_distances = _torch_encode(x, centroids)
         for threads in (1, 2, 4):  # the threads split the centroids between their BLAS calls
-            codes, distances = _encode(x, centroids, augmented_table(centroids), threads)
+            codes, distances = _encode(x, centroids, augmented_table(centroids), threads, one_row_gemv)
             if not (torch.equal(codes, expected_codes) and torch.equal(distances, expected_distances)):
                 return False
     return True

@@ -101,6 +101,7 @@ def _unfolded(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
 
 
 _ROUTE_PACKS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gemv": lambda weight: weight.reshape(weight.shape[0], -1).contiguous(),
     "sequential": lambda weight: linear_blas_order.sequential_panels(weight.reshape(weight.shape[0], -1)),
     "onednn": conv_onednn_order.pack,
 }
@@ -113,8 +114,9 @@ class _ConvHolder(nn.Module):
     C kernels: few rows (or a large weight) as one matmul on the few-row kernel, longer inputs on
     the direct conv kernel (``kernels/conv_native.c``). Inside ``reference_matmuls`` streaming calls
     keep torch's exact sums instead, on a C kernel that sums as torch's conv does for that shape:
-    the sequential order (:func:`~duplex.codec.kernels.linear_blas_order.matmul_sequential`) for
-    few rows, oneDNN's orders (:mod:`~duplex.codec.kernels.conv_onednn_order`) where torch hands
+    BLAS's gemv order (:func:`~duplex.codec.kernels.linear_blas_order.gemv_rows`) for one output
+    frame, the sequential order (:func:`~duplex.codec.kernels.linear_blas_order.matmul_sequential`)
+    for few rows, oneDNN's orders (:mod:`~duplex.codec.kernels.conv_onednn_order`) where torch hands
     the conv to oneDNN. For each input shape the first call checks these kernels against torch's
     conv on random data, bit for bit; calls of that shape take the first that matched, or torch's
     conv.
@@ -150,15 +152,20 @@ class _ConvHolder(nn.Module):
         one_by_one = kernel == 1 and stride == 1
         return conv_onednn_order.conv1d(x, panels, bias, kernel, stride, dilation, one_by_one)
 
-    def _exact_routes(self, rows: int) -> list[str]:
+    def _gemv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return linear_blas_order.gemv_rows(_unfolded(x, self.conv), weight, bias)[:, :, None]
+
+    def _exact_routes(self, x: torch.Tensor, rows: int) -> list[str]:
         """The C kernels that may give torch's bits for a call of ``rows`` output rows."""
-        routes = ["sequential"] if rows <= linear_native.MAX_ROWS else []
+        routes = ["gemv"] if rows == x.shape[0] else []  # one output frame per item
+        routes += ["sequential"] if rows <= linear_native.MAX_ROWS else []
         return routes + (["onednn"] if conv_onednn_order.supports(self.conv.weight) else [])
 
     def _run_route(
         self, name: str, x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        return (self._sequential if name == "sequential" else self._onednn_order)(x, panels, bias)
+        kernel = {"gemv": self._gemv, "sequential": self._sequential, "onednn": self._onednn_order}[name]
+        return kernel(x, panels, bias)
 
     def _route_matches(self, name: str, shape: tuple[int, ...]) -> bool:
         """Whether kernel ``name`` gives torch's conv bits for inputs of ``shape`` here, checked on
@@ -177,7 +184,7 @@ class _ConvHolder(nn.Module):
     def _reference_exact(self, x: torch.Tensor, rows: int) -> torch.Tensor:
         key = (*x.shape, torch.get_num_threads())  # torch picks its conv algorithm by shape and threads
         if key not in self._exact_route:
-            matching = (name for name in self._exact_routes(rows) if self._route_matches(name, x.shape))
+            matching = (name for name in self._exact_routes(x, rows) if self._route_matches(name, x.shape))
             self._exact_route[key] = next(matching, None)
         name = self._exact_route[key]
         if name is None:
