@@ -7,7 +7,7 @@
 All three run the same random weights (written by duplex's save_pretrained, read by the other
 two), batch size 1, one frame per call, as a live conversation does: encode 1920 samples -> 8
 codes, decode 8 codes -> 1920 samples. They step frame by frame in lockstep, so that a busy
-machine slows them alike, in an order that turns every frame. Each row reports the median and
+machine slows them alike, in an order that changes every frame. Each row reports the median and
 the mean over the timed frames, after a warm-up. "duplex" encodes with torch's own arithmetic,
 on C kernels that each reproduce the torch kernel they stand for, checked bit for bit (the
 encoder transformer's step, the convolutions that torch runs on oneDNN or on few rows, the RVQ
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import itertools
 import os
 import statistics
 import sys
@@ -105,11 +106,11 @@ def main() -> None:
 
         times = {name: ([], []) for name in steppers}
         codes = {name: [] for name in steppers}
-        names = list(steppers)
+        # the order changes every frame, through all permutations: each one runs after each other
+        # one as often (whoever runs right after another pays for its threads winding down)
+        orders = list(itertools.permutations(steppers))
         for i, frame in enumerate(frames):
-            # the order turns every frame: each one follows each other one as often (whoever runs
-            # right after another pays for its threads winding down)
-            for name in names[i % len(names) :] + names[: i % len(names)]:
+            for name in orders[i % len(orders)]:
                 encode_step, decode_step = steppers[name]
                 start = time.perf_counter()
                 c = encode_step(frame)
