@@ -200,7 +200,7 @@ def test_streaming_encode_returns_the_reference_streaming_codes(models, referenc
 def test_one_stream_encodes_with_the_reference_codes_on_the_c_kernels(models, monkeypatch):
     """One conversation (batch 1, as the benchmark): 25 frames, one per call, give the reference's
     codes bit for bit, and the exact encode runs on its C kernels: the encoder transformer's step
-    in C and SEANet's long convolutions on the oneDNN-order kernel."""
+    in C and every SEANet convolution on a kernel in the order of torch's backend for it."""
     from duplex.codec.nn import reference_step
     from duplex.codec.nn.conv import _ConvHolder
 
@@ -223,7 +223,9 @@ def test_one_stream_encodes_with_the_reference_codes_on_the_c_kernels(models, mo
         for key, route in module._exact_route.items()
         if key[0] == 1
     ]
-    assert routes.count("onednn") >= 8 and routes.count("sequential") == 2
+    assert len(routes) == 14
+    if torch.backends.cpu.get_cpu_capability() == "AVX512":  # where the kernels' orders were found
+        assert routes.count(None) == 0, routes
 
 
 @torch.no_grad()

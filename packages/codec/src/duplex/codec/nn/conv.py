@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 from duplex.codec import kernels
-from duplex.codec.kernels import conv_native, conv_onednn_order, dispatch, linear_blas_order, linear_native
+from duplex.codec.kernels import conv_native, conv_reference_order, dispatch, linear_blas_order, linear_native
 from duplex.codec.kernels.dispatch import NATIVE
 from duplex.codec.streaming import StreamingModule, StreamingState, module_device
 from torch import nn
@@ -103,7 +103,14 @@ def _unfolded(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
 _ROUTE_PACKS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gemv": lambda weight: weight.reshape(weight.shape[0], -1).contiguous(),
     "sequential": lambda weight: linear_blas_order.sequential_panels(weight.reshape(weight.shape[0], -1)),
-    "onednn": conv_onednn_order.pack,
+    "onednn": conv_reference_order.pack,
+    "onednn-1x1": conv_reference_order.pack,
+    "blas-blocks": conv_reference_order.pack_blas,
+}
+_ORDERS = {
+    "onednn": conv_reference_order.ONEDNN_TAPS,
+    "onednn-1x1": conv_reference_order.ONEDNN_1X1,
+    "blas-blocks": conv_reference_order.BLAS_BLOCKS,
 }
 
 
@@ -116,10 +123,10 @@ class _ConvHolder(nn.Module):
     keep torch's exact sums instead, on a C kernel that sums as torch's conv does for that shape:
     BLAS's gemv order (:func:`~duplex.codec.kernels.linear_blas_order.gemv_rows`) for one output
     frame, the sequential order (:func:`~duplex.codec.kernels.linear_blas_order.matmul_sequential`)
-    for few rows, oneDNN's orders (:mod:`~duplex.codec.kernels.conv_onednn_order`) where torch hands
-    the conv to oneDNN. For each input shape the first call checks these kernels against torch's
-    conv on random data, bit for bit; calls of that shape take the first that matched, or torch's
-    conv.
+    for few rows, the orders of oneDNN's kernels and of torch's im2col + BLAS path
+    (:mod:`~duplex.codec.kernels.conv_reference_order`). For each input shape the first call
+    checks these kernels against torch's conv on random data, bit for bit; calls of that shape
+    take the first that matched, or torch's conv.
     """
 
     def __init__(self, conv: nn.Conv1d) -> None:
@@ -147,10 +154,11 @@ class _ConvHolder(nn.Module):
         out = linear_blas_order.matmul_sequential(_unfolded(x, self.conv), panels, bias, out_channels)
         return out.view(x.shape[0], -1, out_channels).transpose(1, 2)
 
-    def _onednn_order(self, x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def _in_order(self, order: int) -> Callable[..., torch.Tensor]:
         (kernel,), (stride,), (dilation,) = self.conv.kernel_size, self.conv.stride, self.conv.dilation
-        one_by_one = kernel == 1 and stride == 1
-        return conv_onednn_order.conv1d(x, panels, bias, kernel, stride, dilation, one_by_one)
+        return lambda x, panels, bias: conv_reference_order.conv1d(
+            x, panels, bias, kernel, stride, dilation, order
+        )
 
     def _gemv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return linear_blas_order.gemv_rows(_unfolded(x, self.conv), weight, bias)[:, :, None]
@@ -159,13 +167,19 @@ class _ConvHolder(nn.Module):
         """The C kernels that may give torch's bits for a call of ``rows`` output rows."""
         routes = ["gemv"] if rows == x.shape[0] else []  # one output frame per item
         routes += ["sequential"] if rows <= linear_native.MAX_ROWS else []
-        return routes + (["onednn"] if conv_onednn_order.supports(self.conv.weight) else [])
+        if conv_reference_order.supports(self.conv.weight):
+            one_by_one = self.conv.kernel_size == (1,) and self.conv.stride == (1,)
+            routes += ["onednn-1x1" if one_by_one else "onednn", "blas-blocks"]
+        return routes
 
     def _run_route(
         self, name: str, x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        kernel = {"gemv": self._gemv, "sequential": self._sequential, "onednn": self._onednn_order}[name]
-        return kernel(x, panels, bias)
+        if name == "gemv":
+            return self._gemv(x, panels, bias)
+        if name == "sequential":
+            return self._sequential(x, panels, bias)
+        return self._in_order(_ORDERS[name])(x, panels, bias)
 
     def _route_matches(self, name: str, shape: tuple[int, ...]) -> bool:
         """Whether kernel ``name`` gives torch's conv bits for inputs of ``shape`` here, checked on
