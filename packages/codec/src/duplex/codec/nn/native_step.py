@@ -13,6 +13,7 @@ gradients) and whenever the backend is not ``native`` (``DUPLEX_KERNELS=torch``,
 from __future__ import annotations
 
 import ctypes
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -152,7 +153,8 @@ class NativeStep:
 
     def valid(self) -> bool:
         """False once a weight was replaced (``.to()``, ``param.data = ...``): pack again."""
-        return all(p.data_ptr() == a for p, a in zip(self.parameters, self.addresses, strict=True))
+        # map with C-level callables: this runs on every streaming call
+        return all(map(operator.eq, map(Tensor.data_ptr, self.parameters), self.addresses))
 
     def runs(self, x: Tensor, exec_all: bool) -> bool:
         """Whether this call can take the C step."""

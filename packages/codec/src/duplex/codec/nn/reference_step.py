@@ -27,8 +27,7 @@ def applies(transformer: nn.Module, native: NativeStep | None, x: Tensor) -> boo
     batch, length, dim = x.shape
     hidden = transformer.layers[0].linear1.weight.shape[0]
     return (
-        native is not None
-        and native.valid()
+        native is not None  # the caller has just revalidated it (StreamingTransformer._native_step)
         and batch == 1
         and length in linear_blas_order.ROW_COUNTS
         and x.dtype is torch.float32
@@ -50,8 +49,8 @@ def reference_step(transformer: nn.Module, native: NativeStep, x: Tensor, positi
     out = x.contiguous().clone()
     rotation = None
     if transformer.rope is not None:
-        head_dim = layers[0].self_attn.head_dim
-        rotation = torch.view_as_real(transformer.rope.rotation(positions, head_dim)).contiguous()
+        start = int(positions[0, 0])
+        rotation = transformer.rope.rotation_rows(start, length, layers[0].self_attn.head_dim)
     cache = layers[0].self_attn.streaming_state.cache
     used = min(cache.capacity, cache.used + length)
     positions = positions.contiguous()
