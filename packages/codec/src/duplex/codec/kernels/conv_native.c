@@ -3,8 +3,8 @@
  * torch's CPU convolution runs these shapes (64-256 channels, hundreds to thousands of frames per
  * streaming chunk) at a third of the matmul rate. Here each output tile of TIMES frames x CHANNELS
  * channels lives in vector registers while the loop runs over (input channel, tap): every step
- * broadcasts TIMES input samples and loads CHANNELS packed weights, for TIMES x CHANNELS / 8 fused
- * multiply-adds. Weights are packed once as [C_out / CHANNELS][C_in * K][CHANNELS].
+ * broadcasts TIMES input samples and loads CHANNELS packed weights, for TIMES fused multiply-adds
+ * of 16 lanes. Weights are packed once as [C_out / CHANNELS][C_in * K][CHANNELS].
  *
  * Each output is summed over (input channel, tap) in ascending order from its bias, whatever the
  * tiling or thread count.
@@ -12,41 +12,45 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "duplex_vec8.h"
+/* One vector holds the 16 output channels of a panel (one AVX-512 register, two AVX2 ones). */
+typedef float vec16 __attribute__((vector_size(64)));
 
+static inline vec16 load16(const float* p) {
+    vec16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline vec16 splat16(float a) { return (vec16){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
+
+#ifdef __AVX512F__
+#define TIMES 8 /* frames per tile */
+#else
 #define TIMES 6
-#define VECS 2
-#define CHANNELS (VECS * 8)
+#endif
+#define CHANNELS 16
 
 /* One tile: outputs [c0, c0 + CHANNELS) x [t0, t0 + times) of one batch item. */
 static void tile(const float* x, int64_t t_in, int64_t in_channels, int64_t taps, int64_t stride,
                  int64_t dilation, const float* panel, const float* bias, float* y, int64_t t_out, int64_t c0,
                  int64_t t0, int times) {
-    vec8 acc[TIMES][VECS];
-    for (int v = 0; v < VECS; v++) {
-        vec8 b = bias ? load8(bias + c0 + 8 * v) : splat(0.0f);
-        for (int i = 0; i < TIMES; i++) acc[i][v] = b;
-    }
+    vec16 acc[TIMES];
+    const vec16 b = bias ? load16(bias + c0) : splat16(0.0f);
+    for (int i = 0; i < TIMES; i++) acc[i] = b;
     int64_t base[TIMES];
     for (int i = 0; i < TIMES; i++) base[i] = (t0 + (i < times ? i : 0)) * stride;
     for (int64_t ci = 0; ci < in_channels; ci++) {
         const float* row = x + ci * t_in;
         for (int64_t k = 0; k < taps; k++) {
-            const float* w = panel + (ci * taps + k) * CHANNELS;
-            vec8 w0 = load8(w), w1 = load8(w + 8);
-            int64_t offset = k * dilation;
-            for (int i = 0; i < TIMES; i++) {
-                vec8 a = splat(row[base[i] + offset]);
-                acc[i][0] += a * w0;
-                acc[i][1] += a * w1;
-            }
+            const vec16 w = load16(panel + (ci * taps + k) * CHANNELS);
+            const int64_t offset = k * dilation;
+            for (int i = 0; i < TIMES; i++) acc[i] += splat16(row[base[i] + offset]) * w;
         }
     }
-    for (int v = 0; v < VECS; v++)
-        for (int lane = 0; lane < 8; lane++) {
-            float* out = y + (c0 + 8 * v + lane) * t_out + t0;
-            for (int i = 0; i < times; i++) out[i] = acc[i][v][lane];
-        }
+    for (int lane = 0; lane < CHANNELS; lane++) {
+        float* out = y + (c0 + lane) * t_out + t0;
+        for (int i = 0; i < times; i++) out[i] = acc[i][lane];
+    }
 }
 
 /* y [batch, out_channels, t_out] = conv(x [batch, in_channels, t_in]); out_channels % CHANNELS == 0. */

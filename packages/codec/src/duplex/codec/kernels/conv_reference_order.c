@@ -21,11 +21,23 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "duplex_vec8.h"
+/* One vector holds the 16 output channels of a panel (one AVX-512 register, two AVX2 ones). */
+typedef float vec16 __attribute__((vector_size(64)));
 
-#define TIMES 6
-#define VECS 2
-#define CHANNELS (VECS * 8)
+static inline vec16 load16(const float* p) {
+    vec16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline vec16 splat16(float a) { return (vec16){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
+
+#ifdef __AVX512F__
+#define TIMES 8 /* frames per tile: 2 x 8 accumulators in the 32 vector registers */
+#else
+#define TIMES 4
+#endif
+#define CHANNELS 16
 #define BLOCK 16 /* input channels per oneDNN block */
 
 enum { ORDER_ONEDNN_TAPS = 0, ORDER_ONEDNN_1X1 = 1, ORDER_BLAS_BLOCKS = 2 };
@@ -37,54 +49,46 @@ typedef struct {
     int64_t block;     /* ORDER_BLAS_BLOCKS: unfolded indices per chain */
 } conv_shape;
 
-static inline vec8 bias_of(const conv_shape* s, int64_t c) { return s->bias ? load8(s->bias + c) : splat(0.0f); }
+static inline vec16 bias_of(const conv_shape* s, int64_t c) {
+    return s->bias ? load16(s->bias + c) : splat16(0.0f);
+}
 
-static void store_tile(vec8 out[TIMES][VECS], float* y, int64_t t_out, int64_t c0, int64_t t0, int times) {
-    for (int v = 0; v < VECS; v++)
-        for (int lane = 0; lane < 8; lane++) {
-            float* o = y + (c0 + 8 * v + lane) * t_out + t0;
-            for (int i = 0; i < times; i++) o[i] = out[i][v][lane];
-        }
+static void store_tile(vec16 out[TIMES], float* y, int64_t t_out, int64_t c0, int64_t t0, int times) {
+    for (int lane = 0; lane < 16; lane++) {
+        float* o = y + (c0 + lane) * t_out + t0;
+        for (int i = 0; i < times; i++) o[i] = out[i][lane];
+    }
 }
 
 /* The oneDNN orders: outputs [c0, c0 + 16) x [t0, t0 + times). */
 static void tile_onednn(const conv_shape* s, const float* panel, float* y, int64_t c0, int64_t t0, int times,
                         int one_by_one) {
-    vec8 out[TIMES][VECS], acc[TIMES][VECS];
+    vec16 out[TIMES], acc[TIMES];
     int64_t base[TIMES];
     for (int i = 0; i < TIMES; i++) base[i] = (t0 + (i < times ? i : 0)) * s->stride;
     const int64_t blocks = (s->in_channels + BLOCK - 1) / BLOCK;
     for (int64_t block = 0; block < blocks; block++) {
         const int64_t first = block * BLOCK;
         const int64_t count = s->in_channels - first < BLOCK ? s->in_channels - first : BLOCK;
-        for (int v = 0; v < VECS; v++) { /* 1x1: the chain goes on from the bias; else from zero */
-            const vec8 start = one_by_one ? bias_of(s, c0 + 8 * v) : splat(0.0f);
-            for (int i = 0; i < TIMES; i++) acc[i][v] = one_by_one && block > 0 ? out[i][v] : start;
-        }
+        const vec16 start = one_by_one ? bias_of(s, c0) : splat16(0.0f); /* 1x1: on from the bias */
+        for (int i = 0; i < TIMES; i++) acc[i] = one_by_one && block > 0 ? out[i] : start;
         const float* block_panel = panel + block * s->taps * BLOCK * CHANNELS;
         for (int64_t k = 0; k < s->taps; k++) {
             const int64_t offset = k * s->dilation;
             for (int64_t c = 0; c < count; c++) {
                 const float* row = s->x + (first + c) * s->t_in + offset;
-                const float* w = block_panel + (k * BLOCK + c) * CHANNELS;
-                vec8 w0 = load8(w), w1 = load8(w + 8);
-                for (int i = 0; i < TIMES; i++) {
-                    vec8 a = splat(row[base[i]]);
-                    acc[i][0] = acc[i][0] + a * w0;
-                    acc[i][1] = acc[i][1] + a * w1;
-                }
+                const vec16 w0 = load16(block_panel + (k * BLOCK + c) * CHANNELS);
+                for (int i = 0; i < TIMES; i++) acc[i] = acc[i] + splat16(row[base[i]]) * w0;
             }
         }
-        for (int v = 0; v < VECS; v++) {
-            const vec8 b = bias_of(s, c0 + 8 * v);
-            for (int i = 0; i < TIMES; i++) {
-                if (one_by_one)
-                    out[i][v] = acc[i][v];
-                else if (block == 0)
-                    out[i][v] = s->bias ? acc[i][v] + b : acc[i][v];
-                else
-                    out[i][v] = out[i][v] + acc[i][v];
-            }
+        const vec16 b = bias_of(s, c0);
+        for (int i = 0; i < TIMES; i++) {
+            if (one_by_one)
+                out[i] = acc[i];
+            else if (block == 0)
+                out[i] = s->bias ? acc[i] + b : acc[i];
+            else
+                out[i] = out[i] + acc[i];
         }
     }
     store_tile(out, y, s->t_out, c0, t0, times);
@@ -92,29 +96,21 @@ static void tile_onednn(const conv_shape* s, const float* panel, float* y, int64
 
 /* The BLAS order: blocks of `block` unfolded indices p = channel * taps + tap. */
 static void tile_blas(const conv_shape* s, const float* panel, float* y, int64_t c0, int64_t t0, int times) {
-    vec8 out[TIMES][VECS], acc[TIMES][VECS];
+    vec16 out[TIMES], acc[TIMES];
     int64_t base[TIMES];
     for (int i = 0; i < TIMES; i++) base[i] = (t0 + (i < times ? i : 0)) * s->stride;
     const int64_t length = s->in_channels * s->taps;
     for (int64_t begin = 0; begin < length; begin += s->block) {
         const int64_t end = begin + s->block < length ? begin + s->block : length;
-        for (int v = 0; v < VECS; v++)
-            for (int i = 0; i < TIMES; i++) acc[i][v] = splat(0.0f);
+        for (int i = 0; i < TIMES; i++) acc[i] = splat16(0.0f);
         for (int64_t p = begin; p < end; p++) {
             const float* row = s->x + (p / s->taps) * s->t_in + (p % s->taps) * s->dilation;
-            const float* w = panel + p * CHANNELS;
-            vec8 w0 = load8(w), w1 = load8(w + 8);
-            for (int i = 0; i < TIMES; i++) {
-                vec8 a = splat(row[base[i]]);
-                acc[i][0] = acc[i][0] + a * w0;
-                acc[i][1] = acc[i][1] + a * w1;
-            }
+            const vec16 w0 = load16(panel + p * CHANNELS);
+            for (int i = 0; i < TIMES; i++) acc[i] = acc[i] + splat16(row[base[i]]) * w0;
         }
-        for (int v = 0; v < VECS; v++) {
-            const vec8 b = bias_of(s, c0 + 8 * v);
-            for (int i = 0; i < TIMES; i++)
-                out[i][v] = begin == 0 ? (s->bias ? acc[i][v] + b : acc[i][v]) : out[i][v] + acc[i][v];
-        }
+        const vec16 b = bias_of(s, c0);
+        for (int i = 0; i < TIMES; i++)
+            out[i] = begin == 0 ? (s->bias ? acc[i] + b : acc[i]) : out[i] + acc[i];
     }
     store_tile(out, y, s->t_out, c0, t0, times);
 }
