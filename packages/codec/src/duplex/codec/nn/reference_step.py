@@ -65,11 +65,7 @@ def reference_step(transformer: nn.Module, native: NativeStep, x: Tensor, positi
             )
             if index < len(layers):
                 activated = F.gelu(hidden)
-    for layer in layers:  # what the module path advances (the C parts moved the offsets)
-        layer.streaming_state.step += length
-        attn_state = layer.self_attn.streaming_state
-        attn_state.step += length
-        attn_state.cache.used = used
+    transformer._advance_layers(length, used)
     return out
 
 

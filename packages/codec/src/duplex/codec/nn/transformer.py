@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from duplex.codec.kernels import dispatch
 from duplex.codec.nn import reference_step
 from duplex.codec.nn.attention import SharedStep, StreamingMultiheadAttention
 from duplex.codec.nn.eager_step import covers, eager_step
@@ -171,6 +172,7 @@ class TransformerState(StreamingState):
     native: NativeStep | None = None  # the layers packed for the C step (see native_step)
     native_packed: bool = False  # whether packing was tried (native None: not supported)
     eager_covered: bool | None = None  # whether eager_step covers the layers (None: not checked yet)
+    layer_states: list | None = None  # each layer's (layer state, attention state), once looked up
 
     def reset(self, slots: torch.Tensor) -> None:
         self.offset[slots] = 0
@@ -226,7 +228,9 @@ class StreamingTransformer(StreamingModule[TransformerState]):
             per_step = self.layers[0].self_attn.mult > 1  # the weights change along the steps
             state.native, state.native_packed = None if per_step else NativeStep.pack(self), True
         native = state.native
-        if native is None or x.shape[1] > self.layers[0].self_attn.streaming_state.cache.capacity:
+        if native is None or dispatch.blas_order_wanted(x.device, needs_grad=False):
+            return None  # inside reference_matmuls: the reference step or the eager step
+        if x.shape[1] > self.layers[0].self_attn.streaming_state.cache.capacity:
             return None
         return native if native.runs(x, state.all_active()) else None
 
@@ -248,9 +252,17 @@ class StreamingTransformer(StreamingModule[TransformerState]):
         cache = self.layers[0].self_attn.streaming_state.cache
         used = min(cache.capacity, cache.used + length)
         x = native(x, positions, rope_cos, rope_sin, used)
-        for layer in self.layers:  # what the module path advances (the C step moved the offsets)
-            layer.streaming_state.step += length
-            attn_state = layer.self_attn.streaming_state
+        self._advance_layers(length, used)
+        return x
+
+    def _advance_layers(self, length: int, used: int) -> None:
+        """What the module path advances in each layer, after a C step (which moved the offsets)."""
+        state = self._streaming_state
+        if state.layer_states is None:
+            state.layer_states = [
+                (layer.streaming_state, layer.self_attn.streaming_state) for layer in self.layers
+            ]
+        for layer_state, attn_state in state.layer_states:
+            layer_state.step += length
             attn_state.step += length
             attn_state.cache.used = used
-        return x
