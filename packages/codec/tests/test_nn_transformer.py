@@ -275,3 +275,14 @@ def test_the_eager_step_leaves_other_layers_to_the_module_path():
     for kwargs in (LM_MAIN_SMALL, DEPFORMER_SMALL, {**MIMI_SMALL, "num_heads": 8, "kv_repeat": 2}):
         assert not covers(StreamingTransformer(TransformerConfig(**kwargs)))
     assert covers(StreamingTransformer(TransformerConfig(**MIMI_SMALL)))
+
+
+def test_rotation_rows_are_the_rotations_bits_across_windows() -> None:
+    """The reference step's rotary rows, sliced from a window of positions, equal rotation()'s
+    values bit for bit, across window ends, far positions and a restart from 0."""
+    rope = RotaryEmbedding()
+    for start in [*range(0, 600, 7), 254, 255, 256, 100_000, 0, 3]:
+        for length in (1, 2, 3):
+            direct = torch.view_as_real(rope.rotation(torch.arange(start, start + length)[None], 64))[0, :, 0]
+            rows = rope.rotation_rows(start, length, 64)
+            assert rows.is_contiguous() and torch.equal(rows, direct), (start, length)
