@@ -172,11 +172,9 @@ static float softmax_row(float* scores, const unsigned char* allowed, int64_t n,
     }
     float acc[MAX_LANES] = {0};
     const int64_t whole = n / lanes * lanes;
+    for (int64_t i = 0; i < whole; i++) scores[i] = exp_u20(scores[i] - max); /* vectorized by the compiler */
     for (int64_t i = 0; i < whole; i += lanes)
-        for (int l = 0; l < lanes; l++) {
-            scores[i + l] = exp_u20(scores[i + l] - max);
-            acc[l] = acc[l] + scores[i + l];
-        }
+        for (int l = 0; l < lanes; l++) acc[l] = acc[l] + scores[i + l];
     float sum = butterfly_sum(acc, lanes);
     for (int64_t i = whole; i < n; i++) {
         scores[i] = (float)exp((double)(scores[i] - max)); /* the tail's exp is double's */
