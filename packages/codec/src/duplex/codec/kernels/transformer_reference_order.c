@@ -4,23 +4,27 @@
  * in the RVQ flips on any other rounding). Done with torch ops, a 2-row step spends most of its
  * time in dispatch; this file does the same arithmetic in plain loops. Each op follows the CPU
  * kernel torch runs for it, in the order and with the fused multiply-adds that kernel uses:
- *   - LayerNorm: ATen's RowwiseMoments (Welford over chunks of 16 vectors, then the lanes one
- *     after another), 1 / sqrt(var + eps), then fma(fma(x, rstd, -rstd * mean), gamma, beta);
+ *   - LayerNorm: ATen's RowwiseMoments (Welford over chunks of 16 vectors, the vectors merged as
+ *     a stack, then the lanes one after another), 1 / sqrt(var + eps), then
+ *     fma((x - mean) * rstd, gamma, beta);
  *   - matmuls: duplex_linear_blas_order_f32 (linear_blas_order.c, MKL's small-row order);
- *   - rotary embedding: the complex product of two rounded products, as torch's complex mul;
+ *   - rotary embedding: torch's complex mul, two rounded products and their sum over its
+ *     vectorized chunks, fused multiply-adds in its scalar tail;
  *   - attention: the CPU flash-attention kernel for one key block: q @ k^T through torch's own
- *     sgemm_, scale and mask, the row max, exp_u20 over whole vectors (expf over the tail), the
+ *     sgemm_ (with torch's buffer layout: BLAS's small-matrix paths depend on the alignment),
+ *     scale and mask, the row max, exp_u20 over whole vectors and double's exp over the tail, the
  *     lane sums reduced as a butterfly, p @ v through sgemm_, times 1 / sum;
- *   - exact GELU: x * 0.5 * (1 + erf(x / sqrt 2)) with ATen's vectorized erf, whose exp is the
- *     Sleef function torch calls (its address is passed in);
+ *   - exact GELU: oneDNN's AVX-512 gelu_erf, to which torch hands it on such CPUs (a piecewise
+ *     minimax polynomial for erf); where that is not torch's GELU, the step runs in parts with
+ *     torch's GELU between them;
  *   - layer scales and residuals: exact elementwise products and sums.
- * `lanes` is torch's Vectorized<float> width on this CPU (16 with AVX-512, 8 with AVX2). Python
- * checks every op and whole steps against torch before using any of it
+ * The vector widths of torch's kernels (`torch_math`) are found by trial: 8 floats for LayerNorm
+ * and the complex mul (ATen runs them on its AVX2 kernels even on AVX-512 CPUs), 16 for the flash
+ * attention there. Python checks every op and whole steps against torch before using any of it
  * (transformer_reference_order.py). fp-contract is off: only the fmaf calls fuse.
  */
 #pragma GCC optimize("fp-contract=off")
 #pragma STDC FP_CONTRACT OFF
-#include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -98,10 +102,9 @@ static void row_moments(const float* x, int64_t n, int lanes, float* mean, float
         m1 += delta / (float)count;
         m2 = m2 + delta * (x[i] - m1);
     }
-    const int64_t lane_count = vectors * lanes / lanes;
-    for (int l = 0; l < lanes; l++) { /* AddMoments, scalar */
-        const int64_t total = count + lane_count;
-        const float c = total == 0 ? 0.0f : (float)lane_count / (float)total;
+    for (int l = 0; l < lanes; l++) { /* AddMoments, scalar: each lane holds `vectors` values */
+        const int64_t total = count + vectors;
+        const float c = total == 0 ? 0.0f : (float)vectors / (float)total;
         const float delta = stack[0].m1[l] - m1;
         m1 = fmaf(c, delta, m1);
         m2 += fmaf(delta * delta * c, (float)count, stack[0].m2[l]);
@@ -157,9 +160,9 @@ static float butterfly_sum(float* v, int lanes) {
     return v[0];
 }
 
-/* softmax(scores * scale + mask) @ values for one query row, as ATen's CPU flash attention does
- * it with a single key block: `scores` [n] (from sgemm) is overwritten with the weights, `out`
- * [head_dim] receives the unnormalised p @ v from sgemm; returns the row sum. */
+/* The softmax of one query row as ATen's CPU flash attention computes it with a single key
+ * block: `scores` [n] (q @ k^T from sgemm) becomes exp(scores * scale + mask - max), unnormalised;
+ * returns their sum. */
 static float softmax_row(float* scores, const unsigned char* allowed, int64_t n, float scale, int lanes) {
     float max = -INFINITY;
     for (int64_t i = 0; i < n; i++) {

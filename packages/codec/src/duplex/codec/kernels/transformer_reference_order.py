@@ -2,16 +2,17 @@
 
 The reference-exact encode needs Mimi's encoder transformer to the last bit. Its torch ops cost
 far more in dispatch than in arithmetic at two rows per step; the C file does the same arithmetic:
-torch's LayerNorm moments, the BLAS-order matmuls, the rotary complex product, and the CPU
-flash attention (torch's own ``sgemm_`` for its two products, exp_u20, the lane sums), and the
+torch's LayerNorm moments, the BLAS-order matmuls, the rotary complex product, the CPU
+flash attention (torch's own ``sgemm_`` for its two products, exp_u20, the lane sums) and the
 GELU of oneDNN's AVX-512 kernel, to which torch hands it on such CPUs. Where that GELU is not
 torch's, the step runs as one C part per layer with torch's GELU between the parts.
 
-Two things of torch's are found here by trial, not assumed: the vector width of its LayerNorm
-kernel (8 floats on AVX-512 CPUs too: ATen registers that kernel for AVX2 only) and of its
-flash-attention kernel (16 with AVX-512). :func:`matches_torch` checks each op and whole steps
-against torch once per process; where anything differs, :func:`available` is False and the
-caller keeps torch's ops.
+What cannot be read off torch is found here by trial (:func:`torch_math`): the vector widths of
+its LayerNorm and complex-mul kernels (8 floats on AVX-512 CPUs too: ATen runs them on its AVX2
+kernels) and of its flash attention (16 with AVX-512), and whether its GELU is oneDNN's AVX-512
+one. Each op is checked against torch once per process, and
+:func:`duplex.codec.nn.reference_step.matches_eager_step` checks whole streams; where anything
+differs, the step is not used and the caller keeps torch's ops.
 """
 
 from __future__ import annotations
