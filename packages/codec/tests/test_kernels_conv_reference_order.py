@@ -12,6 +12,9 @@ from duplex.codec.nn import StreamingConv1d
 from torch.nn import functional as F
 
 BLAS_BLOCKS = conv_reference_order.BLAS_BLOCKS
+# The orders were found on torch's AVX-512 kernels (oneDNN's avx512_core convolutions); elsewhere
+# oneDNN blocks channels otherwise, and the streaming conv keeps torch's conv (checked per shape).
+AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 # Mimi's SEANet encoder convolutions that torch runs on oneDNN in streaming, one frame per call
 # (C_in, C_out, kernel, stride, input frames)
@@ -44,6 +47,7 @@ BLAS_SHAPES = [
 ]
 
 
+@pytest.mark.skipif(not AVX512, reason="the orders are those of torch's AVX-512 kernels")
 @pytest.mark.parametrize(("c_in", "c_out", "kernel", "stride", "frames"), ONEDNN_SHAPES + BLAS_SHAPES)
 @pytest.mark.parametrize("bias", [True, False])
 def test_the_kernel_gives_torchs_bits_in_its_backends_order(c_in, c_out, kernel, stride, frames, bias):
@@ -107,4 +111,5 @@ def test_streaming_convs_choose_their_kernel_on_random_data_not_the_first_input(
         with kernels.reference_matmuls(), conv.streaming(1):
             got = [conv(c) for c in chunks]
         assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
-        assert list(conv.conv._exact_route.values()) == [expected_route]
+        routes = list(conv.conv._exact_route.values())
+        assert routes == [expected_route] if AVX512 else len(routes) == 1

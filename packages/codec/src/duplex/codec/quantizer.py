@@ -194,7 +194,7 @@ class ResidualVectorQuantizer(nn.Module):
             latent.dtype is weight.dtype is torch.float32
             and blas_order_wanted(latent.device, needs_grad=torch.is_grad_enabled() and weight.requires_grad)
             and linear_blas_order.supports(1, weight.shape[1], weight.shape[0])
-            and linear_blas_order.matches_blas()
+            and linear_blas_order.matches_blas(one_row=True)
         )
 
     def _encode_reference_order(self, residual: torch.Tensor, levels: int) -> torch.Tensor | None:

@@ -42,13 +42,15 @@ def _run(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 
 @functools.cache
-def matches_blas() -> bool:
-    """Whether torch's matmul sums like the kernel here (random data of the models' shapes)."""
+def matches_blas(one_row: bool = False) -> bool:
+    """Whether torch's matmul sums like the kernel here, for 2-3 rows (BLAS's small-row sgemm) or,
+    with ``one_row``, for one (its gemv): random data of the models' shapes. The two are checked
+    apart, so that one path differing somewhere leaves the other in use."""
     generator = torch.Generator().manual_seed(0)
-    shapes = (
-        (2, 1536, 512), (3, 512, 2048), (2, 100, 1028), (3, 12, 36),
-        (1, 512, 2048), (1, 256, 512), (1, 2048, 258), (1, 12, 37),
-    )  # fmt: skip
+    if one_row:
+        shapes = ((1, 512, 2048), (1, 256, 512), (1, 2048, 258), (1, 12, 37))
+    else:
+        shapes = ((2, 1536, 512), (3, 512, 2048), (2, 100, 1028), (3, 12, 36))
     for rows, out_features, in_features in shapes:
         x = torch.randn(rows, in_features, generator=generator)
         weight = torch.randn(out_features, in_features, generator=generator) * 0.05
@@ -81,7 +83,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
             "the BLAS-order linear takes 1-3 rows of float32 on the CPU, out features (and in features "
             "from 2 rows) multiples of 4"
         )
-    if not matches_blas():
+    if not matches_blas(one_row=rows == 1):
         raise KernelUnsupportedError("torch's matmul does not sum in the BLAS-order kernel's order here")
     flat = rows_view(x)
     weight = weight.contiguous()
@@ -96,7 +98,7 @@ def gemv_rows(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     contiguous."""
     if not (supports(1, x.shape[-1], weight.shape[0]) and x.dtype is weight.dtype is torch.float32):
         raise KernelUnsupportedError("the gemv-order rows take float32, out features a multiple of 4")
-    if not matches_blas():
+    if not matches_blas(one_row=True):
         raise KernelUnsupportedError("torch's matmul does not sum in the BLAS-order kernel's order here")
     x = rows_view(x)
     bias = None if bias is None else bias.detach().contiguous()

@@ -35,7 +35,7 @@ def applies(transformer: nn.Module, native: NativeStep | None, x: Tensor) -> boo
         and hidden % linear_blas_order.MULTIPLE == 0
         and attn.streaming_state.cache.capacity <= transformer_reference_order.MAX_KEYS
         and dispatch.blas_order_wanted(x.device, torch.is_grad_enabled() and x.requires_grad)
-        and linear_blas_order.matches_blas()
+        and linear_blas_order.matches_blas(one_row=length == 1)
         and matches_eager_step()
     )
 
