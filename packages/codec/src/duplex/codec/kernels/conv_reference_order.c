@@ -21,16 +21,7 @@
 #include <stdint.h>
 #include <string.h>
 
-/* One vector holds the 16 output channels of a panel (one AVX-512 register, two AVX2 ones). */
-typedef float vec16 __attribute__((vector_size(64)));
-
-static inline vec16 load16(const float* p) {
-    vec16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline vec16 splat16(float a) { return (vec16){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
+#include "duplex_vec16.h"
 
 #ifdef __AVX512F__
 #define TIMES 8 /* frames per tile: 2 x 8 accumulators in the 32 vector registers */

@@ -16,13 +16,13 @@ import functools
 from pathlib import Path
 
 import torch
-from duplex.codec.kernels import native_build
+from duplex.codec.kernels import conv_native, native_build
+from duplex.codec.kernels.conv_native import CHANNELS, supports
 from duplex.codec.kernels.dispatch import KernelUnsupportedError
 from torch import Tensor
 from torch.nn import functional as F
 
 SOURCE = Path(__file__).with_name("conv_reference_order.c")
-CHANNELS = 16  # output channels per weight panel
 BLOCK = 16  # input channels per oneDNN block
 ONEDNN_TAPS, ONEDNN_1X1, BLAS_BLOCKS = 0, 1, 2  # the orders (conv_reference_order.c)
 BLAS_MAX_BLOCK = 192  # MKL's longest chain over the unfolded index here
@@ -37,11 +37,6 @@ SIGNATURE = [
 @functools.cache
 def load() -> ctypes._CFuncPtr:
     return native_build.function(SOURCE, "duplex_conv1d_reference_order_f32", SIGNATURE)
-
-
-def supports(weight: Tensor) -> bool:
-    """Whether the kernel takes this ``[C_out, C_in, K]`` weight (float32, C_out a multiple of 16)."""
-    return weight.dtype is torch.float32 and weight.dim() == 3 and weight.shape[0] % CHANNELS == 0
 
 
 def _checked(weight: Tensor) -> None:
@@ -62,9 +57,10 @@ def pack(weight: Tensor) -> Tensor:
 
 
 def pack_blas(weight: Tensor) -> Tensor:
-    """For the BLAS order: ``[C_out, C_in, K]`` -> ``[C_out / 16, C_in * K, 16 out]``."""
+    """For the BLAS order: ``[C_out, C_in, K]`` -> ``[C_out / 16, C_in * K, 16 out]``, the layout of
+    :func:`duplex.codec.kernels.conv_native.pack`."""
     _checked(weight)
-    return weight.detach().reshape(weight.shape[0] // CHANNELS, CHANNELS, -1).transpose(1, 2).contiguous()
+    return conv_native.pack(weight)
 
 
 def blas_blocks(length: int) -> int:
