@@ -40,6 +40,14 @@ def pack(weight: Tensor) -> Tensor:
     return flat.transpose(1, 2).contiguous()
 
 
+def output_frames(length: int, kernel_size: int, stride: int, dilation: int) -> int:
+    """Output frames of an unpadded conv over ``length`` input frames (a clear error when none)."""
+    frames = (length - dilation * (kernel_size - 1) - 1) // stride + 1
+    if frames <= 0:
+        raise ValueError(f"input of {length} frames is shorter than the kernel's reach")
+    return frames
+
+
 def conv1d(
     x: Tensor, panels: Tensor, bias: Tensor | None, kernel_size: int, stride: int = 1, dilation: int = 1
 ) -> Tensor:
@@ -52,9 +60,7 @@ def conv1d(
         raise ValueError(
             f"panels hold {panels.shape[1]} taps per channel tile, expected {in_channels * kernel_size}"
         )
-    frames = (length - dilation * (kernel_size - 1) - 1) // stride + 1
-    if frames <= 0:
-        raise ValueError(f"input of {length} frames is shorter than the kernel's reach")
+    frames = output_frames(length, kernel_size, stride, dilation)
     x = x.contiguous()
     if bias is not None:
         bias = bias.detach().contiguous()

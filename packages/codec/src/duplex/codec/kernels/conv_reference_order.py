@@ -94,9 +94,7 @@ def conv1d(
         )
     if order == ONEDNN_1X1 and kernel_size != 1:
         raise ValueError("the 1x1 order needs kernel_size 1")
-    frames = (length - dilation * (kernel_size - 1) - 1) // stride + 1
-    if frames <= 0:
-        raise ValueError(f"input of {length} frames is shorter than the kernel's reach")
+    frames = conv_native.output_frames(length, kernel_size, stride, dilation)
     x = x.contiguous()
     out_channels = panels.shape[0] * CHANNELS
     if bias is not None:

@@ -334,74 +334,95 @@ static void add_scaled(float* x, const float* update, const float* scale, int64_
         }
 }
 
+/* Scratch memory of a step, allocated once for all its layers: 64-byte aligned blocks (torch's
+ * per-thread attention buffer is, and BLAS's small-matrix paths depend on the alignment). */
+enum { NORMED, PROJECTED, QK, ATTENDED, ALLOWED, ATTENTION, UPDATE, BLOCKS };
+typedef struct {
+    float* block[BLOCKS];
+} step_scratch;
+
+static void scratch_free(step_scratch* scratch) {
+    for (int i = 0; i < BLOCKS; i++) free(scratch->block[i]);
+}
+
+/* Blocks large enough for every layer of `layers`; returns 0, or -2 when out of memory. */
+static int scratch_alloc(step_scratch* scratch, const duplex_layer* layers, int64_t count, int64_t batch,
+                         int64_t length, int64_t used, int threads) {
+    int64_t sizes[BLOCKS] = {0};
+    const int64_t rows = batch * length;
+    for (int64_t l = 0; l < count; l++) {
+        const duplex_layer* layer = &layers[l];
+        const int64_t attn = layer->heads * layer->head_dim;
+        const int64_t wanted[BLOCKS] = {rows * layer->dim, rows * 3 * attn, rows * 2 * attn, rows * attn,
+                                        rows * used, threads * attention_scratch(length, used, layer->head_dim),
+                                        rows * layer->dim};
+        for (int i = 0; i < BLOCKS; i++) sizes[i] = wanted[i] > sizes[i] ? wanted[i] : sizes[i];
+    }
+    int status = 0;
+    for (int i = 0; i < BLOCKS; i++) {
+        const size_t bytes = (sizeof(float) * (size_t)sizes[i] + 63) / 64 * 64;
+        scratch->block[i] = aligned_alloc(64, bytes > 0 ? bytes : 64);
+        if (!scratch->block[i]) status = -2;
+    }
+    if (status != 0) scratch_free(scratch);
+    return status;
+}
+
 /* The attention half of `layer` over x [batch * length, dim] (in place), then norm2(x) @ ff_in^T
  * into hidden [batch * length, hidden]. */
-static int attention_half(const duplex_layer* layer, float* x, int64_t batch, int64_t length,
-                          const int64_t* positions, const float* rotation, int64_t used, float* hidden,
-                          const torch_math* math, int threads) {
+static void attention_half(const duplex_layer* layer, float* x, int64_t batch, int64_t length,
+                           const int64_t* positions, const float* rotation, int64_t used, float* hidden,
+                           const step_scratch* buffers, const torch_math* math, int threads) {
     const int64_t rows = batch * length, d = layer->dim, dh = layer->head_dim, heads = layer->heads;
     const int64_t width = 3 * heads * dh, cap = layer->capacity;
-    const int64_t per_thread = attention_scratch(length, used, dh);
-    const int64_t sizes[] = {rows * d, rows * width, rows * 2 * heads * dh, rows * heads * dh,
-                             batch * length * used, threads * per_thread};
-    float* blocks[6];
-    int status = 0;
-    for (int i = 0; i < 6; i++) {
-        blocks[i] = aligned_alloc(64, (sizeof(float) * sizes[i] + 63) / 64 * 64);
-        if (!blocks[i]) status = -2;
+    float *normed = buffers->block[NORMED], *projected = buffers->block[PROJECTED], *qk = buffers->block[QK];
+    float *attended = buffers->block[ATTENDED], *scratch = buffers->block[ATTENTION];
+    unsigned char* allowed = (unsigned char*)buffers->block[ALLOWED];
+    layer_norm(x, rows, d, layer->norm1_weight, layer->norm1_bias, layer->norm_eps, normed,
+               (int)math->norm_lanes);
+    duplex_linear_blas_order_f32(normed, d, layer->in_proj, NULL, projected, width, rows, width, d, threads);
+    for (int64_t r = 0; r < rows; r++) { /* rotated Q and K, as torch's fresh [B, T, 2H, Dh] */
+        const float* row = projected + r * width;
+        float* out = qk + r * 2 * heads * dh;
+        if (rotation)
+            for (int64_t h = 0; h < 2 * heads; h++)
+                rotate_pairs(row + h * dh, out + h * dh, dh / 2, rotation + r * dh, math->complex_pairs);
+        else
+            memcpy(out, row, sizeof(float) * 2 * heads * dh);
     }
-    float *normed = blocks[0], *projected = blocks[1], *qk = blocks[2], *attended = blocks[3];
-    unsigned char* allowed = (unsigned char*)blocks[4];
-    float* scratch = blocks[5];
-    if (status == 0) {
-        layer_norm(x, rows, d, layer->norm1_weight, layer->norm1_bias, layer->norm_eps, normed,
-                   (int)math->norm_lanes);
-        duplex_linear_blas_order_f32(normed, d, layer->in_proj, NULL, projected, width, rows, width, d, threads);
-        for (int64_t r = 0; r < rows; r++) { /* rotated Q and K, as torch's fresh [B, T, 2H, Dh] */
-            const float* row = projected + r * width;
-            float* out = qk + r * 2 * heads * dh;
-            if (rotation)
-                for (int64_t h = 0; h < 2 * heads; h++)
-                    rotate_pairs(row + h * dh, out + h * dh, dh / 2, rotation + r * dh, math->complex_pairs);
-            else
-                memcpy(out, row, sizeof(float) * 2 * heads * dh);
-        }
-        for (int64_t b = 0; b < batch; b++) {
-            for (int64_t t = 0; t < length; t++) { /* the cache write, before attending */
-                const int64_t r = b * length + t, position = positions[r], slot = position % cap;
-                for (int64_t h = 0; h < heads; h++) {
-                    const int64_t at = ((b * heads + h) * cap + slot) * dh;
-                    memcpy(layer->keys + at, qk + r * 2 * heads * dh + (heads + h) * dh, sizeof(float) * dh);
-                    memcpy(layer->values + at, projected + r * width + (2 * heads + h) * dh, sizeof(float) * dh);
-                }
-                layer->slot_positions[b * cap + slot] = position;
+    for (int64_t b = 0; b < batch; b++) {
+        for (int64_t t = 0; t < length; t++) { /* the cache write, before attending */
+            const int64_t r = b * length + t, position = positions[r], slot = position % cap;
+            for (int64_t h = 0; h < heads; h++) {
+                const int64_t at = ((b * heads + h) * cap + slot) * dh;
+                memcpy(layer->keys + at, qk + r * 2 * heads * dh + (heads + h) * dh, sizeof(float) * dh);
+                memcpy(layer->values + at, projected + r * width + (2 * heads + h) * dh, sizeof(float) * dh);
             }
-            if (layer->offsets) layer->offsets[b] += length;
-            for (int64_t t = 0; t < length; t++) { /* the module's mask: written, causal, in context */
-                const int64_t position = positions[b * length + t];
-                for (int64_t s = 0; s < used; s++) {
-                    const int64_t key = layer->slot_positions[b * cap + s], delta = position - key;
-                    int visible = key >= 0;
-                    if (length > 1) visible = visible && delta >= 0 && (layer->context <= 0 || delta < layer->context);
-                    allowed[(b * length + t) * used + s] = (unsigned char)visible;
-                }
-            }
-            attention(qk + b * length * 2 * heads * dh, 2 * heads * dh, layer->keys + b * heads * cap * dh,
-                      layer->values + b * heads * cap * dh, cap * dh, allowed + b * length * used, length, used,
-                      heads, dh, attended + b * length * heads * dh, scratch, math->sgemm,
-                      (int)math->attention_lanes, threads);
+            layer->slot_positions[b * cap + slot] = position;
         }
-        float* update = normed;
-        duplex_linear_blas_order_f32(attended, heads * dh, layer->out_proj, NULL, update, d, rows, d,
-                                     heads * dh, threads);
-        add_scaled(x, update, layer->scale1, rows, d);
-        layer_norm(x, rows, d, layer->norm2_weight, layer->norm2_bias, layer->norm_eps, normed,
-                   (int)math->norm_lanes);
-        duplex_linear_blas_order_f32(normed, d, layer->ff_in, NULL, hidden, layer->hidden, rows,
-                                     layer->hidden, d, threads);
+        if (layer->offsets) layer->offsets[b] += length;
+        for (int64_t t = 0; t < length; t++) { /* the module's mask: written, causal, in context */
+            const int64_t position = positions[b * length + t];
+            for (int64_t s = 0; s < used; s++) {
+                const int64_t key = layer->slot_positions[b * cap + s], delta = position - key;
+                int visible = key >= 0;
+                if (length > 1) visible = visible && delta >= 0 && (layer->context <= 0 || delta < layer->context);
+                allowed[(b * length + t) * used + s] = (unsigned char)visible;
+            }
+        }
+        attention(qk + b * length * 2 * heads * dh, 2 * heads * dh, layer->keys + b * heads * cap * dh,
+                  layer->values + b * heads * cap * dh, cap * dh, allowed + b * length * used, length, used,
+                  heads, dh, attended + b * length * heads * dh, scratch, math->sgemm,
+                  (int)math->attention_lanes, threads);
     }
-    for (int i = 0; i < 6; i++) free(blocks[i]);
-    return status;
+    float* update = buffers->block[UPDATE];
+    duplex_linear_blas_order_f32(attended, heads * dh, layer->out_proj, NULL, update, d, rows, d,
+                                 heads * dh, threads);
+    add_scaled(x, update, layer->scale1, rows, d);
+    layer_norm(x, rows, d, layer->norm2_weight, layer->norm2_bias, layer->norm_eps, normed,
+               (int)math->norm_lanes);
+    duplex_linear_blas_order_f32(normed, d, layer->ff_in, NULL, hidden, layer->hidden, rows,
+                                 layer->hidden, d, threads);
 }
 
 /* Part `part` (0..count) of a streaming step over x [batch, length, dim] (in place): unless part
@@ -410,23 +431,33 @@ static int attention_half(const duplex_layer* layer, float* x, int64_t batch, in
  * ff_in^T into `hidden`. positions [batch, length]; rotation [batch, length, head_dim / 2, 2]
  * (cos, sin) or NULL; used: the cache slots written once this step is. Returns 0, or < 0 when
  * out of memory or `math` cannot be followed here. */
+static void run_part(const duplex_layer* layers, int64_t count, int64_t part, float* x, int64_t batch,
+                     int64_t length, const int64_t* positions, const float* rotation, int64_t used,
+                     const float* activated, float* hidden, const step_scratch* buffers, const torch_math* math,
+                     int threads) {
+    const int64_t rows = batch * length;
+    if (part > 0) {
+        const duplex_layer* layer = &layers[part - 1];
+        float* update = buffers->block[UPDATE];
+        duplex_linear_blas_order_f32(activated, layer->hidden, layer->ff_out, NULL, update, layer->dim, rows,
+                                     layer->dim, layer->hidden, threads);
+        add_scaled(x, update, layer->scale2, rows, layer->dim);
+    }
+    if (part < count)
+        attention_half(&layers[part], x, batch, length, positions, rotation, used, hidden, buffers, math, threads);
+}
+
 int duplex_transformer_reference_part(const duplex_layer* layers, int64_t count, int64_t part, float* x,
                                       int64_t batch, int64_t length, const int64_t* positions,
                                       const float* rotation, int64_t used, const float* activated,
                                       float* hidden, const torch_math* math, int threads) {
     if (math->attention_lanes > MAX_LANES || math->norm_lanes > MAX_LANES) return -1;
-    const int64_t rows = batch * length;
-    if (part > 0) {
-        const duplex_layer* layer = &layers[part - 1];
-        float* update = malloc(sizeof(float) * rows * layer->dim);
-        if (!update) return -2;
-        duplex_linear_blas_order_f32(activated, layer->hidden, layer->ff_out, NULL, update, layer->dim, rows,
-                                     layer->dim, layer->hidden, threads);
-        add_scaled(x, update, layer->scale2, rows, layer->dim);
-        free(update);
-    }
-    if (part == count) return 0;
-    return attention_half(&layers[part], x, batch, length, positions, rotation, used, hidden, math, threads);
+    step_scratch buffers;
+    if (scratch_alloc(&buffers, layers, count, batch, length, used, threads) != 0) return -2;
+    run_part(layers, count, part, x, batch, length, positions, rotation, used, activated, hidden, &buffers, math,
+             threads);
+    scratch_free(&buffers);
+    return 0;
 }
 
 /* A whole streaming step (every part, oneDNN's GELU between them in place), for where
@@ -434,12 +465,14 @@ int duplex_transformer_reference_part(const duplex_layer* layers, int64_t count,
 int duplex_transformer_reference_step(const duplex_layer* layers, int64_t count, float* x, int64_t batch,
                                       int64_t length, const int64_t* positions, const float* rotation,
                                       int64_t used, float* hidden, const torch_math* math, int threads) {
-    if (!math->onednn_gelu) return -1;
+    if (!math->onednn_gelu || math->attention_lanes > MAX_LANES || math->norm_lanes > MAX_LANES) return -1;
+    step_scratch buffers;
+    if (scratch_alloc(&buffers, layers, count, batch, length, used, threads) != 0) return -2;
     for (int64_t part = 0; part <= count; part++) {
-        const int status = duplex_transformer_reference_part(layers, count, part, x, batch, length, positions,
-                                                             rotation, used, hidden, hidden, math, threads);
-        if (status != 0) return status;
+        run_part(layers, count, part, x, batch, length, positions, rotation, used, hidden, hidden, &buffers, math,
+                 threads);
         if (part < count) onednn_gelu(hidden, batch * length * layers[part].hidden);
     }
+    scratch_free(&buffers);
     return 0;
 }

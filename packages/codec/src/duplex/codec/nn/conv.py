@@ -154,12 +154,6 @@ class _ConvHolder(nn.Module):
         out = linear_blas_order.matmul_sequential(_unfolded(x, self.conv), panels, bias, out_channels)
         return out.view(x.shape[0], -1, out_channels).transpose(1, 2)
 
-    def _in_order(self, order: int) -> Callable[..., torch.Tensor]:
-        (kernel,), (stride,), (dilation,) = self.conv.kernel_size, self.conv.stride, self.conv.dilation
-        return lambda x, panels, bias: conv_reference_order.conv1d(
-            x, panels, bias, kernel, stride, dilation, order
-        )
-
     def _gemv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return linear_blas_order.gemv_rows(_unfolded(x, self.conv), weight, bias)[:, :, None]
 
@@ -179,7 +173,8 @@ class _ConvHolder(nn.Module):
             return self._gemv(x, panels, bias)
         if name == "sequential":
             return self._sequential(x, panels, bias)
-        return self._in_order(_ORDERS[name])(x, panels, bias)
+        (kernel,), (stride,), (dilation,) = self.conv.kernel_size, self.conv.stride, self.conv.dilation
+        return conv_reference_order.conv1d(x, panels, bias, kernel, stride, dilation, _ORDERS[name])
 
     def _route_matches(self, name: str, shape: tuple[int, ...]) -> bool:
         """Whether kernel ``name`` gives torch's conv bits for inputs of ``shape`` here, checked on

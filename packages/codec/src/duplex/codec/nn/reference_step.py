@@ -29,10 +29,11 @@ def applies(transformer: nn.Module, native: NativeStep | None, x: Tensor) -> boo
     return (
         native is not None  # the caller has just revalidated it (StreamingTransformer._native_step)
         and batch == 1
-        and length in linear_blas_order.ROW_COUNTS
         and x.dtype is torch.float32
-        and dim % linear_blas_order.MULTIPLE == 0
-        and hidden % linear_blas_order.MULTIPLE == 0
+        and all(  # every product of the layer: in_proj, out_proj, ff_in, ff_out
+            linear_blas_order.supports(length, n_in, n_out)
+            for n_in, n_out in ((dim, 3 * dim), (dim, dim), (dim, hidden), (hidden, dim))
+        )
         and attn.streaming_state.cache.capacity <= transformer_reference_order.MAX_KEYS
         and dispatch.blas_order_wanted(x.device, torch.is_grad_enabled() and x.requires_grad)
         and linear_blas_order.matches_blas(one_row=length == 1)
