@@ -240,7 +240,7 @@ def main() -> None:
         import triton
     except ImportError as error:
         sys.exit(f"bench_kernels_gpu.py needs triton ({error}); install duplex-codec[triton]")
-    torch.backends.cuda.matmul.allow_tf32 = False  # float32 parity with the reference (spec 8.14)
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 parity (docs/architecture.md §7.14)
     torch.backends.cudnn.allow_tf32 = False
     name = (
         torch.cuda.get_device_name() if device == "cuda" else "CPU (Triton interpreter, timings meaningless)"

@@ -1,18 +1,29 @@
 """Checkpoints: official key names both ways, save_pretrained read by the reference and rustymimi,
-strict checks that list what is wrong, pickle refusal, directory / hub resolution."""
+strict checks that list what is wrong, pickle refusal, and the one resolver of sources (local
+paths, hub repos, the path-or-repo rule, fast failure offline)."""
 
 from __future__ import annotations
 
 import json
 import pickle
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import rustymimi
 import torch
-from duplex.codec import CheckpointError, Mimi, MimiConfig
-from duplex.codec.checkpoint import MIMI_FILE_NAME, canonical_state_dict, read_safetensors, resolve_checkpoint
+from duplex.codec import CheckpointError, Mimi, MimiConfig, checkpoint
+from duplex.codec.checkpoint import (
+    MIMI_FILE_NAME,
+    CheckpointSource,
+    canonical_state_dict,
+    locate_checkpoint,
+    looks_like_path,
+    read_safetensors,
+    resolve_checkpoint,
+)
 from moshi.models.loaders import get_mimi
 from safetensors.torch import save_file
 
@@ -198,9 +209,179 @@ def test_hub_sources_without_huggingface_hub_say_what_to_install(monkeypatch):
 
 def test_hub_sources_offline_give_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
     import huggingface_hub.constants
 
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(CheckpointError, match="could not get .* offline, download the file"):
+    with pytest.raises(CheckpointError, match="could not get .*HF_HUB_OFFLINE.* offline, download the file"):
         resolve_checkpoint("kyutai/moshiko-pytorch-bf16")
+
+
+# -- the one resolver: path or repo id ----------------------------------------------------------
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """Any hub access fails the test."""
+
+    def called(*args, **kwargs):
+        pytest.fail(f"the hub was asked for {args} {kwargs}")
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", called)
+    monkeypatch.setattr(checkpoint, "hub_download", called)
+    monkeypatch.setattr(checkpoint, "_hub_reachable", called)
+
+
+@pytest.mark.parametrize(
+    ("text", "is_path"),
+    [
+        ("kyutai/moshiko-pytorch-bf16", False),
+        ("mistralai/Mistral-7B-v0.1", False),  # a dot in a repo name is no file suffix
+        ("./moshi", True),
+        ("../moshi/ckpt", True),
+        ("/data/moshi", True),
+        ("~/moshi", True),
+        ("model.safetensors", True),
+        ("owner/config.json", True),
+        ("owner/mimi.PT", True),
+        ("owner\\name", True),
+        ("a/b/c", True),
+        ("runs/lm", True),  # runs/ exists (made below)
+        ("lm", False),  # not a path by its look; not a repo id either (see below)
+    ],
+)
+def test_what_looks_like_a_path(text, is_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert looks_like_path(text) is is_path
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "runs/lm",
+        "./missing",
+        "/nowhere/at/all",
+        "~/no-such-duplex-ckpt",
+        "mimi.safetensors",
+        "owner/config.json",
+        "a\\b",
+        "a/b/c",
+        "lm",
+        "file://owner/name",
+        "owner/na me",
+    ],
+)
+def test_a_missing_path_is_an_error_naming_it_and_never_a_hub_lookup(source, tmp_path, monkeypatch, no_hub):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    shown = source.removeprefix("file://")
+    with pytest.raises(CheckpointError) as error:
+        locate_checkpoint(source)
+    assert str(error.value) == f"checkpoint not found: {shown} (no such file or directory)"
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        Mimi.from_pretrained(source)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        locate_checkpoint(Path(shown))
+
+
+def test_an_existing_local_path_always_wins(tiny, tmp_path, monkeypatch, no_hub):
+    monkeypatch.chdir(tmp_path)
+    tiny.save_pretrained(tmp_path / "kyutai" / "moshiko-pytorch-bf16")  # shaped like a repo id
+    assert locate_checkpoint("kyutai/moshiko-pytorch-bf16") == CheckpointSource(
+        path=Path("kyutai/moshiko-pytorch-bf16")
+    )
+    assert Mimi.from_pretrained("kyutai/moshiko-pytorch-bf16").config == tiny.config
+    file = tiny.save_pretrained(tmp_path / "weights.safetensors")
+    for source in ("weights.safetensors", f"file://{file}", file):
+        location = locate_checkpoint(source)
+        assert location.is_file and location.path.resolve() == file.resolve()
+    with pytest.raises(CheckpointError, match="is a single file; it names no 'config.json'"):
+        locate_checkpoint(file).file("config.json")
+
+
+def test_repo_ids_and_hub_urls(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert locate_checkpoint("owner/name") == CheckpointSource(repo="owner/name")
+    assert locate_checkpoint("hf://owner/name") == CheckpointSource(repo="owner/name")
+    assert str(CheckpointSource(repo="owner/name")) == "hf://owner/name"
+    calls = []
+
+    def fake_download(repo: str, filename: str, optional: bool = False) -> Path:
+        calls.append((repo, filename, optional))
+        return tmp_path / filename
+
+    monkeypatch.setattr(checkpoint, "hub_download", fake_download)
+    location = locate_checkpoint("hf://owner/name/sub/w.safetensors")
+    assert location == CheckpointSource(path=tmp_path / "sub/w.safetensors")
+    assert calls == [("owner/name", "sub/w.safetensors", False)]
+    repo = CheckpointSource(repo="owner/name")
+    assert repo.file("config.json", optional=True) == tmp_path / "config.json"
+    assert repo.file("hf://other/repo/x.json") == tmp_path / "x.json"
+    assert calls[1:] == [("owner/name", "config.json", True), ("other/repo", "x.json", False)]
+    with pytest.raises(CheckpointError, match="expected hf://owner/repo/path/to/file"):
+        locate_checkpoint("hf://owner")
+
+
+def _fake_hub(monkeypatch, tmp_path: Path, reachable: bool) -> Path:
+    """An empty Hugging Face cache under ``tmp_path`` and a hub that does (not) answer."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(checkpoint, "_hub_reachable", lambda: reachable)
+    return tmp_path / "hub"
+
+
+def test_hub_download_uses_the_hub_client_and_knows_missing_files(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    _fake_hub(monkeypatch, tmp_path, reachable=True)
+
+    def fake_download(repo: str, filename: str) -> str:
+        if filename == "absent.json":
+            raise EntryNotFoundError("404")
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    assert checkpoint.hub_download("owner/name", "w.safetensors") == tmp_path / "w.safetensors"
+    assert checkpoint.hub_download("owner/name", "absent.json", optional=True) is None
+    with pytest.raises(CheckpointError, match="the Hugging Face repo 'owner/name' has no file 'absent.json'"):
+        checkpoint.hub_download("owner/name", "absent.json")
+
+
+def test_offline_the_hub_cache_serves_what_it_holds(tiny, monkeypatch, tmp_path):
+    cache = _fake_hub(monkeypatch, tmp_path, reachable=False)
+    snapshot = cache / "models--someone--mimi" / "snapshots" / "abc123"
+    tiny.save_pretrained(snapshot)
+    (cache / "models--someone--mimi" / "refs").mkdir()
+    (cache / "models--someone--mimi" / "refs" / "main").write_text("abc123")
+    (cache / "models--someone--mimi" / ".no_exist" / "abc123").mkdir(parents=True)
+    (cache / "models--someone--mimi" / ".no_exist" / "abc123" / "lora.safetensors").touch()
+    assert Mimi.from_pretrained("someone/mimi").config == tiny.config
+    repo = locate_checkpoint("someone/mimi")
+    assert repo.file("lora.safetensors", optional=True) is None
+    with pytest.raises(CheckpointError, match="has no file 'lora.safetensors'"):
+        repo.file("lora.safetensors")
+    with pytest.raises(CheckpointError, match="does not answer and the file is not in the local cache"):
+        repo.file("tokenizer.model")
+
+
+def test_a_machine_without_network_fails_fast(monkeypatch, tmp_path):
+    """The real probe, against an endpoint that refuses connections: no retries, well under 2 s
+    (``hf_hub_download`` alone retries for about 25 s)."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    start = time.monotonic()
+    with pytest.raises(CheckpointError) as error:
+        Mimi.from_pretrained("someone/some-mimi")
+    assert time.monotonic() - start < 2.0
+    assert "http://127.0.0.1:9 does not answer" in str(error.value) and "\n" not in str(error.value)

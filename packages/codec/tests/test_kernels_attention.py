@@ -195,7 +195,8 @@ def test_batch_attention_equals_reference_module(backend: str) -> None:
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_ring_buffer_streaming_equals_reference_module(backend: str) -> None:
     # Steps per call 1 and 2 with capacity = context: reproduces the reference's ring-buffer
-    # behaviour, including its overwrite-before-attend quirk once the buffer wraps (spec 2.2).
+    # behaviour, including its overwrite-before-attend quirk once the buffer wraps
+    # (docs/architecture.md §2.3).
     embed_dim, heads, context, batch = 32, 2, 5, 2
     module = _reference_attention_module(embed_dim, heads, context)
     chunks = [1, 2, 2, 1, 2, 2, 2, 1, 2]

@@ -64,7 +64,8 @@ def test_mimi_config_batch_and_two_steps_per_call_past_the_context():
     assert rel_l2(batch, ref(x)) <= TOL
     ours_stream, ref_stream = stream(ours, x, 2), stream(ref, x, 2)
     assert rel_l2(ours_stream, ref_stream) <= TOL
-    # the ring-buffer quirk (spec 2.2): equal to batch up to the context, then every other step differs
+    # the ring-buffer quirk (docs/architecture.md §2.3): equal to batch up to the context, then every
+    # other step differs
     assert rel_l2(ours_stream[:, :10], batch[:, :10]) <= TOL
     step_error = (ours_stream - batch).norm(dim=-1).amax(dim=0) / batch.norm(dim=-1).amax(dim=0)
     assert (step_error[10:12] > 1e-3).tolist() == [True, False]

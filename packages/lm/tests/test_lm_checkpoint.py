@@ -1,4 +1,4 @@
-"""config.json handling, checkpoint bundles, strict loading and backbone registration."""
+"""config.json handling, checkpoint bundles and sources, strict loading and backbone registration."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from duplex.codec import checkpoint as codec_checkpoint
 from duplex.codec.checkpoint import CheckpointError
 from duplex.codec.nn import TransformerConfig
 from duplex.codec.streaming import StreamingModule, StreamingState
+from duplex.lm import checkpoint
 from duplex.lm.checkpoint import load_checkpoint, load_lm
 from duplex.lm.config import LMConfig
 from duplex.lm.generate import LMGen
@@ -210,25 +212,78 @@ def test_bundle_names_tokenizer_mimi_and_lora(tmp_path: Path, monkeypatch: pytes
     with torch.no_grad():
         assert torch.allclose(fused(codes).text_logits, adapted(codes).text_logits, atol=1e-5)
 
-    # A Hugging Face repo id resolves through the hub client.
+    # A Hugging Face repo id resolves through the codec's hub download.
     calls = []
 
-    def fake_download(repo: str, filename: str) -> str:
+    def fake_download(repo: str, filename: str, optional: bool = False) -> Path:
         calls.append((repo, filename))
-        return str(tmp_path / filename)
+        return tmp_path / filename
 
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(codec_checkpoint, "hub_download", fake_download)
     (tmp_path / config.mimi_name).write_bytes(b"")
     hub = load_checkpoint("someone/some-moshi")
-    assert hub.lm_weights == tmp_path / "model.safetensors"
+    assert hub.lm_weights == tmp_path / "model.safetensors" and hub.source == "hf://someone/some-moshi"
     assert ("someone/some-moshi", "config.json") in calls and (
         "someone/some-moshi",
         config.mimi_name,
     ) in calls
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="is a file; pass its checkpoint directory"):
+        load_checkpoint(tmp_path / "model.safetensors")
+
+
+@pytest.fixture
+def no_hub(monkeypatch: pytest.MonkeyPatch):
+    """Any hub access fails the test."""
+
+    def called(*args, **kwargs):
+        pytest.fail(f"the hub was asked for {args} {kwargs}")
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", called)
+    monkeypatch.setattr(codec_checkpoint, "hub_download", called)
+
+
+def test_a_missing_local_path_is_an_error_and_never_a_hub_lookup(tmp_path, monkeypatch, no_hub):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()  # so runs/lm is a path, though shaped like owner/name
+    message = "checkpoint not found: runs/lm (no such file or directory)"
+    for load in (load_checkpoint, load_lm, LMModel.from_pretrained):
+        with pytest.raises(CheckpointError) as error:
+            load("runs/lm")
+        assert str(error.value) == message
+    with pytest.raises(CheckpointError, match="checkpoint not found: ./lm "):
+        load_checkpoint("./lm")
+
+
+def test_the_lm_and_mimi_share_one_resolver(tmp_path, monkeypatch):
+    from duplex.codec.mimi import Mimi
+    from duplex.lm import weights
+
+    assert checkpoint.locate_checkpoint is codec_checkpoint.locate_checkpoint
+    assert weights.locate_checkpoint is codec_checkpoint.locate_checkpoint
+    assert not hasattr(checkpoint, "_locate") and not hasattr(checkpoint, "_hub_file")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    errors = []
+    for load in (load_checkpoint, LMModel.from_pretrained, Mimi.from_pretrained):
+        with pytest.raises(CheckpointError) as error:
+            load("runs/lm")
+        errors.append(str(error.value))
+    assert len(set(errors)) == 1
+    calls = []
+
+    def fake_download(repo: str, filename: str, optional: bool = False) -> Path:
+        calls.append((repo, filename, optional))
+        raise CheckpointError("offline")
+
+    monkeypatch.setattr(codec_checkpoint, "hub_download", fake_download)
+    for load in (load_checkpoint, LMModel.from_pretrained, Mimi.from_pretrained):
+        with pytest.raises(CheckpointError, match="offline"):
+            load("someone/some-moshi")
+    assert calls == [("someone/some-moshi", "config.json", True)] * 3
 
 
 class MixerBackbone(StreamingModule[StreamingState]):

@@ -7,9 +7,11 @@ import torch
 from duplex.lm.config import LMConfig
 from duplex.lm.generate import LMGen
 from duplex.lm.model import LMModel
+from duplex.lm.sampling import counter_exponential, counter_keys, sample_from_probs, sample_token
 from moshi.models.lm import LMGen as ReferenceGen
 from moshi.models.lm import LMModel as ReferenceLM
 from moshi.utils.compile import no_compile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 @pytest.fixture(autouse=True)
@@ -60,11 +62,12 @@ def test_greedy_tokens_match_reference(preset: str, batch: int):
 
 
 def test_sampled_tokens_match_reference_with_the_same_global_seed():
+    """``rng="global"`` keeps the reference's random stream: same ``torch.manual_seed``, same tokens."""
     config = LMConfig.from_preset("tiny")
     ours, reference = twin_models(config)
     frames = user_frames(config, 20, 2)
     torch.manual_seed(42)
-    out = run(LMGen(ours, temp=0.8, temp_text=0.7, top_k=25, top_k_text=10), frames)
+    out = run(LMGen(ours, temp=0.8, temp_text=0.7, top_k=25, top_k_text=10, rng="global"), frames)
     torch.manual_seed(42)
     ref = run(ReferenceGen(reference, temp=0.8, temp_text=0.7, top_k=25, top_k_text=10), frames)
     assert all((o is None and r is None) or torch.equal(o, r) for o, r in zip(out, ref, strict=True))
@@ -221,13 +224,157 @@ def test_bad_inputs_fail_clearly():
     with gen.streaming(2):
         with pytest.raises(ValueError, match=r"n_q - dep_q=3"):
             gen.step(torch.zeros(2, 8, 1, dtype=torch.long))
-        with pytest.raises(ValueError, match=r"\[0, 40\)"):
-            gen.step(torch.full((2, 3, 1), 40, dtype=torch.long))
         with pytest.raises(TypeError, match="integer"):
             gen.step(torch.zeros(2, 3, 1))
+    # Values are checked apart from the step (which never reads them on the host).
+    with pytest.raises(ValueError, match=r"\[0, 40\)"):
+        gen.check_user_codes(torch.full((2, 3, 1), 40, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\[-2, 0\]"):
+        gen.check_user_codes(torch.tensor([[[0], [-2], [0]]]))
+    with pytest.raises(ValueError, match=r"n_q - dep_q=3"):
+        gen.check_user_codes(torch.zeros(1, 8, 5, dtype=torch.long))
+    with pytest.raises(TypeError, match="integer"):
+        gen.check_user_codes(torch.zeros(2, 3, 1))
+    gen.check_user_codes(torch.tensor([[[0], [-1], [39]]]))
     with pytest.raises(RuntimeError, match="eval"):
         LMGen(LMModel(config).train())
     with pytest.raises(ValueError, match="text token ids"):
         model(torch.full((1, 7, 4), 61))
     with pytest.raises(ValueError, match=r"\[B, 7, T\]"):
         model(torch.zeros(1, 5, 4, dtype=torch.long))
+
+
+# -- counter-based noise ------------------------------------------------------------------------
+
+
+def test_counter_exponential_is_exp1_distributed():
+    keys = counter_keys(torch.arange(10), torch.zeros(10, dtype=torch.long), 0)
+    noise = counter_exponential(keys, (10, 10_000))
+    assert noise.shape == (10, 10_000) and noise.dtype == torch.float32
+    assert (noise > 0).all() and torch.isfinite(noise).all()
+    values = noise.flatten().double().sort().values
+    n = len(values)
+    assert abs(values.mean() - 1) < 0.015 and abs(values.var() - 1) < 0.03
+    cdf = 1 - torch.exp(-values)
+    ranks = torch.arange(1, n + 1, dtype=torch.float64)
+    ks = torch.maximum(ranks / n - cdf, cdf - (ranks - 1) / n).max()
+    assert ks < 1.63 / n**0.5  # Kolmogorov-Smirnov at the 1% level
+
+
+def test_counter_noise_is_deterministic_and_per_slot():
+    rng_state = torch.get_rng_state()
+    seeds = torch.tensor([5, 6, 5, 5, -(2**63)])
+    counters = torch.tensor([0, 0, 1, 0, 0])
+    draws = torch.tensor([0, 0, 0, 1, 0])
+    noise = counter_exponential(counter_keys(seeds, counters, draws), (5, 4096))
+    again = counter_exponential(counter_keys(seeds.clone(), counters.clone(), draws.clone()), (5, 4096))
+    assert torch.equal(noise, again)  # a pure function of (seed, counter, draw, index)
+    # Seed, counter and draw each give unrelated noise.
+    correlation = torch.corrcoef(noise)
+    assert (correlation - torch.eye(5)).abs().max() < 0.06
+    assert not torch.isclose(noise[:, None], noise[None]).all(-1).fill_diagonal_(False).any()
+    # A row is the same alone as in a batch, and element i is the same whatever the shape.
+    alone = counter_exponential(counter_keys(seeds[3:4], counters[3:4], draws[3:4]), (1, 100))
+    assert torch.equal(alone[0], noise[3, :100])
+    picked = counter_exponential(counter_keys(seeds, counters, draws), torch.tensor([[7, 4095]]))
+    assert torch.equal(picked, noise[:, [7, 4095]])
+    # No generator was used: torch's global one is untouched.
+    assert torch.equal(torch.get_rng_state(), rng_state)
+
+
+def test_counter_noise_samples_the_distribution():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    draws = 50_000
+    keys = counter_keys(torch.full((draws,), 3), torch.arange(draws))
+    counts = torch.bincount(sample_from_probs(probs.expand(draws, 4), keys), minlength=4)
+    assert torch.allclose(counts / draws, probs, atol=0.01)
+
+
+def test_sample_token_with_counter_noise():
+    logits = torch.randn(4, 1, 1, 300, generator=torch.Generator().manual_seed(0))
+    keys = counter_keys(torch.arange(4), torch.tensor([0, 1, 2, 3]), 2)
+    rng_state = torch.get_rng_state()
+    full = sample_token(logits, True, 0.8, keys=keys)
+    assert full.shape == (4, 1, 1)
+    # The noise belongs to the token: keeping every token with top-k changes nothing.
+    assert torch.equal(sample_token(logits, True, 0.8, top_k=300, keys=keys), full)
+    assert torch.equal(sample_token(logits, True, 0.8, top_p=1.0, keys=keys), full)
+    assert torch.equal(torch.get_rng_state(), rng_state)
+    # Each row depends only on its own key and logits.
+    batched = sample_token(logits, True, 0.8, top_k=20, keys=keys)
+    assert torch.equal(sample_token(logits[2:3], True, 0.8, top_k=20, keys=keys[2:3]), batched[2:3])
+    # Greedy ignores the keys.
+    assert torch.equal(sample_token(logits, False, keys=keys), logits.argmax(-1))
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(0, 0.0), (25, 0.0), (0, 0.9)])
+def test_sample_token_with_counter_noise_compiles_to_the_same_tokens(top_k: int, top_p: float):
+    logits = torch.randn(3, 2, 1, 500, generator=torch.Generator().manual_seed(1))
+    keys = counter_keys(torch.tensor([1, 2, 3]), torch.tensor([10, 10, 11]), 4)
+    compiled = torch.compile(sample_token, fullgraph=True, backend="eager")
+    eager = sample_token(logits, True, 0.8, top_k, top_p, keys=keys)
+    assert torch.equal(compiled(logits, True, 0.8, top_k, top_p, keys=keys), eager)
+
+
+def test_unseeded_slots_follow_torch_manual_seed():
+    config = LMConfig.from_preset("tiny")
+    model = LMModel(config).eval()
+    frames = user_frames(config, 8, 1).expand(-1, 3, -1, -1)  # the same input in every slot
+
+    def sampled(global_seed: int) -> torch.Tensor:
+        torch.manual_seed(global_seed)
+        outs = run(LMGen(model, top_k=10, top_k_text=5), frames)
+        return torch.cat([o for o in outs if o is not None], dim=-1)
+
+    first = sampled(3)
+    assert torch.equal(sampled(3), first)
+    assert not torch.equal(sampled(4), first)
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
+
+
+def test_global_rng_mode_has_no_per_slot_seeds():
+    model = LMModel(LMConfig.from_preset("tiny")).eval()
+    gen = LMGen(model, rng="global")
+    with gen.streaming(2):
+        gen.set_seed(0, None)
+        with pytest.raises(ValueError, match="rng='counter'"):
+            gen.set_seed(0, 1)
+        with pytest.raises(IndexError):
+            gen.set_seed(2, None)
+    with pytest.raises(ValueError, match="rng"):
+        LMGen(model, rng="philox")
+
+
+class _HostReads(TorchDispatchMode):
+    """Records the ops that read a tensor's value on the host (a device sync on an accelerator)."""
+
+    SYNCING = {"_local_scalar_dense", "nonzero", "equal", "allclose", "is_nonzero", "item"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name.split("::")[-1] in self.SYNCING:
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("use_sampling", [True, False])
+def test_step_reads_no_tensor_value_on_the_host(use_sampling: bool):
+    """Steady state, model included: no ``.item()``, no branch on a tensor, no ``nonzero``."""
+    config = LMConfig.from_preset("tiny")
+    model = LMModel(config).eval()
+    frames = user_frames(config, config.max_delay + 6, 3)
+    gen = LMGen(model, use_sampling=use_sampling, top_k=10, top_k_text=5)
+    with gen.streaming(3):
+        gen.set_seed(1, 9)
+        for frame in frames[: config.max_delay + 2]:
+            gen.step(frame)
+        gen.set_exec_mask(torch.tensor([True, False, True]))
+        gen.step(frames[config.max_delay + 2])  # a new mask is read once (cached while it stays)
+        reads = _HostReads()
+        with reads:
+            outs = [gen.step(frame) for frame in frames[config.max_delay + 3 :]]
+    assert all(out is not None for out in outs)
+    assert reads.seen == []

@@ -12,7 +12,7 @@ from duplex.lm.training.loss import multistream_loss
 from duplex.lm.training.metrics import MaskedPerplexity, MaskedTokenAccuracy
 from safetensors.torch import load_file
 
-ASSETS = Path(__file__).parent / "assets"  # the reference's own test files (spec 3.10)
+ASSETS = Path(__file__).parent / "assets"  # the reference's own test files (docs/architecture.md §3.8)
 
 
 def _naive_loss(logits, mask, text_logits, text_mask, codes, semantic_weight, padding_weight, pad_id):

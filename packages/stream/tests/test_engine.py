@@ -1,4 +1,4 @@
-"""The batched engine against the reference server's single-conversation loop (spec 6.3)."""
+"""The batched engine against the reference server's single-conversation loop (docs/architecture.md §4.5)."""
 
 import numpy as np
 import pytest

@@ -14,7 +14,7 @@ def test_messages_are_one_kind_byte_then_the_payload():
     assert protocol.error("full") == b"\x05full"
     assert protocol.control(Control.PAUSE) == b"\x03\x02"
     assert json.loads(protocol.metadata({"a": 1})[1:]) == {"a": 1}
-    # The numbering is the official one (spec 6.2).
+    # The numbering is the official one (docs/architecture.md §6.1).
     assert [k.value for k in Kind] == list(range(8))
 
 

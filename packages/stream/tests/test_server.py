@@ -242,12 +242,25 @@ def test_metrics_health_page_and_query_string(pipeline):
             ws = await session.ws_connect(official)
             assert (await ws.receive(timeout=10)).data == protocol.handshake()
             await ws.close()
-            ws = await session.ws_connect(with_query(server.ws, text_topk="many"))
+            ws = await session.ws_connect(with_query(server.ws, text_seed="many"))
             refusal = await ws.receive(timeout=10)
-            assert refusal.data[0] == Kind.ERROR and "text_topk" in refusal.data.decode()
+            assert refusal.data[0] == Kind.ERROR and "text_seed" in refusal.data.decode()
 
     with serve(pipeline, max_conversations=3) as server:
         asyncio.run(scenario(server))
+
+
+def test_query_string_gives_only_the_seed():
+    from duplex.stream.server import sampling_from_query
+    from duplex.stream.slots import SamplingParams
+
+    official = {"text_temperature": "0.7", "text_topk": "25", "audio_temperature": "0.8", "pad_mult": "0"}
+    assert sampling_from_query(official) == SamplingParams()
+    assert sampling_from_query({**official, "text_seed": "2", "audio_seed": "5"}).seed == 2 * 1_000_003 + 5
+    assert sampling_from_query({"audio_seed": "5.0"}, SamplingParams(seed=9)).seed == 5
+    assert sampling_from_query({}, SamplingParams(seed=9)).seed == 9
+    with pytest.raises(ValueError, match="audio_seed='x' is not a valid int"):
+        sampling_from_query({"audio_seed": "x"})
 
 
 def test_a_client_that_stops_reading_is_closed_without_holding_anyone_up():

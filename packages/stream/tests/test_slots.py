@@ -64,8 +64,7 @@ def test_readiness_and_closed_conversations():
     assert table.push(b, frames(1)) == 0
 
 
-def test_sampling_params_are_validated():
-    with pytest.raises(ValueError, match="temp must be in"):
-        SamplingParams(temp=-1)
-    with pytest.raises(ValueError, match="top_k_text must be >= 0"):
-        SamplingParams(top_k_text=-3)
+def test_sampling_params_hold_only_the_seed():
+    assert SamplingParams(seed=3).seed == 3 and SamplingParams().seed is None
+    with pytest.raises(TypeError, match="takes only seed, not temp, top_k_text: .* whole engine"):
+        SamplingParams(temp=0.8, top_k_text=3)

@@ -1,5 +1,9 @@
 """Checkpoint files: safetensors in and out, key names, strict checks, and where a source points.
 
+:func:`locate_checkpoint` is the one resolver of checkpoint sources (Mimi's and the LM's): a local
+file or directory, ``file://path``, ``hf://owner/repo/file`` or a Hugging Face repo id, with one
+rule for telling a path from a repo id (:func:`looks_like_path`).
+
 duplex reads only safetensors. The in-memory state dict of every duplex module already uses the
 key names of the official files (fused attention ``self_attn.in_proj_weight`` /
 ``self_attn.out_proj.weight``), so :func:`canonical_state_dict` only has to translate what other
@@ -10,8 +14,10 @@ weight-norm pairs from training checkpoints.
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +159,193 @@ def check_state_dict(
 
 # -- where a source points -----------------------------------------------------------------------
 
+HUB_PROBE_TIMEOUT_S = 1.5
+"""How long :func:`hub_download` waits to learn whether the hub answers at all before it gives up
+on the network (and looks in the local Hugging Face cache only)."""
+
+PATH_SUFFIXES = frozenset(
+    {".safetensors", ".json", ".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".model", ".yaml", ".yml"}
+)
+"""File suffixes that make a source a path, never a Hugging Face repo id."""
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_HUB_REACHABLE: set[str] = set()  # endpoints that answered once in this process
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether ``text`` names a local path, so that it must never be looked up on the hub.
+
+    It does when it starts with ``.``, ``/`` or ``~``, ends in a file suffix (:data:`PATH_SUFFIXES`),
+    holds a backslash or more than one ``/``, or when its first component is a local directory
+    (``runs/lm`` where ``runs/`` exists). Anything else of the form ``owner/name`` is a repo id."""
+    first = text.split("/")[0]
+    return (
+        text.startswith((".", "/", "~"))
+        or Path(text).suffix.lower() in PATH_SUFFIXES
+        or "\\" in text
+        or text.count("/") > 1
+        or (bool(first) and Path(first).is_dir())
+    )
+
+
+def _hub_offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """One request to the hub's endpoint, no retries, at most ``timeout`` seconds in all (name
+    resolution included): ``hf_hub_download`` itself retries a dead network for about half a minute."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    endpoint = constants.ENDPOINT
+    if endpoint in _HUB_REACHABLE:
+        return True
+    answers: list[bool] = []
+
+    def probe() -> None:
+        try:
+            get_session().head(endpoint, timeout=timeout, allow_redirects=False)
+            answers.append(True)
+        except Exception:  # any failure to get an answer: unreachable
+            answers.append(False)
+
+    thread = threading.Thread(target=probe, name="duplex-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if answers and answers[0]:
+        _HUB_REACHABLE.add(endpoint)
+        return True
+    return False
+
+
+def hub_download(repo: str, filename: str, optional: bool = False) -> Path | None:
+    """``filename`` of the Hugging Face repo ``repo`` as a local path (downloaded into, or read from,
+    the Hugging Face cache); None for a file the repo lacks when ``optional``.
+
+    Offline (``HF_HUB_OFFLINE`` set, or the hub not answering within :data:`HUB_PROBE_TIMEOUT_S`)
+    only the local cache is used, so that a machine without network fails in about a second with
+    a :class:`CheckpointError`, rather than after the hub client's retries."""
+    try:
+        import huggingface_hub
+        from huggingface_hub.errors import EntryNotFoundError
+    except ImportError as error:
+        raise CheckpointError(
+            f"{repo}/{filename} is a Hugging Face file, but huggingface_hub is not installed: "
+            "`pip install 'duplex-codec[hub]'`, or download the file and pass its local path"
+        ) from error
+    offline = _hub_offline()
+    if offline or not _hub_reachable():
+        cached = huggingface_hub.try_to_load_from_cache(repo, filename)
+        if isinstance(cached, str):
+            return Path(cached)
+        if cached is not None:  # the cache knows the repo lacks the file
+            if optional:
+                return None
+            raise CheckpointError(f"the Hugging Face repo {repo!r} has no file {filename!r}")
+        why = "HF_HUB_OFFLINE is set" if offline else f"{huggingface_hub.constants.ENDPOINT} does not answer"
+        raise CheckpointError(
+            f"could not get {filename!r} from the Hugging Face repo {repo!r}: {why} and the file is not "
+            "in the local cache; offline, download the file elsewhere and pass its local path"
+        )
+    try:
+        return Path(huggingface_hub.hf_hub_download(repo, filename))
+    except EntryNotFoundError:
+        if optional:
+            return None
+        raise CheckpointError(f"the Hugging Face repo {repo!r} has no file {filename!r}") from None
+    except Exception as error:  # network, auth, unknown repo: the remedy is the same
+        raise CheckpointError(
+            f"could not get {filename!r} from the Hugging Face repo {repo!r} ({type(error).__name__}: "
+            f"{error}); offline, download the file elsewhere and pass its local path"
+        ) from error
+
+
+def _hf_url(url: str) -> tuple[str, str]:
+    """``hf://owner/repo/path/to/file`` -> (``owner/repo``, ``path/to/file``)."""
+    parts = url.removeprefix("hf://").split("/")
+    if len(parts) < 3 or not all(parts):
+        raise CheckpointError(f"expected hf://owner/repo/path/to/file, got {url!r}")
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
+@dataclass(frozen=True)
+class CheckpointSource:
+    """Where a checkpoint is: a local file or directory (``path``) or a Hugging Face repo (``repo``).
+
+    Made by :func:`locate_checkpoint`; :meth:`file` turns the names a checkpoint's ``config.json``
+    gives into local paths. Mimi and the LM resolve their sources with it alike."""
+
+    path: Path | None = None
+    repo: str | None = None
+
+    def __str__(self) -> str:
+        return str(self.path) if self.path is not None else f"hf://{self.repo}"
+
+    @property
+    def is_file(self) -> bool:
+        """A single local file (a weights file), which names no other files."""
+        return self.path is not None and self.path.is_file()
+
+    @property
+    def is_local(self) -> bool:
+        return self.path is not None
+
+    def file(self, name: str, optional: bool = False) -> Path | None:
+        """The file ``name`` of this checkpoint as a local path; None when ``optional`` and absent.
+
+        ``name`` is relative to the directory or repo, or ``hf://owner/repo/path`` (a file of any
+        repo) or ``file://path`` (a local file). A missing file is a :class:`CheckpointError`."""
+        if name.startswith("hf://"):
+            return hub_download(*_hf_url(name), optional=optional)
+        if name.startswith("file://"):
+            path = Path(name.removeprefix("file://")).expanduser()
+            if path.is_file():
+                return path
+            if optional:
+                return None
+            raise CheckpointError(f"checkpoint file not found: {path}")
+        if self.repo is not None:
+            return hub_download(self.repo, name, optional=optional)
+        assert self.path is not None
+        if self.is_file:
+            raise CheckpointError(f"{self.path} is a single file; it names no {name!r}")
+        path = self.path / name
+        if path.is_file():
+            return path
+        if optional:
+            return None
+        present = ", ".join(sorted(p.name for p in self.path.iterdir())) or "nothing"
+        raise CheckpointError(f"{name} not found in checkpoint directory {self.path} (it holds: {present})")
+
+
+def locate_checkpoint(source: str | Path) -> CheckpointSource:
+    """Where ``source`` points: a local file or directory, or a Hugging Face repo.
+
+    ``source`` is a path (a ``.safetensors`` file or a checkpoint directory, optionally as
+    ``file://path``), ``hf://owner/repo/path/to/file`` (downloaded), ``hf://owner/repo`` or a repo
+    id ``owner/name``. One rule decides: an existing local path always wins; a source that
+    :func:`looks_like_path` but does not exist is a :class:`CheckpointError` naming it, and is
+    never looked up on the hub; only a plain ``owner/name`` is a repo id."""
+    if isinstance(source, str) and source.startswith("hf://"):
+        rest = source.removeprefix("hf://").rstrip("/")
+        if _REPO_ID.match(rest):
+            return CheckpointSource(repo=rest)
+        path = hub_download(*_hf_url(source))
+        assert path is not None
+        return CheckpointSource(path=path)
+    text = str(source).removeprefix("file://") if isinstance(source, str) else str(source)
+    path = Path(text).expanduser()
+    if path.exists():
+        return CheckpointSource(path=path)
+    if isinstance(source, str) and _REPO_ID.match(source) and not looks_like_path(source):
+        return CheckpointSource(repo=source)
+    raise CheckpointError(f"checkpoint not found: {text} (no such file or directory)")
+
 
 @dataclass
 class ResolvedCheckpoint:
@@ -160,93 +353,22 @@ class ResolvedCheckpoint:
     config: dict[str, Any] | None  # the nested Mimi config, when the source names one
 
 
-def _hf_download(repo: str, filename: str) -> Path:
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as e:
-        raise CheckpointError(
-            f"{repo}/{filename} is a Hugging Face file, but huggingface_hub is not installed: "
-            "`pip install 'duplex-codec[hub]'`, or download the file and pass its local path"
-        ) from e
-    try:
-        return Path(hf_hub_download(repo, filename))
-    except Exception as e:  # network, auth, missing entry: all end the same way for the user
-        raise CheckpointError(
-            f"could not get {filename!r} from the Hugging Face repo {repo!r} ({type(e).__name__}: {e}). "
-            "If this machine is offline, download the file elsewhere and pass its local path."
-        ) from e
+def resolve_checkpoint(source: str | Path) -> ResolvedCheckpoint:
+    """Mimi's weights and configuration in ``source`` (anything :func:`locate_checkpoint` takes).
 
-
-def _hf_try_download(repo: str, filename: str) -> Path | None:
-    """Like :func:`_hf_download`, but a file missing from the repo gives None."""
-    try:
-        from huggingface_hub.errors import EntryNotFoundError
-    except ImportError:
-        return _hf_download(repo, filename)
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(repo, filename))
-    except EntryNotFoundError:
-        return None
-    except Exception:
-        return _hf_download(repo, filename)
-
-
-def _from_config_json(config: dict[str, Any], fetch) -> ResolvedCheckpoint:  # noqa: ANN001
-    weights = fetch(config.get("mimi_name", MIMI_FILE_NAME))
+    A directory or repo names them in its ``config.json`` (``mimi_name``, default the official file
+    name, and ``mimi_config_name``); without a ``config.json`` the official file name is used."""
+    location = locate_checkpoint(source)
+    if location.is_file:
+        assert location.path is not None
+        return ResolvedCheckpoint(location.path, None)
+    config_file = location.file("config.json", optional=True)
+    config = json.loads(config_file.read_text()) if config_file is not None else {}
+    weights = location.file(config.get("mimi_name", MIMI_FILE_NAME))
+    assert weights is not None
     mimi_config = None
     if config.get("mimi_config_name"):
-        mimi_config = json.loads(Path(fetch(config["mimi_config_name"])).read_text())
+        mimi_config_file = location.file(config["mimi_config_name"])
+        assert mimi_config_file is not None
+        mimi_config = json.loads(mimi_config_file.read_text())
     return ResolvedCheckpoint(weights, mimi_config)
-
-
-def _directory(path: Path) -> ResolvedCheckpoint:
-    config_file = path / "config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-
-    def fetch(name: str) -> Path:
-        if name.startswith("hf://"):
-            return resolve_checkpoint(name).weights
-        candidate = path / name
-        if not candidate.is_file():
-            present = sorted(p.name for p in path.glob("*.safetensors")) or ["none"]
-            raise CheckpointError(
-                f"{candidate} not found in checkpoint directory {path} "
-                f"(safetensors files there: {', '.join(present)})"
-            )
-        return candidate
-
-    return _from_config_json(config, fetch)
-
-
-def resolve_checkpoint(source: str | Path) -> ResolvedCheckpoint:
-    """Turn a file, a checkpoint directory, ``hf://owner/repo/file`` or a repo id into local paths."""
-    if isinstance(source, str) and source.startswith("hf://"):
-        parts = source.removeprefix("hf://").split("/")
-        if len(parts) < 3:
-            raise CheckpointError(f"expected hf://owner/repo/path/to/file, got {source!r}")
-        return ResolvedCheckpoint(_hf_download("/".join(parts[:2]), "/".join(parts[2:])), None)
-    if isinstance(source, str) and source.startswith("file://"):
-        source = source.removeprefix("file://")
-    path = Path(source)
-    if path.is_dir():
-        return _directory(path)
-    if path.is_file():
-        return ResolvedCheckpoint(path, None)
-    text = str(source)
-    looks_like_repo = (
-        text.count("/") == 1 and not text.startswith((".", "/")) and "." not in text.split("/")[0]
-    )
-    if looks_like_repo and not text.endswith((".safetensors", ".json")):
-        config_path = _hf_try_download(text, "config.json")
-        config = json.loads(config_path.read_text()) if config_path is not None else {}
-
-        def fetch(name: str) -> Path:
-            return resolve_checkpoint(name).weights if name.startswith("hf://") else _hf_download(text, name)
-
-        return _from_config_json(config, fetch)
-    raise CheckpointError(
-        f"checkpoint {text!r} not found: expected a .safetensors file, a checkpoint directory, "
-        "a Hugging Face repo id (e.g. kyutai/moshiko-pytorch-bf16) or hf://owner/repo/file"
-    )

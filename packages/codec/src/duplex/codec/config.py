@@ -2,8 +2,8 @@
 
 A checkpoint's ``mimi_config_name`` JSON (``{"sample_rate", "channels", "frame_rate", "seanet",
 "quantizer", "transformer"}``) validates as-is into :class:`MimiConfig`, and
-:meth:`MimiConfig.to_dict` gives that form back. ``MimiConfig()`` is the official Mimi (spec 1.2);
-``MimiConfig.from_preset("tiny")`` is a small one for tests.
+:meth:`MimiConfig.to_dict` gives that form back. ``MimiConfig()`` is the official Mimi
+(docs/architecture.md §1.1); ``MimiConfig.from_preset("tiny")`` is a small one for tests.
 """
 
 from __future__ import annotations
@@ -116,7 +116,8 @@ class MimiTransformerConfig(PresetConfig):
 
 
 class MimiConfig(PresetConfig):
-    """A whole Mimi. The defaults are the official model (79.3 M parameters, spec 1.1-1.2)."""
+    """A whole Mimi. The defaults are the official model (79.3 M parameters,
+    docs/architecture.md §1.1)."""
 
     sample_rate: int = Field(24000, ge=1)
     channels: int = Field(1, ge=1, le=1)

@@ -19,7 +19,6 @@ Streaming (``with mimi.streaming(batch_size):``):
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from duplex.codec import kernels
 from duplex.codec.checkpoint import (
     CONFIG_METADATA_KEY,
     canonical_state_dict,
@@ -37,6 +35,7 @@ from duplex.codec.checkpoint import (
     write_safetensors,
 )
 from duplex.codec.config import MimiConfig, MimiTransformerConfig
+from duplex.codec.kernels import Kernels, Numerics, check_numerics, model_kernels, use_kernels
 from duplex.codec.nn import (
     Linear,
     StreamingConv1d,
@@ -114,10 +113,18 @@ class MimiState(StreamingState):
 
 
 class Mimi(StreamingModule[MimiState]):
-    """The Mimi codec. ``Mimi(config)`` has fresh weights; see :meth:`from_pretrained`."""
+    """The Mimi codec. ``Mimi(config)`` has fresh weights; see :meth:`from_pretrained`.
 
-    def __init__(self, config: MimiConfig | None = None) -> None:
+    ``numerics``: ``"reference"`` runs the reference's torch ops in its order (its codes, bit for
+    bit, on any machine; streaming encodes one frame at a time, as the reference streams);
+    ``"fast"`` (the default) runs the fastest registered kernels for the device, whose sums
+    differ by float rounding (a near-tie in the RVQ may then pick the other code).
+    """
+
+    def __init__(self, config: MimiConfig | None = None, numerics: Numerics = "fast") -> None:
         super().__init__()
+        self._numerics: Numerics = check_numerics(numerics)
+        self._selected_kernels: Kernels | None = None
         self.config = config = config if config is not None else MimiConfig()
         dim = config.seanet.dimension
         self.encoder = SeanetEncoder(config.seanet)
@@ -128,10 +135,6 @@ class Mimi(StreamingModule[MimiState]):
         stride = config.resample_stride
         self.downsample = ConvDownsample(dim, stride) if stride > 1 else None
         self.upsample = ConvTransposeUpsample(dim, stride) if stride > 1 else None
-        # Encode with BLAS's matmuls, as the reference does, so that codes match its codes (a
-        # latent off by 1e-7 can flip a near-tie in the RVQ, and the flip carries on to the
-        # following levels). False lets the encoder use the faster CPU kernels too.
-        self.reference_codes = True
 
     # -- facts -----------------------------------------------------------------------------------
     @property
@@ -170,8 +173,30 @@ class Mimi(StreamingModule[MimiState]):
     def set_num_codebooks(self, value: int) -> None:
         self.num_codebooks = value
 
+    # -- numerics --------------------------------------------------------------------------------
+    @property
+    def numerics(self) -> Numerics:
+        """``"fast"`` or ``"reference"`` (see the class docstring); settable between calls."""
+        return self._numerics
+
+    @numerics.setter
+    def numerics(self, value: Numerics) -> None:
+        if self.is_streaming:
+            raise RuntimeError("cannot change numerics while streaming; leave the streaming block first")
+        self._numerics = check_numerics(value)
+        self._selected_kernels = None
+
+    def _select_kernels(self) -> None:
+        """Choose the kernels for the current device and dtype: at the first batch call, when
+        streaming starts, and again only after the model moved or the policy changed."""
+        kernels = model_kernels(self, self._numerics)
+        if kernels is not self._selected_kernels:
+            use_kernels(self, kernels)
+            self._selected_kernels = kernels
+
     # -- streaming -------------------------------------------------------------------------------
     def _init_streaming_state(self, batch_size: int) -> MimiState:
+        self._select_kernels()
         device = module_device(self)
         dtype = self.quantizer.rvq_first.input_proj.weight.dtype
         pending = torch.zeros(batch_size, self.channels, 0, device=device, dtype=dtype)
@@ -239,6 +264,8 @@ class Mimi(StreamingModule[MimiState]):
         """Audio ``[B, 1, T]`` -> un-quantized latent ``[B, D, F]`` (same input rules as encode)."""
         wav = self._checked_audio(wav)
         state = self._streaming_state
+        if state is None:
+            self._select_kernels()
         frame = self.frame_size
         if state is None:
             if wav.shape[-1] == 0:
@@ -253,9 +280,14 @@ class Mimi(StreamingModule[MimiState]):
             wav = wav[..., :complete]
             if complete == 0:
                 return wav.new_zeros(wav.shape[0], self.config.seanet.dimension, 0)
-        with kernels.reference_matmuls() if self.reference_codes else contextlib.nullcontext():
-            latent = self._run_transformer(self.encoder_transformer, self.encoder(wav))
-            return self.downsample(latent) if self.downsample is not None else latent
+            if self._numerics == "reference" and complete > frame:
+                # as the reference streams: torch sums a convolution by the shape it is given
+                return torch.cat([self._encode_frames(part) for part in wav.split(frame, dim=-1)], dim=-1)
+        return self._encode_frames(wav)
+
+    def _encode_frames(self, wav: torch.Tensor) -> torch.Tensor:
+        latent = self._run_transformer(self.encoder_transformer, self.encoder(wav))
+        return self.downsample(latent) if self.downsample is not None else latent
 
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
         """Audio ``[B, 1, T]`` float at 24 kHz -> codes ``[B, num_codebooks, F]`` (int64).
@@ -266,22 +298,19 @@ class Mimi(StreamingModule[MimiState]):
         latent = self.encode_latent(wav)
         if latent.shape[-1] == 0:
             return torch.zeros(latent.shape[0], self.num_codebooks, 0, dtype=torch.long, device=latent.device)
-        fast = not self.reference_codes
-        if self.is_streaming and latent.shape[-1] > 1:
+        if self.is_streaming and self._numerics == "reference" and latent.shape[-1] > 1:
             # BLAS rounds a product differently for different row counts, and a rounding can flip a
             # near-tie: one frame per search keeps streaming codes independent of the chunking
             # (those of one frame per call, as the reference streams).
             frames = latent.split(1, dim=-1)
-            return torch.cat([self.quantizer.encode(frame, fast=fast) for frame in frames], dim=-1)
-        return self.quantizer.encode(latent, fast=fast)
-
-    def decode_latent(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes ``[B, K, F]`` -> quantized latent ``[B, D, F]``."""
-        return self.quantizer.decode(self._checked_codes(codes))
+            return torch.cat([self.quantizer.encode(frame) for frame in frames], dim=-1)
+        return self.quantizer.encode(latent)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes ``[B, K, F]`` (any ``K`` up to the total) -> audio ``[B, 1, F * frame_size]``."""
         codes = self._checked_codes(codes)
+        if not self.is_streaming:
+            self._select_kernels()
         if codes.shape[-1] == 0:
             if not self.is_streaming:
                 raise ValueError("decode got zero frames (F = 0)")
@@ -321,12 +350,14 @@ class Mimi(StreamingModule[MimiState]):
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         config: MimiConfig | None = None,
+        numerics: Numerics = "fast",
     ) -> Mimi:
         """Load a Mimi from a ``.safetensors`` file, a checkpoint directory, ``hf://owner/repo/file``
         or a Hugging Face repo id (``kyutai/moshiko-pytorch-bf16``).
 
         The configuration is, in order: ``config``; the directory's ``mimi_config_name`` JSON; the
-        one stored in the file by :meth:`save_pretrained`; the official one.
+        one stored in the file by :meth:`save_pretrained`; the official one. ``numerics``: see
+        the class docstring.
         """
         resolved = resolve_checkpoint(source)
         tensors, metadata = read_safetensors(resolved.weights)
@@ -337,7 +368,7 @@ class Mimi(StreamingModule[MimiState]):
                 config = MimiConfig(**json.loads(metadata[CONFIG_METADATA_KEY]))
             else:
                 config = MimiConfig()
-        model = cls(config)
+        model = cls(config, numerics=numerics)
         model.load_state_dict(tensors)
         model.num_codebooks = num_codebooks
         model.to(device=device, dtype=dtype)

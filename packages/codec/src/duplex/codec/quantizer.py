@@ -1,4 +1,4 @@
-"""Split residual vector quantizer with EMA codebooks (spec 1.9).
+"""Split residual vector quantizer with EMA codebooks (docs/architecture.md).
 
 Codes come from two independent residual quantizers over the *same* latent: ``rvq_first``
 (semantic, normally one codebook) and ``rvq_rest`` (acoustic). Each has its own 1x1 input and
@@ -11,14 +11,10 @@ accelerated kernel can replace them without touching the modules.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
-from duplex.codec import kernels
 from duplex.codec.config import QuantizerConfig
-from duplex.codec.kernels import linear_blas_order, rvq_reference_order
-from duplex.codec.kernels.dispatch import KernelUnsupportedError, blas_order_wanted
+from duplex.codec.kernels import UsesKernels
 from torch import nn
 
 # Old spellings of the codebook buffers found in earlier checkpoints.
@@ -30,29 +26,10 @@ LEGACY_CODEBOOK_NAMES = {
 }
 
 
-def augmented_centroids(centroids: torch.Tensor) -> torch.Tensor:
-    """``[K, D]`` -> ``[K, D + 2]`` rows ``[e, 1, ||e||^2]``: the centroid side of cdist's matmul path."""
-    return rvq_reference_order.augmented_table(centroids)
-
-
-def nearest_codes(
-    vectors: torch.Tensor, centroids: torch.Tensor, augmented: torch.Tensor | None = None, fast: bool = False
-) -> torch.Tensor:
-    """Index of the nearest centroid (Euclidean) for each row of ``vectors`` ``[N, D]`` -> ``[N]``.
-
-    The distances are those of ``torch.cdist`` (the official codes were computed with it, and
-    near-ties flip under any other formula). With more than 25 centroids cdist computes
-    ``sqrt(clamp([-2x, ||x||^2, 1] @ [e, 1, ||e||^2]^T, 0))``; given the centroid half precomputed
-    (:func:`augmented_centroids`) this does the same arithmetic, bit for bit, without rebuilding it
-    on every call. ``fast`` computes the product with :func:`duplex.codec.kernels.linear` (the
-    few-row CPU kernel in streaming), which sums in another order: rare near-tie flips.
-    """
-    if augmented is None or centroids.shape[0] <= 25:
-        return torch.cdist(vectors[None], centroids[None], p=2)[0].argmin(dim=-1)
-    norms = vectors.pow(2).sum(-1, keepdim=True)
-    lhs = torch.cat([vectors.mul(-2), norms, torch.ones_like(norms)], dim=-1)
-    products = kernels.linear(lhs, augmented) if fast else lhs.matmul(augmented.mT)
-    return products.clamp_min_(0).sqrt_().argmin(dim=-1)
+def nearest_codes(vectors: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest centroid (Euclidean) for each row of ``vectors`` ``[N, D]`` -> ``[N]``,
+    with ``torch.cdist`` as the reference computes it (another formula flips near-ties)."""
+    return torch.cdist(vectors[None], centroids[None], p=2)[0].argmin(dim=-1)
 
 
 def lookup(codes: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -72,7 +49,6 @@ class EuclideanCodebook(nn.Module):
         self.register_buffer("cluster_usage", torch.ones(size))
         self.register_buffer("embedding_sum", torch.zeros(size, dim))
         self.register_buffer("centroids", torch.zeros(size, dim), persistent=False)
-        self.register_buffer("centroids_augmented", torch.zeros(size, dim + 2), persistent=False)
         self.refresh_centroids()
         self.register_load_state_dict_post_hook(lambda module, _: module.refresh_centroids())
 
@@ -81,7 +57,6 @@ class EuclideanCodebook(nn.Module):
         with torch.no_grad():
             usage = self.cluster_usage.clamp(min=self.epsilon)[:, None]
             self.centroids = (self.embedding_sum / usage).to(self.embedding_sum.dtype)
-            self.centroids_augmented = augmented_centroids(self.centroids)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
         for old, new in LEGACY_CODEBOOK_NAMES.items():
@@ -114,7 +89,7 @@ class _CodebookStack(nn.Module):
         self.layers = nn.ModuleList([_CodebookLayer(dim, size) for _ in range(num_codebooks)])
 
 
-class ResidualVectorQuantizer(nn.Module):
+class ResidualVectorQuantizer(nn.Module, UsesKernels):
     """Projection to the codebook space, then residual VQ over ``num_codebooks`` levels."""
 
     def __init__(
@@ -132,18 +107,17 @@ class ResidualVectorQuantizer(nn.Module):
         self.input_proj = nn.Conv1d(input_dim, dimension, 1, bias=False)
         self.output_proj = nn.Conv1d(dimension, output_dim, 1, bias=False)
         self.vq = _CodebookStack(num_codebooks, dimension, bins)
-        self._centroid_tables: dict[str, tuple[list[torch.Tensor], torch.Tensor, list[int]]] = {}
+        self._centroid_table: tuple[list[torch.Tensor], torch.Tensor, list[int]] | None = None
 
     def codebooks(self) -> list[EuclideanCodebook]:
         return [layer._codebook for layer in self.vq.layers]
 
-    def centroid_table(self, levels: int, augmented: bool = False) -> torch.Tensor:
-        """The first ``levels`` codebooks' centroids stacked, ``[levels, K, D]`` (``augmented``: their
-        cdist rows ``[levels, K, D + 2]``); kept until a codebook or the count changes."""
-        name = "centroids_augmented" if augmented else "centroids"
-        sources = [getattr(codebook, name) for codebook in self.codebooks()[:levels]]
+    def centroid_table(self, levels: int) -> torch.Tensor:
+        """The first ``levels`` codebooks' centroids stacked, ``[levels, K, D]``; kept until a
+        codebook or the count changes."""
+        sources = [codebook.centroids for codebook in self.codebooks()[:levels]]
         versions = [source._version for source in sources]
-        cached = self._centroid_tables.get(name)
+        cached = self._centroid_table
         # the cache holds the source tensors, so a new table can never reuse their addresses
         if (
             cached is None
@@ -151,78 +125,31 @@ class ResidualVectorQuantizer(nn.Module):
             or len(cached[0]) != len(sources)
             or any(a is not b for a, b in zip(cached[0], sources, strict=True))
         ):
-            cached = self._centroid_tables[name] = (sources, torch.stack(sources), versions)
+            cached = self._centroid_table = (sources, torch.stack(sources), versions)
         return cached[1]
 
-    def encode(self, latent: torch.Tensor, num_codebooks: int, fast: bool = False) -> torch.Tensor:
-        """``latent`` ``[B, C, T]`` -> codes ``[B, num_codebooks, T]``; ``fast``: see nearest_codes."""
+    def encode(self, latent: torch.Tensor, num_codebooks: int) -> torch.Tensor:
+        """``latent`` ``[B, C, T]`` -> codes ``[B, num_codebooks, T]``: the input projection, then
+        every level's search in one ``rvq_encode`` op."""
         batch, _, frames = latent.shape
-        codebooks = self.codebooks()[:num_codebooks]
-        # One fused search over all levels: Triton on CUDA, C on the CPU (with ``fast`` its
-        # distances are not cdist's; without, cdist's own arithmetic); see duplex.codec.kernels.
-        with contextlib.nullcontext() if fast else kernels.reference_matmuls():
-            if fast:  # the 1x1 projection as a matmul: on the few-row kernel in streaming
-                residual = kernels.linear(latent.transpose(1, 2), self.input_proj.weight[:, :, 0])
-                residual = residual.reshape(batch * frames, -1)
-            elif frames == 1 and self._gemv_projection_wanted(latent):
-                # torch's 1x1 conv of one frame is one BLAS gemv per item: the same sums in C
-                residual = linear_blas_order.gemv_rows(latent[..., 0], self.input_proj.weight[:, :, 0])
-            else:
-                projected = self.input_proj(latent)
-                # as the reference reshapes it: a column view for one item of several frames, whose
-                # norms torch sums in another order than contiguous rows
-                residual = projected.transpose(1, 2).reshape(batch * frames, -1)
-            codes = None
-            if codebooks and kernels.active_backend("rvq_encode", residual.device) != "torch":
-                codes = kernels.rvq_encode(residual, self.centroid_table(len(codebooks)))
-            elif codebooks and blas_order_wanted(residual.device, needs_grad=False):
-                codes = self._encode_reference_order(residual, len(codebooks))
-            if codes is not None:
-                return codes.view(batch, frames, -1).transpose(1, 2)
-        all_codes = []
-        for codebook in self.codebooks()[:num_codebooks]:
-            codes = nearest_codes(residual, codebook.centroids, codebook.centroids_augmented, fast)
-            residual = residual - lookup(codes, codebook.centroids)
-            all_codes.append(codes)
-        if not all_codes:
+        if num_codebooks == 0:
             return latent.new_zeros(batch, 0, frames, dtype=torch.long)
-        return torch.stack(all_codes, dim=1).view(batch, frames, -1).transpose(1, 2)
-
-    def _gemv_projection_wanted(self, latent: torch.Tensor) -> bool:
-        weight = self.input_proj.weight
-        return (
-            latent.dtype is weight.dtype is torch.float32
-            and blas_order_wanted(latent.device, needs_grad=torch.is_grad_enabled() and weight.requires_grad)
-            and linear_blas_order.supports(1, weight.shape[1], weight.shape[0])
-            and linear_blas_order.matches_blas(one_row=True)
-        )
-
-    def _encode_reference_order(self, residual: torch.Tensor, levels: int) -> torch.Tensor | None:
-        """The torch loop's codes in one C call (:mod:`~duplex.codec.kernels.rvq_reference_order`),
-        or None where it cannot run here."""
-        try:
-            return rvq_reference_order.rvq_encode(
-                residual, self.centroid_table(levels), self.centroid_table(levels, augmented=True)
-            )
-        except (KernelUnsupportedError, ImportError):  # ImportError: no C compiler
-            return None
+        projected = self.kernels.conv1d(latent, self.input_proj.weight)
+        # rows as the reference reshapes them (a strided view for one item): the norms inside
+        # cdist are summed in the layout's order
+        residual = projected.transpose(1, 2).reshape(batch * frames, -1)
+        codes = self.kernels.rvq_encode(residual, self.centroid_table(num_codebooks))
+        return codes.view(batch, frames, -1).transpose(1, 2)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """``codes`` ``[B, K, T]`` -> latent ``[B, C_out, T]`` (sum of centroids, then projection)."""
-        codebooks = self.codebooks()[: codes.shape[1]]
-        if codebooks and kernels.active_backend("rvq_decode", codes.device) != "torch":
-            batch, _, frames = codes.shape
-            rows = codes[:, : len(codebooks)].transpose(1, 2).reshape(batch * frames, -1)
-            tables = torch.stack([codebook.centroids for codebook in codebooks])
-            total = kernels.rvq_decode(rows, tables).view(batch, frames, -1)
-            return self.output_proj(total.transpose(1, 2))
-        total = None
-        for level, codebook in enumerate(self.codebooks()[: codes.shape[1]]):
-            vectors = lookup(codes[:, level], codebook.centroids)
-            total = vectors if total is None else total + vectors
-        if total is None:
+        levels = codes.shape[1]
+        if levels == 0:
             raise ValueError("cannot decode zero codebooks")
-        return self.output_proj(total.transpose(1, 2))
+        batch, _, frames = codes.shape
+        rows = codes.transpose(1, 2).reshape(batch * frames, levels)
+        total = self.kernels.rvq_decode(rows, self.centroid_table(levels)).view(batch, frames, -1)
+        return self.kernels.conv1d(total.transpose(1, 2), self.output_proj.weight)
 
     @torch.no_grad()
     def init_codebooks(
@@ -238,7 +165,7 @@ class ResidualVectorQuantizer(nn.Module):
             codebook.cluster_usage.fill_(1.0)
             codebook._initialized.fill_(1.0)
             codebook.refresh_centroids()
-            codes = nearest_codes(residual, codebook.centroids, codebook.centroids_augmented)
+            codes = nearest_codes(residual, codebook.centroids)
             residual = residual - lookup(codes, codebook.centroids)
 
     def quantize_for_training(
@@ -296,15 +223,12 @@ class SplitResidualVectorQuantizer(nn.Module):
             raise ValueError(f"num_codebooks must be an integer in [{low}, {high}], got {value!r}")
         self._num_codebooks = value
 
-    def encode(self, latent: torch.Tensor, fast: bool = False) -> torch.Tensor:
-        """``latent`` ``[B, C, T]`` -> codes ``[B, num_codebooks, T]`` (int64).
-
-        ``fast`` computes the distances on the few-row CPU kernel (rare near-tie flips); the
-        default keeps the reference's arithmetic."""
+    def encode(self, latent: torch.Tensor) -> torch.Tensor:
+        """``latent`` ``[B, C, T]`` -> codes ``[B, num_codebooks, T]`` (int64)."""
         semantic = self.config.n_q_semantic
-        codes = self.rvq_first.encode(latent, semantic, fast)
+        codes = self.rvq_first.encode(latent, semantic)
         if self._num_codebooks > semantic:
-            acoustic = self.rvq_rest.encode(latent, self._num_codebooks - semantic, fast)
+            acoustic = self.rvq_rest.encode(latent, self._num_codebooks - semantic)
             codes = torch.cat([codes, acoustic], dim=1)
         return codes
 

@@ -1,4 +1,4 @@
-"""SEANet encoder and decoder: the convolutional halves of Mimi (spec 1.5, 1.6).
+"""SEANet encoder and decoder: the convolutional halves of Mimi (docs/architecture.md §1.4).
 
 Both are a flat ``nn.Sequential`` named ``model``. The parameter-free activations keep their own
 slots in it, because checkpoint keys are indexed by position (``encoder.model.3.conv.conv.weight``).

@@ -84,6 +84,7 @@ class StreamingModule(nn.Module, Generic[StateT]):
     def __init__(self) -> None:
         super().__init__()
         self._streaming_state: StateT | None = None
+        self._streaming_members: list[StreamingModule] | None = None  # cached while streaming
 
     # -- to implement -------------------------------------------------------------------------
     def _init_streaming_state(self, batch_size: int) -> StateT:
@@ -125,8 +126,15 @@ class StreamingModule(nn.Module, Generic[StateT]):
             module._streaming_state = module._init_streaming_state(batch_size)
 
     def _stop_streaming(self) -> None:
-        for module in self._streaming_modules():
+        for module in self._members():
             module._streaming_state = None
+            module._streaming_members = None
+
+    def _members(self) -> list[StreamingModule]:
+        """:meth:`_streaming_modules` as a list, walked once per streaming session."""
+        if self._streaming_members is None:
+            self._streaming_members = list(self._streaming_modules())
+        return self._streaming_members
 
     @contextmanager
     def streaming(self, batch_size: int = 1) -> Iterator[Self]:
@@ -136,24 +144,20 @@ class StreamingModule(nn.Module, Generic[StateT]):
         finally:
             self._stop_streaming()
 
-    def streaming_forever(self, batch_size: int = 1) -> None:
-        """Enter streaming without a context (a server that streams until the process ends)."""
-        self._start_streaming(batch_size)
-
     def reset_streaming(self, slots: torch.Tensor | None = None) -> None:
         """Restart the chosen batch items (all by default); the others keep their state."""
         state = self.streaming_state
         mask = select_slots(slots, state.batch_size, state.device)
-        for module in self._streaming_modules():
+        for module in self._members():
             if module._streaming_state is not None:
                 module._streaming_state.reset(mask)
 
     def set_exec_mask(self, exec_mask: torch.Tensor) -> None:
         state = self.streaming_state
         mask = select_slots(exec_mask, state.batch_size, state.device)
-        for module in self._streaming_modules():
+        for module in self._members():
             if module._streaming_state is not None:
-                module._streaming_state.exec_mask = mask
+                module._streaming_state.exec_mask.copy_(mask)  # in place: a captured graph reads it
 
 
 def module_device(module: nn.Module) -> torch.device:

@@ -5,8 +5,8 @@ reference ``LMModel`` and of its transformers) and the loader keys (``moshi_name
 ``mimi_name``, ``tokenizer_name``, ``lm_gen_config``, ...). An unknown key or a bad value fails
 with an error naming the field.
 
-How the flat keys become two transformers (spec 3.1): plain keys (``num_layers``, ``gating``,
-``max_period``, ...) configure the temporal transformer; the depth transformer inherits them,
+How the flat keys become two transformers (docs/architecture.md §3.2): plain keys (``num_layers``,
+``gating``, ``max_period``, ...) configure the temporal transformer; the depth transformer inherits them,
 except that every ``depformer_X`` key that is present overrides ``X``. The depformer always has
 no context, uses ``depformer_pos_emb`` (default "sin") as positional embedding, and has one
 weight set per generated codebook when ``depformer_weights_per_step`` is set.
@@ -401,7 +401,8 @@ def _tiny() -> dict[str, Any]:
 
 @LMConfig.preset("reference-test")
 def _reference_test() -> dict[str, Any]:
-    """The reference's own LM test configuration (spec 3.10), matching the shipped test weights."""
+    """The reference's own LM test configuration (docs/architecture.md §3.8), matching the shipped
+    test weights."""
     return {
         "delays": [0, 1, 2, 4],
         "n_q": 3,

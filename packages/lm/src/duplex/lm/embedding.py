@@ -1,4 +1,4 @@
-"""The token table of one stream, with Moshi's special values (spec 3.2).
+"""The token table of one stream, with Moshi's special values (docs/architecture.md §3.3).
 
 The input value ``-1`` (the zero token) embeds to an exact zero vector; other negative values
 (``-2``, "ungenerated") are clamped to 0 and looked up. Optional parts keep the official key

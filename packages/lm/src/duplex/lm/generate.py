@@ -4,7 +4,7 @@
 
     gen = LMGen(model, temp=0.8, temp_text=0.7, top_k=250, top_k_text=25)
     with gen.streaming(batch_size=4):
-        gen.set_seed(0, 1234)                       # optional: slot 0 samples from its own generator
+        gen.set_seed(0, 1234)                       # optional: slot 0's samples follow its seed
         for user_frame in frames:                   # user_frame: [B, n_q - dep_q, 1] Mimi codes
             out = gen.step(user_frame)              # None on the first max_delay calls
             if out is not None:
@@ -18,12 +18,26 @@ delays fill, its row holds ``-2``.
 Slots (what the serving layer builds on):
 
 * ``gen.reset_streaming(slots)`` (bool mask ``[B]`` or index list; all when omitted) restarts the
-  chosen slots: their token cache, their step counter, the LM's KV caches and positions, and
-  their random generators (restarted from their seeds). The other slots continue untouched.
-* ``gen.set_seed(slot, seed)`` gives a slot its own ``torch.Generator`` (``None``: torch's global
-  generator); a slot's samples then depend only on its seed and its inputs.
+  chosen slots: their token cache, their frame counter, the LM's KV caches and positions. Their
+  seeds are kept when set with ``set_seed``; slots without one get a fresh seed from torch's
+  global generator. The other slots continue untouched.
+* ``gen.set_seed(slot, seed)`` fixes a slot's seed (``None``: a fresh seed drawn from torch's
+  global generator, so ``torch.manual_seed`` before streaming still makes a run reproducible).
 * ``gen.set_exec_mask(mask)`` freezes the slots where ``mask`` is false for the next calls: their
   state does not advance and their output row is ``-2``.
+
+Randomness (``rng``, spec 5.1): by default (``"counter"``) the noise of each draw is a hash of the
+slot's seed, its frame offset and the draw (text 0, codebook ``k``: ``1 + k``), see
+:mod:`duplex.lm.sampling`. So a slot's samples depend only on its seed, its frames and its inputs
+(a paused slot's offset does not move, so nothing needs undoing), and a step holds no
+``torch.Generator``. ``rng="global"`` draws from torch's global generator in the reference's
+shape and order instead (same ``torch.manual_seed``, same tokens as the reference); that mode
+has no per-slot seeds and is not graph-capturable.
+
+Graph readiness: in the steady state ``step`` reads no tensor value on the host (no ``.item()``,
+no branch on a tensor). It checks the user codes' dtype and shape only; their values are checked
+by :meth:`LMGen.check_user_codes`, which callers with codes from outside (files, the network)
+should call; codes from Mimi need no check.
 
 ``use_sampling=False`` (or a temperature of 0) is greedy decoding.
 """
@@ -31,26 +45,32 @@ Slots (what the serving layer builds on):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from duplex.codec.streaming import StreamingModule, StreamingState
 from duplex.lm.config import GenerationConfig
 from duplex.lm.model import UNGENERATED_TOKEN, LMModel
-from duplex.lm.sampling import SlotGenerators, sample_token
+from duplex.lm.sampling import counter_keys, random_seeds, sample_token, seed_to_int64
 
 
 @dataclass
 class LMGenState(StreamingState):
     """``cache [B, 1 + n_q, max_delay + 2]``: a ring of recent token columns in delayed time;
-    ``offsets [B]``: frames generated per slot; ``calls``: steps since the last full reset."""
+    ``offsets [B]``: frames generated per slot (also the counter of the counter-based noise);
+    ``seeds [B]`` (int64) and ``seeded [B]`` (bool: set by ``set_seed``, kept by a reset): the
+    slots' seeds, drawn from torch's global generator where not set (``counter_rng``); ``calls``:
+    steps since the last full reset."""
 
     initial: torch.Tensor  # [1, 1 + n_q, 1] start-of-sequence tokens
     delays: torch.Tensor  # [1 + n_q]
     width: int
+    counter_rng: bool = True
     cache: torch.Tensor = field(init=False)
     offsets: torch.Tensor = field(init=False)
+    seeds: torch.Tensor = field(init=False)
+    seeded: torch.Tensor = field(init=False)
     calls: int = 0
-    rng: SlotGenerators = field(init=False)
 
     @property
     def num_codebooks(self) -> int:
@@ -65,12 +85,17 @@ class LMGenState(StreamingState):
             device=self.device,
         )
         self.offsets = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)
-        self.rng = SlotGenerators(self.batch_size, self.device)
+        self.seeds = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)
+        self.seeded = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
+        if self.counter_rng:
+            self.seeds.copy_(random_seeds(self.batch_size))
 
     def reset(self, slots: torch.Tensor) -> None:
         self.cache[slots] = UNGENERATED_TOKEN
         self.offsets[slots] = 0
-        self.rng.reset(slots)
+        if self.counter_rng:  # new seeds for the restarted slots without a seed of their own
+            fresh = random_seeds(self.batch_size).to(self.device)
+            self.seeds.copy_(torch.where(slots & ~self.seeded, fresh, self.seeds))
         if bool(slots.all()):
             self.calls = 0
 
@@ -85,7 +110,10 @@ class LMGen(StreamingModule[LMGenState]):
         top_k: int = 250,
         top_k_text: int = 25,
         cfg_coef: float = 1.0,
+        rng: Literal["counter", "global"] = "counter",
     ) -> None:
+        """``rng``: ``"counter"`` (per-slot seeds, graph-capturable) or ``"global"`` (torch's global
+        generator in the reference's order); see the module docstring."""
         super().__init__()
         if model.training:
             raise RuntimeError("LMGen needs the model in eval mode: call model.eval() first")
@@ -97,6 +125,8 @@ class LMGen(StreamingModule[LMGenState]):
             raise ValueError(f"temperatures must be >= 0, got temp={temp}, temp_text={temp_text}")
         if top_k < 0 or top_k_text < 0:
             raise ValueError(f"top_k values must be >= 0, got top_k={top_k}, top_k_text={top_k_text}")
+        if rng not in ("counter", "global"):
+            raise ValueError(f"rng must be 'counter' or 'global', got {rng!r}")
         self.model = model
         self.use_sampling = use_sampling
         self.temp = temp
@@ -104,6 +134,7 @@ class LMGen(StreamingModule[LMGenState]):
         self.top_k = top_k
         self.top_k_text = top_k_text
         self.cfg_coef = cfg_coef
+        self.rng = rng
         config = model.config
         self.max_delay = config.max_delay
         self.num_user_codebooks = config.num_user_codebooks
@@ -126,6 +157,7 @@ class LMGen(StreamingModule[LMGenState]):
             initial=self.model.initial_tokens(1),
             delays=torch.tensor(self.model.delays, dtype=torch.long, device=device),
             width=self.max_delay + 2,
+            counter_rng=self.rng == "counter",
         )
 
     def _start_streaming(self, batch_size: int) -> None:
@@ -139,11 +171,27 @@ class LMGen(StreamingModule[LMGenState]):
         super()._stop_streaming()
 
     def set_seed(self, slot: int, seed: int | None) -> None:
-        """Give ``slot`` its own random generator started from ``seed`` (None: the global one)."""
-        self.streaming_state.rng.set_seed(slot, seed)
+        """Fix ``slot``'s seed (any int, taken modulo 2**64); its samples then depend only on the seed,
+        its frames and its inputs. ``None``: a fresh seed from torch's global generator, renewed at
+        each reset of the slot. Takes effect at once (call it before ``reset_streaming`` to restart a
+        slot with a new seed). With ``rng="global"`` only ``None`` is accepted."""
+        state = self.streaming_state
+        if not 0 <= slot < state.batch_size:
+            raise IndexError(f"slot {slot} out of range for a batch of {state.batch_size}")
+        if not state.counter_rng:
+            if seed is not None:
+                raise ValueError(
+                    "rng='global' draws every slot from torch's global generator: per-slot seeds need "
+                    "rng='counter'"
+                )
+            return
+        value = int(random_seeds(1)[0]) if seed is None else seed_to_int64(seed)
+        state.seeds[slot] = value
+        state.seeded[slot] = seed is not None
 
     # -- one frame ------------------------------------------------------------------------------
     def _check_user_codes(self, user_codes: torch.Tensor, batch_size: int) -> None:
+        """Dtype and shape only (metadata: no host synchronisation)."""
         if user_codes.dtype.is_floating_point or user_codes.dtype == torch.bool:
             raise TypeError(f"user codes must be integer token ids, got dtype {user_codes.dtype}")
         expected = [batch_size, self.num_user_codebooks, 1]
@@ -151,6 +199,21 @@ class LMGen(StreamingModule[LMGenState]):
             raise ValueError(
                 f"user codes must have shape [B={batch_size}, n_q - dep_q={self.num_user_codebooks}, 1] "
                 f"(one frame of the user's codebooks), got {list(user_codes.shape)}"
+            )
+
+    def check_user_codes(self, user_codes: torch.Tensor) -> None:
+        """Raise unless ``user_codes [B, n_q - dep_q, T]`` are integer ids in ``[0, card)`` (or -1).
+
+        ``step`` does not look at the values (that would synchronise with the device on every
+        frame): call this where codes come from outside, before stepping them. It reads the values
+        on the host.
+        """
+        if user_codes.dtype.is_floating_point or user_codes.dtype == torch.bool:
+            raise TypeError(f"user codes must be integer token ids, got dtype {user_codes.dtype}")
+        if user_codes.dim() != 3 or user_codes.shape[1] != self.num_user_codebooks:
+            raise ValueError(
+                f"user codes must have shape [B, n_q - dep_q={self.num_user_codebooks}, T], "
+                f"got {list(user_codes.shape)}"
             )
         if user_codes.numel():
             low, high = int(user_codes.min()), int(user_codes.max())
@@ -185,16 +248,24 @@ class LMGen(StreamingModule[LMGenState]):
         use_initial = use_initial | ~executing[:, None, None]
         tokens = torch.where(use_initial, state.initial, tokens)
 
-        generators = state.rng.generators()
-        hidden, text_logits = model.forward_text(tokens)
-        with state.rng.frozen(~executing):
-            text = sample_token(
-                text_logits.float(), self.use_sampling, self.temp_text, self.top_k_text, generators=generators
-            )[:, 0, 0]
-            audio = self._depformer_step(text, hidden, generators) if model.depformer is not None else None
+        # One noise stream per slot and draw (text: 0, codebook k: 1 + k), keyed by the frame offset.
+        keys = None
+        if state.counter_rng and self.use_sampling:
+            draws = torch.arange(1 + model.dep_q, dtype=torch.long, device=cache.device)
+            keys = counter_keys(state.seeds[:, None], state.offsets[:, None], draws[None, :])  # [B, D]
 
-        # Write the generated frame at the new offset.
-        state.offsets = torch.where(executing, state.offsets + 1, state.offsets)
+        hidden, text_logits = model.forward_text(tokens)
+        text = sample_token(
+            text_logits.float(),
+            self.use_sampling,
+            self.temp_text,
+            self.top_k_text,
+            keys=None if keys is None else keys[:, 0],
+        )[:, 0, 0]
+        audio = self._depformer_step(text, hidden, keys) if model.depformer is not None else None
+
+        # Write the generated frame at the new offset (in place: the state's tensors keep their storage).
+        state.offsets.add_(executing.long())
         state.calls += 1
         generated = text[:, None] if audio is None else torch.cat([text[:, None], audio], dim=1)
         gen_rows = cache[:, : 1 + model.dep_q]
@@ -210,22 +281,24 @@ class LMGen(StreamingModule[LMGenState]):
         return out.masked_fill(not_ready[:, None, None], UNGENERATED_TOKEN)
 
     def _depformer_step(
-        self, text: torch.Tensor, hidden: torch.Tensor, generators: list[torch.Generator | None] | None
+        self, text: torch.Tensor, hidden: torch.Tensor, keys: torch.Tensor | None
     ) -> torch.Tensor:
         """Sample Moshi's ``dep_q`` codebooks of this frame, one depformer position each."""
         model = self.model
         depformer = model.depformer
-        fast = depformer.supports_frame_step
-        if not fast:
-            depformer.reset_streaming()
+        depformer.reset_streaming()  # every frame starts a new depformer sequence
         token = text
         tokens = []
         for k in range(model.dep_q):
             x = model.depformer_input(k, token[:, None], hidden)
-            out = depformer.frame_step(x, k) if fast else depformer(x)
+            out = depformer(x)
             logits = model.depformer_logits(k, out)[:, None]  # [B, 1, 1, card]
             token = sample_token(
-                logits.float(), self.use_sampling, self.temp, self.top_k, generators=generators
+                logits.float(),
+                self.use_sampling,
+                self.temp,
+                self.top_k,
+                keys=None if keys is None else keys[:, 1 + k],
             )
             token = token[:, 0, 0]
             tokens.append(token)

@@ -1,4 +1,4 @@
-"""LoRA adapters for the LM (spec 5.5): every linear weight gets a low-rank update.
+"""LoRA adapters for the LM (docs/architecture.md §3.11): every linear weight gets a low-rank update.
 
 ``apply_lora(model, rank, scaling)`` adds to each weight ``W`` of an ``nn.Linear`` (and to each
 fused attention projection) an update ``scaling * B @ A`` with ``A [rank, in]`` (random) and

@@ -2,11 +2,12 @@
 
 Per frame the temporal transformer (a registered backbone, Helium by default) reads the sum of
 the embeddings of all streams and predicts the text token; the depth transformer then predicts
-Moshi's ``dep_q`` audio codebooks one after the other (spec 3.3, 3.4). Parameters carry the
-official on-disk names, so ``model.state_dict()`` and a checkpoint's safetensors match key for key.
+Moshi's ``dep_q`` audio codebooks one after the other (docs/architecture.md §3.4, §3.5). Parameters
+carry the official on-disk names, so ``model.state_dict()`` and a checkpoint's safetensors match key
+for key.
 
 ``model(codes [B, 1 + n_q, T])`` is the training (teacher-forcing) forward. ``codes`` are in
-un-delayed time; the returned logits are aligned with them (spec 3.8)::
+un-delayed time; the returned logits are aligned with them (docs/architecture.md §3.6)::
 
     out = model(codes)
     out.logits       [B, dep_q, T, card]       predicts codes[:, 1:1 + dep_q]
@@ -24,12 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from duplex.codec.kernels import Kernels, Numerics, check_numerics, model_kernels, use_kernels
 from duplex.codec.nn import Linear, make_norm
 from duplex.codec.streaming import StreamingModule, StreamingState
 from duplex.lm.config import LMConfig
 from duplex.lm.depformer import Depformer
 from duplex.lm.embedding import ZERO_TOKEN, StreamEmbedding
 from duplex.lm.registry import BACKBONES
+from duplex.lm.weights import load_lm_weights, save_lm
 from torch import nn
 
 UNGENERATED_TOKEN = -2
@@ -93,10 +96,17 @@ def _truncated_normal_init(module: nn.Module) -> None:
 
 
 class LMModel(StreamingModule[StreamingState]):
-    """The Moshi LM. ``config`` is an :class:`LMConfig`; weights are random until loaded."""
+    """The Moshi LM. ``config`` is an :class:`LMConfig`; weights are random until loaded.
 
-    def __init__(self, config: LMConfig) -> None:
+    ``numerics``: ``"reference"`` runs the reference's torch ops in its order (its logits, bit for
+    bit); ``"fast"`` (the default) the fastest registered kernels for the device (on the CPU the
+    whole streaming step of each transformer in one C call), within float rounding of it.
+    """
+
+    def __init__(self, config: LMConfig, numerics: Numerics = "fast") -> None:
         super().__init__()
+        self._numerics: Numerics = check_numerics(numerics)
+        self._selected_kernels: Kernels | None = None
         if config.conditioners or (config.fuser and config.fuser.get("sum")):
             raise NotImplementedError(
                 "conditioners / fuser: conditioned models (Hibiki, the 2B dev model) are not supported yet"
@@ -162,17 +172,15 @@ class LMModel(StreamingModule[StreamingState]):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         config: LMConfig | str | Path | None = None,
+        fuse_lora: bool = True,
     ) -> LMModel:
         """Load a checkpoint: a directory (``config.json`` + the weights it names), a weights file
-        with ``config``, or a Hugging Face repo id. See :mod:`duplex.lm.checkpoint`."""
-        from duplex.lm.checkpoint import load_lm
-
-        return load_lm(source, config=config, device=device, dtype=dtype)
+        with ``config``, or a Hugging Face repo id (resolved by
+        :func:`duplex.codec.checkpoint.locate_checkpoint`). See :mod:`duplex.lm.checkpoint`."""
+        return load_lm_weights(cls, source, config=config, device=device, dtype=dtype, fuse=fuse_lora)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``config.json`` and ``model.safetensors`` in the official layout."""
-        from duplex.lm.checkpoint import save_lm
-
         save_lm(self, directory)
 
     def init_weights(self) -> None:
@@ -189,7 +197,29 @@ class LMModel(StreamingModule[StreamingState]):
                 _truncated_normal_init(module)
 
     def _init_streaming_state(self, batch_size: int) -> StreamingState:
+        self._select_kernels()
         return StreamingState(batch_size, self.device)
+
+    # -- numerics -------------------------------------------------------------------------------
+    @property
+    def numerics(self) -> Numerics:
+        """``"fast"`` or ``"reference"`` (see the class docstring); settable outside streaming."""
+        return self._numerics
+
+    @numerics.setter
+    def numerics(self, value: Numerics) -> None:
+        if self.is_streaming:
+            raise RuntimeError("cannot change numerics while streaming; leave the streaming block first")
+        self._numerics = check_numerics(value)
+        self._selected_kernels = None
+
+    def _select_kernels(self) -> None:
+        """Choose the kernels for the current device and dtype: when streaming starts, at the
+        first batch call, and again only after the model moved or the policy changed."""
+        kernels = model_kernels(self, self._numerics)
+        if kernels is not self._selected_kernels:
+            use_kernels(self, kernels)
+            self._selected_kernels = kernels
 
     # -- properties -----------------------------------------------------------------------------
     @property
@@ -258,6 +288,8 @@ class LMModel(StreamingModule[StreamingState]):
 
         Returns the normalised hidden state ``[B, S, dim]`` (the depformer's input) and the text
         logits ``[B, 1, S, text_card_out]``."""
+        if not self.is_streaming:
+            self._select_kernels()
         hidden = self.out_norm(self.transformer(self.embed(sequence)))
         return hidden, self.text_linear(hidden)[:, None]
 
@@ -286,6 +318,7 @@ class LMModel(StreamingModule[StreamingState]):
 
     def forward(self, codes: torch.Tensor) -> LMOutput:
         self.check_tokens(codes)
+        self._select_kernels()
         batch, _, length = codes.shape
         initial = self.initial_tokens(batch)
         delayed = torch.cat([initial, delay_codes(codes, self.delays, initial)], dim=2)

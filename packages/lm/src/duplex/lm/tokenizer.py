@@ -1,4 +1,4 @@
-"""The text tokenizer of the inner-monologue stream: a SentencePiece model (spec 5.2).
+"""The text tokenizer of the inner-monologue stream: a SentencePiece model (docs/architecture.md §3.10).
 
 Moshi's vocabulary reserves ids 0 ``<unk>``, 1 ``<s>``, 2 ``</s>`` and 3 ``<pad>``; the text
 stream uses 3 as PAD (nothing said at this frame) and reuses 0 as EPAD (the last padding frame

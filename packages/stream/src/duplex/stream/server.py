@@ -70,35 +70,28 @@ class ServerConfig:
 def sampling_from_query(query: Mapping[str, str], defaults: SamplingParams | None = None) -> SamplingParams:
     """Sampling parameters from the query string the official web client sends.
 
-    All values are validated (a value that does not parse raises ``ValueError`` naming the
-    parameter). The seeds (``text_seed``, ``audio_seed``) give the conversation its own random
-    generator. Temperatures and top-k are carried in :class:`SamplingParams`, but every slot of
-    one batched engine samples with the engine's settings (``LMGen`` takes one value for the whole
-    batch). The client's other parameters (``pad_mult``, repetition penalty, ...) are ignored.
+    The seeds (``text_seed``, ``audio_seed``) give the conversation its own random generator; a
+    seed that is not an integer raises ``ValueError`` naming the parameter. Temperatures and top-k
+    (``text_temperature``, ``text_topk``, ``audio_temperature``, ``audio_topk``) are not per
+    conversation: every slot of the batched engine samples with the engine's settings, so these,
+    like the client's other parameters (``pad_mult``, repetition penalty, ...), are ignored.
     """
     defaults = defaults or SamplingParams()
 
-    def number(name: str, cast, default):
+    def seed_of(name: str) -> int | None:
         raw = query.get(name)
         if raw is None or raw == "":
-            return default
+            return None
         try:
-            return cast(float(raw)) if cast is int and "." in raw else cast(raw)
+            return int(float(raw)) if "." in raw else int(raw)
         except ValueError:
-            raise ValueError(f"query parameter {name}={raw!r} is not a valid {cast.__name__}") from None
+            raise ValueError(f"query parameter {name}={raw!r} is not a valid int") from None
 
-    text_seed = number("text_seed", int, None)
-    audio_seed = number("audio_seed", int, None)
-    seed = defaults.seed
-    if text_seed is not None or audio_seed is not None:
-        seed = (text_seed or 0) * 1_000_003 + (audio_seed or 0)
-    return SamplingParams(
-        temp=number("audio_temperature", float, defaults.temp),
-        temp_text=number("text_temperature", float, defaults.temp_text),
-        top_k=number("audio_topk", int, defaults.top_k),
-        top_k_text=number("text_topk", int, defaults.top_k_text),
-        seed=seed,
-    )
+    text_seed = seed_of("text_seed")
+    audio_seed = seed_of("audio_seed")
+    if text_seed is None and audio_seed is None:
+        return defaults
+    return SamplingParams(seed=(text_seed or 0) * 1_000_003 + (audio_seed or 0))
 
 
 class DuplexServer:

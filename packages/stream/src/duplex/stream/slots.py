@@ -31,25 +31,23 @@ class ServerFull(RuntimeError):
     """Every slot is taken."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class SamplingParams:
-    """Per-conversation sampling, as the official web client sends it in the query string."""
+    """Per-conversation sampling: the seed of the conversation's own random generator.
 
-    temp: float = 0.8
-    temp_text: float = 0.7
-    top_k: int = 250
-    top_k_text: int = 25
+    Temperatures and top-k are not per conversation: every row of the batched engine samples with
+    the engine's settings, chosen when it is built (``MoshiPipeline.from_checkpoint(..., temp=...,
+    temp_text=..., top_k=..., top_k_text=...)``, default the checkpoint's ``lm_gen_config``)."""
+
     seed: int | None = None
 
-    def __post_init__(self) -> None:
-        for name in ("temp", "temp_text"):
-            value = getattr(self, name)
-            if not (0.0 <= value <= 10.0):
-                raise ValueError(f"{name} must be in [0, 10], got {value}")
-        for name in ("top_k", "top_k_text"):
-            value = getattr(self, name)
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+    def __init__(self, seed: int | None = None, **removed: object) -> None:
+        if removed:
+            raise TypeError(
+                f"SamplingParams takes only seed, not {', '.join(sorted(removed))}: temperatures and top-k "
+                "apply to the whole engine; pass them to MoshiPipeline.from_checkpoint"
+            )
+        object.__setattr__(self, "seed", seed)
 
 
 @dataclass

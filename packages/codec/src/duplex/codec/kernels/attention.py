@@ -13,7 +13,7 @@ Query ``i`` sees key slot ``j`` iff ``k_pos[j] >= 0``, ``q_pos[i] - k_pos[j] >= 
 from __future__ import annotations
 
 import torch
-from duplex.codec.kernels import dispatch
+from duplex.codec.kernels.dispatch import select_kernels
 from torch import Tensor
 
 
@@ -44,10 +44,6 @@ def _check(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, contex
         raise ValueError(f"context must be a positive int or None, got {context!r}")
 
 
-def _needs_grad(*tensors: Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def attention(
     q: Tensor,
     k: Tensor,
@@ -56,47 +52,14 @@ def attention(
     k_pos: Tensor,
     context: int | None,
     scale: float | None = None,
+    *,
+    numerics: str = "fast",
 ) -> Tensor:
     """Softmax attention ``[B, H, Tq, Dh]`` of q over the visible key slots (see the module doc).
 
     ``k``/``v`` may have fewer heads than ``q`` (grouped-query attention). ``scale`` defaults to
-    ``1/sqrt(Dh)``. Calls that need gradients always run torch SDPA (the Triton kernel is
-    forward only).
+    ``1/sqrt(Dh)``. The Triton kernel is forward only: calls that need gradients run torch SDPA.
     """
     _check(q, k, v, q_pos, k_pos, context)
-    return dispatch.run(
-        "attention", q.device, _needs_grad(q, k, v), q, k, v, q_pos.long(), k_pos.long(), context, scale
-    )
-
-
-def rope_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_pos: Tensor,
-    k_pos: Tensor,
-    context: int | None,
-    scale: float | None = None,
-    max_period: float = 10_000,
-) -> Tensor:
-    """:func:`attention` after interleaved RoPE (spec 4.5): q rotated at ``q_pos``, k at ``k_pos``.
-
-    q and k are the un-rotated projections. The Triton kernel rotates them in registers; the
-    torch path rotates them just before SDPA.
-    """
-    _check(q, k, v, q_pos, k_pos, context)
-    if q.shape[-1] % 2:
-        raise ValueError(f"RoPE needs an even head dimension, got {q.shape[-1]}")
-    return dispatch.run(
-        "rope_attention",
-        q.device,
-        _needs_grad(q, k, v),
-        q,
-        k,
-        v,
-        q_pos.long(),
-        k_pos.long(),
-        context,
-        scale,
-        max_period,
-    )
+    kernels = select_kernels(numerics, q.device, q.dtype)
+    return kernels.attention(q, k, v, q_pos.long(), k_pos.long(), context, scale)

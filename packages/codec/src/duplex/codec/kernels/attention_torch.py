@@ -1,9 +1,9 @@
-"""Windowed causal attention in plain torch: ``scaled_dot_product_attention`` with a boolean mask."""
+"""Windowed causal attention in plain torch: ``scaled_dot_product_attention`` with an additive mask."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
-from duplex.codec.kernels.rope import apply_rope
 from torch import Tensor
 
 
@@ -16,6 +16,12 @@ def allowed_mask(q_pos: Tensor, k_pos: Tensor, context: int | None) -> Tensor:
     return allowed[:, None]
 
 
+def attention_bias(q_pos: Tensor, k_pos: Tensor, context: int | None, dtype: torch.dtype) -> Tensor:
+    """:func:`allowed_mask` as an additive mask: 0 where visible, -inf elsewhere."""
+    allowed = allowed_mask(q_pos, k_pos, context)
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
 def attention(
     q: Tensor,
     k: Tensor,
@@ -24,24 +30,15 @@ def attention(
     k_pos: Tensor,
     context: int | None,
     scale: float | None = None,
+    shared: dict | None = None,
 ) -> Tensor:
-    if k.shape[1] != q.shape[1]:  # grouped keys/values: each kv head serves H / Hkv query heads
-        repeat = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-    mask = allowed_mask(q_pos, k_pos, context)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=scale)
-
-
-def rope_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_pos: Tensor,
-    k_pos: Tensor,
-    context: int | None,
-    scale: float | None = None,
-    max_period: float = 10_000,
-) -> Tensor:
-    q = apply_rope(q, q_pos, max_period)
-    k = apply_rope(k, k_pos, max_period)
-    return attention(q, k, v, q_pos, k_pos, context, scale)
+    """``shared``: a dict that the layers of one transformer call share, so the first computes
+    the mask (every layer's cache is written alike) and the others reuse it."""
+    bias = None if shared is None else shared.get("attention_bias")
+    if bias is None:
+        bias = attention_bias(q_pos, k_pos, context, q.dtype)
+        if shared is not None:
+            shared["attention_bias"] = bias
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
+    )

@@ -21,12 +21,11 @@ import triton
 import triton.language as tl
 from duplex.codec.kernels._triton_utils import block_size, check_dtype, dot_precision, mma, upcast_dot
 from duplex.codec.kernels.dispatch import KernelUnsupportedError
-from duplex.codec.kernels.rope import rope_frequencies
+from duplex.codec.kernels import attention_torch
 from torch import Tensor
 
 MAX_HEAD_DIM = 256
 MAX_SPLITS = 64
-_FREQUENCIES: dict[tuple[int, float, torch.device], Tensor] = {}
 LOG2_E = 1.4426950408889634
 
 
@@ -350,24 +349,14 @@ def attention(
     k_pos: Tensor,
     context: int | None,
     scale: float | None = None,
+    shared: dict | None = None,
     num_splits: int | None = None,
 ) -> Tensor:
-    return _launch(q, k, v, q_pos, k_pos, context, scale, None, num_splits)
-
-
-def rope_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_pos: Tensor,
-    k_pos: Tensor,
-    context: int | None,
-    scale: float | None = None,
-    max_period: float = 10_000,
-    num_splits: int | None = None,
-) -> Tensor:
-    key = (q.shape[-1], float(max_period), q.device)
-    if key not in _FREQUENCIES:  # a streaming step should not launch three tiny kernels for this
-        _FREQUENCIES[key] = rope_frequencies(*key)
-    frequencies = _FREQUENCIES[key]
-    return _launch(q, k, v, q_pos, k_pos, context, scale, frequencies, num_splits)
+    """The ``triton`` attention op (forward only: calls that need a gradient, and shapes the
+    kernel does not tile, run the torch op)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return attention_torch.attention(q, k, v, q_pos, k_pos, context, scale, shared)
+    try:
+        return _launch(q, k, v, q_pos, k_pos, context, scale, None, num_splits)
+    except KernelUnsupportedError:
+        return attention_torch.attention(q, k, v, q_pos, k_pos, context, scale, shared)

@@ -1,4 +1,12 @@
-"""Direct float32 1-D convolution in C (``conv_native.c``) for long, narrow streaming inputs."""
+"""The ``native`` conv1d and conv_transpose1d ops: float32 convolutions on the CPU's C kernels.
+
+Streaming calls are short: a few output frames (one matmul on the few-row kernel over the
+unfolded input), or long and narrow (the direct conv kernel of ``conv_native.c`` over a weight
+packed in 16-channel panels). Transposed convolutions of a few frames are one matmul and an
+overlap-add (torch's CPU kernel takes a slow im2col loop on these shapes). Everything else, and
+every call that needs a gradient, runs torch's op. ``packed``: a dict the caller keeps for a
+streaming session, holding the derived weights (panels, transposes) made on its first call.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,8 @@ import functools
 from pathlib import Path
 
 import torch
-from duplex.codec.kernels import native_build
+import torch.nn.functional as F
+from duplex.codec.kernels import linear_native, native_build
 from duplex.codec.kernels.dispatch import KernelUnsupportedError
 from torch import Tensor
 
@@ -48,7 +57,7 @@ def output_frames(length: int, kernel_size: int, stride: int, dilation: int) -> 
     return frames
 
 
-def conv1d(
+def direct_conv1d(
     x: Tensor, panels: Tensor, bias: Tensor | None, kernel_size: int, stride: int = 1, dilation: int = 1
 ) -> Tensor:
     """``conv1d(x, weight, bias, stride, dilation)`` (no padding, groups 1) with ``panels = pack(weight)``."""
@@ -71,3 +80,89 @@ def conv1d(
         frames, torch.get_num_threads(),
     )  # fmt: skip
     return y
+
+
+# The few-row kernel wins where reading the weight is the cost: few rows, or a weight this large.
+# A small weight read by many rows stays in cache, where torch's conv computes faster.
+ANY_WEIGHT_ROWS = 4
+LARGE_WEIGHT_BYTES = 4 << 20
+# Up to this many input frames a transposed conv runs as a matmul and an overlap-add.
+TRANSPOSED_MATMUL_FRAMES = 128
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _derived(packed: dict | None, name: str, make) -> Tensor:  # noqa: ANN001
+    if packed is None:
+        return make()
+    if name not in packed:
+        packed[name] = make()
+    return packed[name]
+
+
+def unfolded(x: Tensor, kernel_size: int, stride: int, dilation: int) -> Tensor:
+    """The input windows of an unpadded conv as rows ``[B * T_out, C_in * K]``."""
+    windows = x.unfold(-1, (kernel_size - 1) * dilation + 1, stride)[..., ::dilation]  # [B, C, T_out, K]
+    return windows.permute(0, 2, 1, 3).reshape(-1, x.shape[1] * kernel_size)
+
+
+def conv1d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+    packed: dict | None = None,
+) -> Tensor:
+    """``F.conv1d(x, weight, bias, stride, 0, dilation, groups)`` on the C kernels where they apply."""
+    if groups != 1 or x.dtype is not torch.float32 or x.device.type != "cpu" or _needs_grad(x, weight, bias):
+        return F.conv1d(x, weight, bias, stride, 0, dilation, groups)
+    out_channels, _, kernel_size = weight.shape
+    rows = x.shape[0] * output_frames(x.shape[-1], kernel_size, stride, dilation)
+    large = weight.numel() * weight.element_size() >= LARGE_WEIGHT_BYTES
+    if rows <= ANY_WEIGHT_ROWS or (rows <= linear_native.MAX_ROWS and large and not supports(weight)):
+        columns = unfolded(x, kernel_size, stride, dilation)
+        out = linear_native.linear(columns, weight.detach().view(out_channels, -1), bias)
+        return out.view(x.shape[0], -1, out_channels).transpose(1, 2)
+    if supports(weight):
+        panels = _derived(packed, "panels", lambda: pack(weight))
+        return direct_conv1d(x, panels, bias, kernel_size, stride, dilation)
+    if kernel_size == 1 and stride == 1:  # torch takes a slow generic path for 1x1 kernels
+        out = torch.matmul(weight[:, :, 0], x)
+        return out if bias is None else out.add_(bias[:, None])
+    return F.conv1d(x, weight, bias, stride, 0, dilation, groups)
+
+
+def conv_transpose1d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int = 1,
+    groups: int = 1,
+    packed: dict | None = None,
+) -> Tensor:
+    """``F.conv_transpose1d(x, weight, bias, stride, groups=groups)``; few frames as a matmul
+    and an overlap-add (same sums), on the few-row kernel."""
+    in_channels, out_channels, kernel_size = weight.shape
+    batch, _, length = x.shape
+    if (
+        groups != 1
+        or kernel_size % stride
+        or x.dtype is not torch.float32
+        or x.device.type != "cpu"
+        or batch * length > TRANSPOSED_MATMUL_FRAMES
+        or _needs_grad(x, weight, bias)
+    ):
+        return F.conv_transpose1d(x, weight, bias, stride, groups=groups)
+    transposed = _derived(packed, "transposed", lambda: weight.detach().reshape(in_channels, -1).t().contiguous())
+    cols = linear_native.linear(x.transpose(1, 2), transposed)  # [B, T, C_out * K]
+    blocks = kernel_size // stride
+    cols = cols.view(batch, length, out_channels, blocks, stride)
+    out = cols.new_zeros(batch, length + blocks - 1, out_channels, stride)
+    for j in range(blocks):  # block j of input frame t lands on output frame t + j
+        out[:, j : j + length] += cols[:, :, :, j]
+    out = out.permute(0, 2, 1, 3).reshape(batch, out_channels, -1)
+    return out if bias is None else out + bias[:, None]

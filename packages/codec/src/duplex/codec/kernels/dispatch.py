@@ -1,59 +1,55 @@
-"""Choosing an implementation for each kernel op: Triton on CUDA, compiled C on the CPU, torch elsewhere.
+"""Choosing each op's implementation once, from the numerics policy, the device and the dtype.
 
-Every op (``rvq_encode``, ``rvq_decode``, ``attention``, ``rope_attention``, ``linear``) has a
-torch implementation and some have others, registered in :data:`duplex.codec.registry.KERNELS`
-under ``"<op>/<backend>"``. The backend is picked per call:
+Every op (:data:`OPS`) has a torch implementation and may have faster ones, registered in
+:data:`duplex.codec.registry.KERNELS` as ``"<op>/<backend>"`` (entry-point group
+``duplex.kernels``, so a plugin can add or replace one). :func:`select_kernels` resolves a
+:class:`Kernels` set, one implementation per op:
 
-* ``DUPLEX_KERNELS=auto`` (the default): ``triton`` for CUDA tensors when the op has a Triton
-  kernel and the ``triton`` package is installed; ``native`` (C compiled for this CPU on first
-  use, see :mod:`duplex.codec.kernels.native_build`) for CPU tensors when the op has one and a C
-  compiler is found; ``torch`` otherwise. A kernel that declines an input (a shape or dtype it
-  does not handle) or cannot be built falls back to torch.
-* ``DUPLEX_KERNELS=torch`` forces the torch path everywhere.
-* ``DUPLEX_KERNELS=triton`` forces the Triton kernels. On CPU this only works with
-  ``TRITON_INTERPRET=1`` (Triton's interpreter, which is how the tests run them).
-* ``DUPLEX_KERNELS=native`` forces the C kernels (CPU tensors only).
-* Any other value names a backend registered by a plugin, e.g. ``DUPLEX_KERNELS=my-cuda`` with
-  entry points ``rvq_encode/my-cuda = ...`` in the ``duplex.kernels`` group.
+* ``numerics="reference"``: every op's ``torch`` implementation, the reference's own torch ops
+  in its order, so the reference's bits on any machine.
+* ``numerics="fast"``: the device's fast backend where the op has one: ``native`` (C compiled for
+  this CPU, float32) on the CPU when a C compiler is found, ``triton`` on CUDA when triton is
+  installed, ``torch`` otherwise. ``$DUPLEX_KERNELS`` (or the ``backend`` argument) names another
+  backend for the fast set, e.g. ``torch``, or a plugin's.
 
-A forced backend runs every op it implements and raises when it cannot take an input; the ops
-it does not implement run on torch. :func:`use_backend` overrides the environment variable in
-code, for a ``with`` block of the calling thread (or asyncio task).
-
-The Triton and C kernels are forward only: a call whose result needs a gradient (training) always
-takes the torch path, whatever the setting. Triton itself is imported lazily, the first time a
-Triton kernel actually runs, so importing the codec never imports it.
+A model selects its set when it starts streaming or at its first batch call (see
+``Mimi.numerics`` and ``LMModel.numerics``) and hands it to its modules
+(:func:`use_kernels`); nothing is chosen by trying kernels, and nothing is re-decided per call.
+A fast implementation is complete: it covers every input of its op, running its C or Triton
+code where that code applies (e.g. few rows, no gradient) and torch's op elsewhere.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import importlib
 import importlib.util
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 
 import torch
 from duplex.codec.registry import KERNELS
+from torch import nn
 
 BACKEND_ENV = "DUPLEX_KERNELS"
 TORCH = "torch"
 TRITON = "triton"
 NATIVE = "native"
-AUTO = "auto"
-OPS = ("rvq_encode", "rvq_decode", "attention", "rope_attention", "linear")
-
-# Per thread and per asyncio task: one thread's override never changes another's kernels.
-_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("duplex_kernel_override", default=None)
-_reference_matmuls: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "duplex_reference_matmuls", default=False
+Numerics = Literal["fast", "reference"]
+NUMERICS: tuple[str, ...] = get_args(Numerics)
+OPS = (
+    "linear",
+    "conv1d",
+    "conv_transpose1d",
+    "elu",
+    "rvq_encode",
+    "rvq_decode",
+    "attention",
+    "transformer_step",
 )
-_broken: set[str] = set()  # backends that failed to import or build: auto mode stops trying them
 
 
 class KernelBackendError(RuntimeError):
@@ -61,11 +57,7 @@ class KernelBackendError(RuntimeError):
 
 
 class KernelUnsupportedError(ValueError):
-    """A kernel cannot handle these inputs (e.g. a head dimension too large for its tiles).
-
-    In ``auto`` mode the dispatcher then falls back to the torch path; when the backend was
-    forced, the error reaches the caller.
-    """
+    """A kernel cannot handle these inputs (e.g. a head dimension too large for its tiles)."""
 
 
 class LazyKernel:
@@ -92,76 +84,15 @@ def kernel_name(op: str, backend: str) -> str:
     return f"{op}/{backend}"
 
 
-def requested_backend() -> str:
-    """The backend asked for: the :func:`use_backend` override, else ``$DUPLEX_KERNELS``, else auto."""
-    override = _override.get()
-    return _normalized(override if override is not None else os.environ.get(BACKEND_ENV, AUTO))
-
-
-@functools.lru_cache(maxsize=64)
-def _normalized(value: str) -> str:
-    return value.strip().lower() or AUTO
-
-
-@contextlib.contextmanager
-def use_backend(backend: str) -> Iterator[None]:
-    """Force ``backend`` ("auto", "torch", "triton", "native" or a plugin's name) inside a ``with`` block."""
-    token = _override.set(backend)
-    try:
-        yield
-    finally:
-        _override.reset(token)
-
-
-@contextlib.contextmanager
-def reference_matmuls() -> Iterator[None]:
-    """Inside this block auto mode computes CPU matmuls and RVQ distances with torch's arithmetic,
-    as the reference runs them: torch's ops, or C kernels checked to give their very bits
-    (:func:`blas_order_wanted`).
-
-    The native CPU kernels sum in another order (differences of about 1e-7, relative); where a
-    result feeds an argmin, such as Mimi's codes, that can flip a near-tie. Forced backends are
-    not affected. Per thread (or asyncio task), like :func:`use_backend`.
-    """
-    token = _reference_matmuls.set(True)
-    try:
-        yield
-    finally:
-        _reference_matmuls.reset(token)
-
-
-def native_wanted(device: torch.device, needs_grad: bool) -> bool:
-    """Whether a module may run a C kernel of its own (one that is not a dispatched op) here:
-    a CPU call without gradients, in auto mode outside :func:`reference_matmuls` or with
-    ``DUPLEX_KERNELS=native``."""
-    if needs_grad or device.type != "cpu":
-        return False
-    requested = requested_backend()
-    if requested == AUTO:
-        return not _reference_matmuls.get() and native_usable()
-    return requested == NATIVE
-
-
-def blas_order_wanted(device: torch.device, needs_grad: bool) -> bool:
-    """Inside :func:`reference_matmuls` in auto mode, whether a CPU product may take a C kernel that
-    sums in BLAS's own order (same results, bit for bit; see ``linear_blas_order``)."""
-    return (
-        _reference_matmuls.get()
-        and not needs_grad
-        and device.type == "cpu"
-        and requested_backend() == AUTO
-        and native_usable()
-    )
+def check_numerics(numerics: str) -> Numerics:
+    if numerics not in NUMERICS:
+        raise ValueError(f"numerics must be 'fast' or 'reference', got {numerics!r}")
+    return numerics  # type: ignore[return-value]
 
 
 @functools.cache
 def _triton_found() -> bool:
     return importlib.util.find_spec("triton") is not None
-
-
-def triton_installed() -> bool:
-    """Whether ``triton`` can be found (and has not failed to import), checked without importing it."""
-    return TRITON not in _broken and _triton_found()
 
 
 def triton_interpreting() -> bool:
@@ -185,7 +116,8 @@ def enable_triton_interpreter() -> None:
 
 
 @functools.cache
-def _compiler_found() -> bool:
+def native_usable() -> bool:
+    """Whether the C kernels can be built here: a C compiler is found."""
     from duplex.codec.kernels.native_build import NativeBuildError, find_compiler
 
     try:
@@ -195,92 +127,121 @@ def _compiler_found() -> bool:
     return True
 
 
-def native_usable() -> bool:
-    """Whether the C kernels can be used here: a compiler is found and no build has failed."""
-    return NATIVE not in _broken and _compiler_found()
+def _backend_usable(backend: str, device_type: str, dtype: torch.dtype) -> bool:
+    if backend == NATIVE:
+        return device_type == "cpu" and dtype == torch.float32 and native_usable()
+    if backend == TRITON:
+        on_device = device_type == "cuda" or (device_type == "cpu" and triton_interpreting())
+        return on_device and _triton_found()
+    return True
 
 
-def _implements(op: str, backend: str) -> bool:
-    return kernel_name(op, backend) in KERNELS
+def _fast_backend(device_type: str, dtype: torch.dtype) -> str:
+    if device_type == "cuda" and _backend_usable(TRITON, device_type, dtype):
+        return TRITON
+    if device_type == "cpu" and _backend_usable(NATIVE, device_type, dtype):
+        return NATIVE
+    return TORCH
 
 
-def _triton_can_run_on(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return triton_installed()
-    return device.type == "cpu" and triton_interpreting() and triton_installed()
+@dataclass(frozen=True)
+class Kernels:
+    """One implementation per op, chosen once (see the module docstring)."""
+
+    numerics: str
+    device_type: str
+    dtype: torch.dtype
+    backends: dict[str, str] = field(compare=False)
+    linear: Callable[..., torch.Tensor] = field(compare=False)
+    conv1d: Callable[..., torch.Tensor] = field(compare=False)
+    conv_transpose1d: Callable[..., torch.Tensor] = field(compare=False)
+    elu: Callable[..., torch.Tensor] = field(compare=False)
+    rvq_encode: Callable[..., torch.Tensor] = field(compare=False)
+    rvq_decode: Callable[..., torch.Tensor] = field(compare=False)
+    attention: Callable[..., torch.Tensor] = field(compare=False)
+    # None: the layers run one after another in their modules
+    transformer_step: Callable[..., torch.Tensor] | None = field(compare=False)
+
+    def describe(self) -> str:
+        return ", ".join(f"{op}={backend}" for op, backend in self.backends.items())
 
 
-def choose_backend(op: str, device: torch.device | str, needs_grad: bool = False) -> str:
-    """The backend a call of ``op`` on ``device`` takes; ``needs_grad`` forces torch."""
-    if op not in OPS:
-        raise ValueError(f"unknown kernel op {op!r}; known ops: {', '.join(OPS)}")
-    if not isinstance(device, torch.device):
-        device = torch.device(device)
-    requested = requested_backend()
-    if requested == AUTO:
-        if needs_grad:
-            return TORCH
-        if device.type == "cuda" and _implements(op, TRITON) and triton_installed():
-            return TRITON
-        if (
-            device.type == "cpu"
-            and _implements(op, NATIVE)
-            and native_usable()
-            and not _reference_matmuls.get()
-        ):
-            return NATIVE
-        return TORCH
-    if requested == TORCH or needs_grad:
-        return TORCH
-    backends = {name.split("/", 1)[1] for name in KERNELS.names() if "/" in name}
-    if requested not in backends:
-        raise KernelBackendError(
-            f"{BACKEND_ENV}={requested!r} names no implementation of {op!r}; "
-            f"use auto or one of: {', '.join(sorted(backends))}"
-        )
-    if not _implements(op, requested):
-        return TORCH
-    if requested == TRITON and not _triton_can_run_on(device):
-        hint = (
-            "set TRITON_INTERPRET=1 to run the Triton kernels on CPU through Triton's interpreter"
-            if device.type == "cpu"
-            else "install triton (pip install 'duplex-codec[triton]')"
-        )
-        raise KernelBackendError(
-            f"{BACKEND_ENV}=triton cannot run {op!r} on a {device.type} tensor: {hint}, "
-            f"or use {BACKEND_ENV}=torch|auto"
-        )
-    if requested == NATIVE and device.type != "cpu":
-        raise KernelBackendError(
-            f"{BACKEND_ENV}=native runs C kernels on the CPU only, not on {device.type} tensors; "
-            f"use {BACKEND_ENV}=torch|auto"
-        )
-    return requested
+def requested_backend() -> str | None:
+    """``$DUPLEX_KERNELS``, normalised (None for unset or ``auto``)."""
+    value = os.environ.get(BACKEND_ENV, "").strip().lower()
+    return None if value in ("", "auto") else value
 
 
-def active_backend(op: str, device: torch.device | str | None = None) -> str:
-    """The backend ``op`` uses on ``device`` (default: CUDA when present, else CPU), for reports."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return choose_backend(op, device)
+def select_kernels(
+    numerics: str,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+    backend: str | None = None,
+) -> Kernels:
+    """The :class:`Kernels` of ``numerics`` for tensors of ``dtype`` on ``device``.
+
+    ``backend`` (default ``$DUPLEX_KERNELS``) forces a backend for the fast set: its
+    implementations where it has them, torch's elsewhere; it raises when the backend cannot run
+    on this device. It is ignored by the reference set.
+    """
+    device_type = torch.device(device).type
+    return _select(check_numerics(numerics), device_type, dtype, backend or requested_backend())
 
 
-def run(op: str, device: torch.device, needs_grad: bool, *args: Any, **kwargs: Any) -> Any:
-    """Call the chosen implementation of ``op``; in auto mode, fall back to torch when it cannot."""
-    backend = choose_backend(op, device, needs_grad)
-    implementation = KERNELS.get(kernel_name(op, backend))
-    if backend == TORCH or requested_backend() != AUTO:
-        return implementation(*args, **kwargs)
-    try:
-        return implementation(*args, **kwargs)
-    except KernelUnsupportedError:
-        pass
-    except ImportError as error:
-        mark_broken(backend, error)
-    return KERNELS.get(kernel_name(op, TORCH))(*args, **kwargs)
+@functools.cache
+def _select(numerics: str, device_type: str, dtype: torch.dtype, forced: str | None) -> Kernels:
+    if numerics == "reference":
+        preferred = TORCH
+    elif forced is None:
+        preferred = _fast_backend(device_type, dtype)
+    else:
+        preferred = forced
+        known = {name.split("/", 1)[1] for name in KERNELS.names() if "/" in name}
+        if forced not in known:
+            raise KernelBackendError(
+                f"{BACKEND_ENV}={forced!r} names no kernel backend; use auto or one of: "
+                f"{', '.join(sorted(known))}"
+            )
+        if not _backend_usable(forced, device_type, dtype):
+            raise KernelBackendError(
+                f"the {forced!r} kernels cannot run {dtype} tensors on {device_type} here; "
+                f"use {BACKEND_ENV}=auto or torch"
+            )
+    backends, implementations = {}, {}
+    for op in OPS:
+        backend = preferred if kernel_name(op, preferred) in KERNELS else TORCH
+        name = kernel_name(op, backend)
+        backends[op] = backend
+        implementations[op] = KERNELS.get(name) if name in KERNELS else None
+    return Kernels(numerics, device_type, dtype, backends, **implementations)
 
 
-def mark_broken(backend: str, error: Exception) -> None:
-    """A backend's kernels do not import or build here: warn once, and auto mode stops trying them."""
-    _broken.add(backend)
-    warnings.warn(f"{backend} kernels unavailable ({error}); duplex kernels use torch", stacklevel=3)
+class UsesKernels:
+    """Mixin of the modules that call ops: they read them from ``self.kernels``, which their model
+    sets once (:func:`use_kernels`); alone, a module runs the reference (torch) set."""
+
+    @property
+    def kernels(self) -> Kernels:
+        return self.__dict__.get("_kernels") or select_kernels("reference", "cpu")
+
+    @kernels.setter
+    def kernels(self, value: Kernels) -> None:
+        self.__dict__["_kernels"] = value
+
+
+def kernel_users(root: nn.Module) -> Iterator[UsesKernels]:
+    return (module for module in root.modules() if isinstance(module, UsesKernels))
+
+
+def use_kernels(root: nn.Module, kernels: Kernels) -> None:
+    """Hand ``kernels`` to every module under ``root`` that calls ops."""
+    for module in kernel_users(root):
+        module.kernels = kernels
+
+
+def model_kernels(model: nn.Module, numerics: str) -> Kernels:
+    """The set of ``numerics`` for ``model``'s parameters (device and dtype of the first one)."""
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        return select_kernels(numerics, "cpu")
+    return select_kernels(numerics, parameter.device, parameter.dtype)

@@ -7,8 +7,8 @@ import functools
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from duplex.codec.kernels import native_build
-from duplex.codec.kernels.dispatch import KernelUnsupportedError
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("elu_native.c")
@@ -21,9 +21,9 @@ def load() -> ctypes._CFuncPtr:
 
 
 def elu(x: Tensor, alpha: float = 1.0) -> Tensor:
-    """``F.elu(x, alpha)`` for a float32 CPU tensor (a new tensor)."""
-    if x.dtype is not torch.float32 or x.device.type != "cpu":
-        raise KernelUnsupportedError("the native ELU takes float32 CPU tensors")
+    """``F.elu(x, alpha)``: in C for float32 CPU tensors without gradient (a new tensor)."""
+    if x.dtype is not torch.float32 or x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+        return F.elu(x, alpha)
     x = x.contiguous()
     y = torch.empty_like(x)
     load()(x.data_ptr(), y.data_ptr(), x.numel(), alpha, torch.get_num_threads())

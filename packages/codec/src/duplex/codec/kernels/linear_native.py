@@ -1,4 +1,7 @@
-"""The few-row float32 matmul in C (``linear_native.c``), compiled for this CPU on first use."""
+"""The ``native`` linear op: few-row float32 products in C (``linear_native.c``), compiled for
+this CPU on first use. Streaming multiplies a handful of rows by each weight, where reading the
+weight is the cost; the kernel reads it once at close to the memory bandwidth. Other shapes and
+dtypes, and calls that need a gradient, run ``F.linear``."""
 
 from __future__ import annotations
 
@@ -7,8 +10,8 @@ import functools
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from duplex.codec.kernels import native_build
-from duplex.codec.kernels.dispatch import KernelUnsupportedError
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("linear_native.c")
@@ -47,8 +50,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, function=No
         and (bias is None or bias.dtype is torch.float32)
         and x.device.type == weight.device.type == "cpu"
         and (bias is None or bias.device.type == "cpu")
-    ):
-        raise KernelUnsupportedError(f"the native linear takes 1-{MAX_ROWS} rows of float32 on the CPU")
+    ) or (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))):
+        return F.linear(x, weight, bias)
     flat = rows_view(x)
     if not weight.is_contiguous():
         weight = weight.contiguous()

@@ -1,9 +1,9 @@
-"""Public residual-VQ ops: check the inputs, then run the implementation the dispatcher picks."""
+"""Public residual-VQ ops: check the inputs, then run the selected implementation."""
 
 from __future__ import annotations
 
 import torch
-from duplex.codec.kernels import dispatch
+from duplex.codec.kernels.dispatch import select_kernels
 from torch import Tensor
 
 
@@ -16,7 +16,7 @@ def _check_centroids(centroids: Tensor) -> None:
         raise ValueError("centroids has no entries (K = 0)")
 
 
-def rvq_encode(x: Tensor, centroids: Tensor) -> Tensor:
+def rvq_encode(x: Tensor, centroids: Tensor, *, numerics: str = "fast") -> Tensor:
     """Residual VQ codes of ``x`` ``[N, D]`` over ``centroids`` ``[L, K, D]``: int64 ``[N, L]``.
 
     Level ``l`` picks the centroid nearest (Euclidean) to the residual left by levels ``< l``.
@@ -33,10 +33,12 @@ def rvq_encode(x: Tensor, centroids: Tensor) -> Tensor:
             f"x ({x.dtype}, {x.device}) and centroids ({centroids.dtype}, {centroids.device}) "
             "must share dtype and device"
         )
-    return dispatch.run("rvq_encode", x.device, False, x, centroids)
+    return select_kernels(numerics, x.device, x.dtype).rvq_encode(x, centroids)
 
 
-def rvq_decode(codes: Tensor, centroids: Tensor, proj: Tensor | None = None) -> Tensor:
+def rvq_decode(
+    codes: Tensor, centroids: Tensor, proj: Tensor | None = None, *, numerics: str = "fast"
+) -> Tensor:
     """Sum over levels of ``centroids[l, codes[:, l]]``: ``[N, D]``, or ``[N, Dout]`` with ``proj [Dout, D]``.
 
     The sum runs in level order, so it equals the reference decoding bit for bit; ``proj``
@@ -61,7 +63,5 @@ def rvq_decode(codes: Tensor, centroids: Tensor, proj: Tensor | None = None) -> 
             raise ValueError(f"proj must be [Dout, {dim}], got shape {tuple(proj.shape)}")
         if proj.dtype != centroids.dtype or proj.device != centroids.device:
             raise TypeError("proj must share the centroids' dtype and device")
-    needs_grad = torch.is_grad_enabled() and (
-        centroids.requires_grad or (proj is not None and proj.requires_grad)
-    )
-    return dispatch.run("rvq_decode", centroids.device, needs_grad, codes, centroids[: codes.shape[1]], proj)
+    kernels = select_kernels(numerics, centroids.device, centroids.dtype)
+    return kernels.rvq_decode(codes, centroids[: codes.shape[1]], proj)

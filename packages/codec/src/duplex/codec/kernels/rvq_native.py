@@ -11,8 +11,7 @@ import functools
 from pathlib import Path
 
 import torch
-from duplex.codec.kernels import native_build
-from duplex.codec.kernels.dispatch import KernelUnsupportedError
+from duplex.codec.kernels import native_build, rvq_torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("rvq_native.c")
@@ -37,11 +36,11 @@ def rvq_encode(x: Tensor, centroids: Tensor) -> Tensor:
     """Codes ``[N, L]`` of ``x`` ``[N, D]`` against ``centroids`` ``[L, K, D]`` (inputs already checked).
 
     Squared distances summed directly, ties to the lowest index; may differ from ``torch.cdist``
-    on near-ties."""
+    on near-ties. More rows than ``MAX_ROWS``, or other dtypes, run the torch op."""
     rows, dim = x.shape
     levels, size, _ = centroids.shape
     if not (0 < rows <= MAX_ROWS and x.dtype is torch.float32 and x.device.type == "cpu"):
-        raise KernelUnsupportedError(f"the native RVQ encoder takes 1-{MAX_ROWS} rows of float32 on the CPU")
+        return rvq_torch.rvq_encode(x, centroids)
     codes = torch.empty(rows, levels, dtype=torch.long)
     if levels == 0:
         return codes

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 from duplex.codec.kernels._triton_utils import block_size, check_dtype, dot_precision, mma, upcast_dot
-from duplex.codec.kernels.dispatch import KernelUnsupportedError
+from duplex.codec.kernels import rvq_torch
 from torch import Tensor
 
 MAX_DIM = 512  # the encoder holds a [BLOCK_N, D] residual tile in registers
@@ -385,7 +385,7 @@ def rvq_encode(x: Tensor, centroids: Tensor, num_splits: int | None = None) -> T
     n, dim = x.shape
     levels, k, _ = centroids.shape
     if dim > MAX_DIM:
-        raise KernelUnsupportedError(f"the Triton RVQ encoder handles D <= {MAX_DIM}, got D={dim}")
+        return rvq_torch.rvq_encode(x, centroids)  # the residual tile would not fit in registers
     check_dtype(x.dtype)
     codes = torch.empty((n, levels), dtype=torch.long, device=x.device)
     if n == 0 or levels == 0:
@@ -435,6 +435,8 @@ def rvq_encode(x: Tensor, centroids: Tensor, num_splits: int | None = None) -> T
 
 def rvq_decode(codes: Tensor, centroids: Tensor, proj: Tensor | None = None) -> Tensor:
     """Sum of the chosen centroids ``[N, D]``, times ``proj.T`` when given (inputs already checked)."""
+    if torch.is_grad_enabled() and (centroids.requires_grad or (proj is not None and proj.requires_grad)):
+        return rvq_torch.rvq_decode(codes, centroids, proj)  # forward only
     n, levels = codes.shape
     dim = centroids.shape[-1]
     check_dtype(centroids.dtype)

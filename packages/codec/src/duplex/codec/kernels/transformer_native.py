@@ -1,9 +1,14 @@
-"""One streaming step of all a transformer's layers in C (``transformer_native.c``), float32 CPU.
+"""The ``native`` transformer_step op: a streaming step of all a transformer's layers in one C call
+(``transformer_native.c``), float32 on the CPU.
 
 :class:`LayerSpec` is the C struct ``duplex_layer``: weights, KV ring cache and shapes of one
 layer, as raw pointers into tensors the caller keeps alive. :func:`step` runs the layers over
 ``x [B, T, D]`` in place. The matmuls are those of ``linear_native.c``, linked into the same
-library. :mod:`duplex.codec.nn.native_step` packs a ``StreamingTransformer`` into specs.
+library. :func:`transformer_step` packs a streaming ``StreamingTransformer``'s layers into specs once per
+streaming session (and per weight set, for per-step weights) and runs the step where it applies:
+every batch item executing, at most ``linear_native.MAX_ROWS`` rows, no gradient. Elsewhere, and
+for layers it does not cover (LoRA parametrizations, biases, gatings other than SiLU), the
+transformer runs its layers one by one.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import functools
 from pathlib import Path
 
 import torch
-from duplex.codec.kernels import native_build
-from torch import Tensor
+from duplex.codec.kernels import linear_native, native_build
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 SOURCES = (Path(__file__).with_name("transformer_native.c"), Path(__file__).with_name("linear_native.c"))
 
@@ -93,3 +99,119 @@ def step(
     )  # fmt: skip
     if status != 0:
         raise MemoryError("the native transformer step could not allocate its scratch memory")
+
+
+class Unsupported(Exception):
+    """The layers use something the C step does not implement."""
+
+
+def _plain_weight(module: nn.Module, name: str = "weight") -> Tensor:
+    if parametrize.is_parametrized(module):
+        raise Unsupported("parametrized weights (LoRA)")
+    if getattr(module, "bias", None) is not None:
+        raise Unsupported("linear biases")
+    return getattr(module, name).detach()
+
+
+def _norm(norm: nn.Module) -> tuple[int, float, Tensor, Tensor | None]:
+    if isinstance(norm, nn.LayerNorm) and norm.weight is not None and norm.bias is not None:
+        return NORM_LAYER, norm.eps, norm.weight.detach(), norm.bias.detach()
+    alpha = getattr(norm, "alpha", None)  # RMSNorm
+    if isinstance(alpha, Tensor):
+        return NORM_RMS, norm.eps, alpha.detach().view(-1), None
+    raise Unsupported(f"norm {type(norm).__name__}")
+
+
+def _feedforward(layer: nn.Module, weight_set: int) -> tuple[int, Tensor, Tensor]:
+    gating = layer.gating
+    if gating is None:
+        return FEEDFORWARD_GELU, _plain_weight(layer.linear1), _plain_weight(layer.linear2)
+    if isinstance(gating, nn.ModuleList):  # per-step gating
+        gating = gating[weight_set]
+    if getattr(gating, "activation_name", None) != "silu":
+        raise Unsupported(f"feed-forward {type(gating).__name__}")
+    return FEEDFORWARD_SILU_GATED, _plain_weight(gating.linear_in), _plain_weight(gating.linear_out)
+
+
+def _fill(spec: LayerSpec, layer: nn.Module, weight_set: int, keep: list[Tensor]) -> None:
+    """``spec`` <- ``layer``'s weights (set ``weight_set``) and its attention's ring cache."""
+    attn = layer.self_attn
+    (kind, eps, w1, b1), (kind2, eps2, w2, b2) = _norm(layer.norm1), _norm(layer.norm2)
+    if kind != kind2 or eps != eps2:
+        raise Unsupported("different norms in one layer")
+    feedforward, ff_in, ff_out = _feedforward(layer, weight_set)
+    if parametrize.is_parametrized(attn):
+        raise Unsupported("parametrized weights (LoRA)")
+    _plain_weight(attn.out_proj)
+    state = attn.streaming_state
+    scales = [getattr(ls, "scale", None) for ls in (layer.layer_scale_1, layer.layer_scale_2)]
+    tensors = {
+        "norm1_weight": w1, "norm1_bias": b1, "norm2_weight": w2, "norm2_bias": b2,
+        "in_proj": attn.in_proj(weight_set).detach(), "out_proj": attn.out_proj_weight(weight_set).detach(),
+        "ff_in": ff_in, "ff_out": ff_out,
+        "scale1": None if scales[0] is None else scales[0].detach(),
+        "scale2": None if scales[1] is None else scales[1].detach(),
+        "keys": state.cache.keys, "values": state.cache.values, "slot_positions": state.cache.positions,
+        "offsets": state.offset,
+    }  # fmt: skip
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        expected = torch.int64 if name in ("slot_positions", "offsets") else torch.float32
+        if tensor.dtype != expected or tensor.device.type != "cpu" or not tensor.is_contiguous():
+            raise Unsupported(f"{name}: {tensor.dtype} on {tensor.device}")
+        setattr(spec, name, tensor.data_ptr())
+        keep.append(tensor)
+    spec.dim, spec.heads, spec.kv_heads = attn.embed_dim, attn.num_heads, attn.num_kv_heads
+    spec.head_dim, spec.hidden = attn.head_dim, ff_out.shape[1]
+    spec.context = attn.context or 0
+    spec.norm, spec.norm_eps, spec.feedforward = kind, eps, feedforward
+    spec.capacity = state.cache.capacity
+
+
+def pack(transformer: nn.Module, weight_set: int) -> tuple[ctypes.Array, list[Tensor]] | None:
+    """The specs of a streaming transformer's layers with weight set ``weight_set``, and the
+    tensors they point into (kept alive with them); None when the layers are not covered."""
+    layers = list(transformer.layers)
+    specs = (LayerSpec * len(layers))()
+    keep: list[Tensor] = []
+    try:
+        for layer, spec in zip(layers, specs, strict=True):
+            _fill(spec, layer, weight_set, keep)
+    except Unsupported:
+        return None
+    return specs, keep
+
+
+def transformer_step(transformer: nn.Module, x: Tensor, positions: Tensor) -> Tensor:
+    """The transformer's layers over ``x [B, T, D]`` at ``positions [B, T]`` in streaming."""
+    state = transformer.streaming_state
+    length = x.shape[1]
+    first = transformer.layers[0].self_attn
+    attn_state = first.streaming_state
+    if (
+        x.dtype is not torch.float32
+        or x.shape[0] * length > linear_native.MAX_ROWS
+        or length > attn_state.cache.capacity
+        or (torch.is_grad_enabled() and x.requires_grad)
+        or not state.all_active()
+    ):
+        return transformer.run_layers(x, positions)
+    weight_set = first.weight_set(attn_state.step) if first.mult > 1 else 0
+    if first.mult > 1 and first.weight_set(attn_state.step + length - 1) != weight_set:
+        return transformer.run_layers(x, positions)
+    key = ("transformer_native", weight_set)
+    if key not in state.packed:
+        state.packed[key] = pack(transformer, weight_set)
+    packed = state.packed[key]
+    if packed is None:
+        return transformer.run_layers(x, positions)
+    rope_cos = rope_sin = None
+    if transformer.rope is not None:
+        angles = positions.to(torch.float32)[..., None] * transformer.rope.frequencies(first.head_dim, x.device)
+        rope_cos, rope_sin = torch.cos(angles), torch.sin(angles)
+    used = min(attn_state.cache.capacity, attn_state.cache.used + length)
+    out = x.contiguous().clone()
+    step(packed[0], out, positions.contiguous(), rope_cos, rope_sin, used)
+    transformer.advance_layers(length, used)
+    return out

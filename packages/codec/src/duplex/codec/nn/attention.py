@@ -1,4 +1,4 @@
-"""Streaming multi-head self-attention (spec 2.2, 2.3, 3.7).
+"""Streaming multi-head self-attention (docs/architecture.md).
 
 Parameters are stored fused exactly as in the official checkpoints: ``in_proj_weight``
 ``[mult * (D + 2 * D_kv), D]`` (rows ``[Q; K; V]``, heads contiguous within each block, weight
@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from duplex.codec import kernels
+from duplex.codec.kernels import UsesKernels
 from duplex.codec.nn.kv_cache import RingKVCache
 from duplex.codec.nn.linear import Linear
 from duplex.codec.nn.per_step import apply_per_step, weight_set_count
 from duplex.codec.nn.rope import RotaryEmbedding
 from duplex.codec.streaming import StreamingModule, StreamingState, module_device
 from torch import nn
-from torch.nn import functional as F
 
 
 @dataclass
@@ -43,15 +42,16 @@ class SharedStep:
     """What all the layers of one transformer call share, computed once instead of per layer.
 
     Every attention of a transformer sees the same positions and, since all their caches are
-    written alike, the same mask: the first layer fills ``bias`` and the others reuse it.
+    written alike, the same mask: the attention op of the first layer may leave it in ``scratch``
+    for the others.
     """
 
     positions: torch.Tensor  # [B, T] absolute positions of this call
     rotation: torch.Tensor | None = None  # RoPE rotation at those positions
-    bias: torch.Tensor | None = None  # additive attention mask [B, 1, T, S] (0 or -inf)
+    scratch: dict = field(default_factory=dict)  # what the attention op shares across layers
 
 
-class StreamingMultiheadAttention(StreamingModule[AttentionState]):
+class StreamingMultiheadAttention(StreamingModule[AttentionState], UsesKernels):
     """Causal (optionally windowed) self-attention with RoPE, GQA and per-step weights."""
 
     def __init__(
@@ -116,12 +116,17 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState]):
     def out_proj_weight(self, index: int) -> torch.Tensor:
         return self.out_proj.weight.view(self.mult, self.embed_dim, self.embed_dim)[index]
 
+    def weight_set(self, step: int) -> int:
+        """The weight set of sequence step ``step`` (per-step weights)."""
+        return self.schedule[step] if self.schedule is not None else step
+
     def _project(self, x: torch.Tensor, first_step: int, out: bool) -> torch.Tensor:
+        linear = self.kernels.linear
         if self.mult == 1:
-            return kernels.linear(x, self.out_proj.weight if out else self.in_proj_weight)
+            return linear(x, self.out_proj.weight if out else self.in_proj_weight)
         weight = self.out_proj_weight if out else self.in_proj
         return apply_per_step(
-            lambda i, xs: kernels.linear(xs, weight(i)), x, first_step, self.weights_per_step, self.schedule
+            lambda i, xs: linear(xs, weight(i)), x, first_step, self.weights_per_step, self.schedule
         )
 
     # -- forward ----------------------------------------------------------------------------------
@@ -155,17 +160,13 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState]):
         else:
             k, v, key_positions = state.cache.write(k, v, shared.positions, state.exec_mask)
 
-        needs_grad = torch.is_grad_enabled() and q.requires_grad
-        if self.causal and kernels.choose_backend("attention", q.device, needs_grad) != "torch":
-            # Triton on CUDA for inference (duplex.codec.kernels); training and CPU stay on SDPA below.
-            out = kernels.attention(q, k, v, shared.positions, key_positions, self.context)
-        else:
-            if self.causal and shared.bias is None:
-                shared.bias = self._attention_bias(
-                    shared.positions, key_positions, state is not None, q.dtype
-                )
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=shared.bias, enable_gqa=self.kv_repeat > 1
+        if self.causal:
+            out = self.kernels.attention(
+                q, k, v, shared.positions, key_positions, self.context, shared=shared.scratch
+            )
+        else:  # every query sees every key (batch mode only)
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, enable_gqa=self.kv_repeat > 1
             )
         out = self._project(out.transpose(1, 2).flatten(2), first_step, out=True)
 
@@ -173,26 +174,6 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState]):
             state.offset.add_(state.exec_mask, alpha=length)
             state.step += length
         return out
-
-    def _attention_bias(
-        self, query_positions: torch.Tensor, key_positions: torch.Tensor, streaming: bool, dtype: torch.dtype
-    ) -> torch.Tensor:
-        """``[B, 1, T, S]`` additive mask: a query sees written keys at or before it, within the context."""
-        if streaming and query_positions.shape[1] == 1:
-            # one new query, the newest position in its ring: every written slot is in its window
-            allowed = (key_positions >= 0)[:, None, :]
-        else:
-            allowed = self._attention_mask(query_positions, key_positions)[:, 0]
-        bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-        return bias.masked_fill_(~allowed, float("-inf"))[:, None]
-
-    def _attention_mask(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
-        """``[B, 1, T, S]`` bool: a query sees written keys at or before it, within the context."""
-        delta = query_positions[:, :, None] - key_positions[:, None, :]
-        allowed = (key_positions[:, None, :] >= 0) & (delta >= 0)
-        if self.context is not None:
-            allowed &= delta < self.context
-        return allowed[:, None]
 
     def extra_repr(self) -> str:
         return (

@@ -29,7 +29,7 @@ class RingKVCache:
         self.values = torch.zeros_like(self.keys)
         # absolute position held by each slot; -1 = never written (masked out)
         self.positions = torch.full((batch_size, capacity), -1, dtype=torch.long, device=device)
-        # slots [used, capacity) have never been written by any item, so attention can skip them
+        # slots [used, capacity) have never been written by any item (the C step skips them)
         self.used = 0
         self._batch_index = torch.arange(batch_size, device=device)[:, None]
         self._all_active = AllTrue()
@@ -42,8 +42,9 @@ class RingKVCache:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Store ``keys/values [B, H, T, Dh]`` at ``positions [B, T]`` for the items of ``exec_mask``.
 
-        Returns the written part of the cache: keys, values ``[B, H, S, Dh]`` and the absolute
-        position of every slot ``[B, S]`` (-1 where empty).
+        Returns the whole cache, as the reference attends over it: keys, values ``[B, H, S, Dh]``
+        and the absolute position of every slot ``[B, S]`` (-1 where empty); ``S`` is the capacity,
+        so every call has the same shapes.
         """
         length = keys.shape[2]
         if length > self.capacity:
@@ -62,5 +63,4 @@ class RingKVCache:
         self.values[index] = new_values
         self.positions[self._batch_index, slots] = positions
         self.used = min(self.capacity, self.used + length)
-        used = self.used
-        return self.keys[:, :, :used], self.values[:, :, :used], self.positions[:, :used]
+        return self.keys, self.values, self.positions

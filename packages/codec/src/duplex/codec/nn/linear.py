@@ -1,14 +1,14 @@
-"""``nn.Linear`` computed through the kernel dispatcher (same parameters, same checkpoint keys)."""
+"""``nn.Linear`` computed through the selected ``linear`` op (same parameters, same checkpoint keys)."""
 
 from __future__ import annotations
 
 import torch
-from duplex.codec.kernels import linear
+from duplex.codec.kernels import UsesKernels
 from torch import nn
 
 
-class Linear(nn.Linear):
-    """A drop-in ``nn.Linear`` whose few-row products (streaming) run on the fast CPU kernel."""
+class Linear(nn.Linear, UsesKernels):
+    """A drop-in ``nn.Linear``; with the fast kernels, few-row products (streaming) run in C."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return self.kernels.linear(x, self.weight, self.bias)

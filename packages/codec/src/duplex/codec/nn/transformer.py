@@ -1,22 +1,22 @@
-"""Pre-norm streaming transformer shared by Mimi and the Moshi LM (spec 1.7, 3.3-3.7).
+"""The one pre-norm streaming transformer of duplex: Mimi's two, the LM's temporal transformer
+and its depformer are all made of :class:`StreamingTransformerLayer` (docs/architecture.md).
 
 Each layer computes ``x += ls1 * attn(norm1(x))`` then ``x += ls2 * ff(norm2(x))``; there is no
-final norm. Positions continue across streaming calls, per batch item.
+final norm. Positions continue across streaming calls, per batch item. A streaming call goes
+through the selected ``transformer_step`` op where the kernel set has one (the whole step in one
+C call on the CPU), else through the layers one by one (:meth:`StreamingTransformer.run_layers`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from duplex.codec.kernels import dispatch
-from duplex.codec.nn import reference_step
+from duplex.codec.kernels import UsesKernels
 from duplex.codec.nn.attention import SharedStep, StreamingMultiheadAttention
-from duplex.codec.nn.eager_step import covers, eager_step
 from duplex.codec.nn.feedforward import GATINGS, PerStepGating, make_feedforward
 from duplex.codec.nn.linear import Linear
-from duplex.codec.nn.native_step import NativeStep
 from duplex.codec.nn.norms import NormKind, make_norm
 from duplex.codec.nn.positional import sinusoidal_embedding
 from duplex.codec.nn.rope import RotaryEmbedding
@@ -72,22 +72,6 @@ class TransformerConfig(PresetConfig):
 @TransformerConfig.preset("mimi")
 def _mimi() -> dict:
     return dict(d_model=512, num_heads=8, num_layers=8, dim_feedforward=2048, context=250, layer_scale=0.01)
-
-
-@TransformerConfig.preset("moshi_7b")
-def _moshi_7b() -> dict:
-    return dict(
-        d_model=4096, num_heads=32, num_layers=32, dim_feedforward=16896, context=3000,
-        gating="silu", norm="rms_norm_f32",
-    )  # fmt: skip
-
-
-@TransformerConfig.preset("moshi_7b_depformer")
-def _moshi_7b_depformer() -> dict:
-    return dict(
-        d_model=1024, num_heads=16, num_layers=6, dim_feedforward=4224, gating="silu",
-        norm="rms_norm_f32", positional_embedding="none", weights_per_step=8,
-    )  # fmt: skip
 
 
 class LayerScale(nn.Module):
@@ -169,16 +153,14 @@ class StreamingTransformerLayer(StreamingModule[LayerState]):
 @dataclass
 class TransformerState(StreamingState):
     offset: torch.Tensor  # [B] long: positions already processed by each item
-    native: NativeStep | None = None  # the layers packed for the C step (see native_step)
-    native_packed: bool = False  # whether packing was tried (native None: not supported)
-    eager_covered: bool | None = None  # whether eager_step covers the layers (None: not checked yet)
+    packed: dict = field(default_factory=dict)  # what the transformer_step op prepares once per session
     layer_states: list | None = None  # each layer's (layer state, attention state), once looked up
 
     def reset(self, slots: torch.Tensor) -> None:
         self.offset[slots] = 0
 
 
-class StreamingTransformer(StreamingModule[TransformerState]):
+class StreamingTransformer(StreamingModule[TransformerState], UsesKernels):
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.config = config
@@ -204,60 +186,26 @@ class StreamingTransformer(StreamingModule[TransformerState]):
             positions = positions + state.offset[:, None]
         if self.config.positional_embedding == "sin":
             x = x + sinusoidal_embedding(positions, dim, self.config.max_period, dtype=x.dtype)
-        native = self._native_step(x, state)
-        if native is not None:
-            x = self._run_native(native, x, positions)
-        elif self._eager_step_applies(x, state):
-            if reference_step.applies(self, state.native, x):
-                x = reference_step.reference_step(self, state.native, x, positions)
-            else:
-                x = eager_step(self, x, positions)
+        step = self.kernels.transformer_step
+        if state is not None and step is not None:
+            x = step(self, x, positions)
         else:
-            shared = SharedStep(positions)
-            for layer in self.layers:
-                x = layer(x, shared)
+            x = self.run_layers(x, positions)
         if state is not None:
             state.offset.add_(state.exec_mask, alpha=length)
         return x.to(input_dtype)
 
-    def _native_step(self, x: torch.Tensor, state: TransformerState | None) -> NativeStep | None:
-        """The C step when this call can take it (streaming, CPU float32 inference, few rows)."""
-        if state is None:
-            return None
-        if not state.native_packed or (state.native is not None and not state.native.valid()):
-            per_step = self.layers[0].self_attn.mult > 1  # the weights change along the steps
-            state.native, state.native_packed = None if per_step else NativeStep.pack(self), True
-        native = state.native
-        if native is None or dispatch.blas_order_wanted(x.device, needs_grad=False):
-            return None  # inside reference_matmuls: the reference step or the eager step
-        if x.shape[1] > self.layers[0].self_attn.streaming_state.cache.capacity:
-            return None
-        return native if native.runs(x, state.all_active()) else None
-
-    def _eager_step_applies(self, x: torch.Tensor, state: TransformerState | None) -> bool:
-        """Whether this call can take :mod:`~duplex.codec.nn.eager_step` (the module path's ops, CPU)."""
-        if state is None or x.device.type != "cpu" or not state.all_active():
-            return False
-        if state.eager_covered is None:
-            state.eager_covered = covers(self)
-        return state.eager_covered
-
-    def _run_native(self, native: NativeStep, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        length = x.shape[1]
-        rope_cos = rope_sin = None
-        if self.rope is not None:
-            head_dim = self.layers[0].self_attn.head_dim
-            angles = positions.to(torch.float32)[..., None] * self.rope.frequencies(head_dim, x.device)
-            rope_cos, rope_sin = torch.cos(angles), torch.sin(angles)
-        cache = self.layers[0].self_attn.streaming_state.cache
-        used = min(cache.capacity, cache.used + length)
-        x = native(x, positions, rope_cos, rope_sin, used)
-        self._advance_layers(length, used)
+    def run_layers(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The layers one after another over ``x [B, T, D]`` at ``positions [B, T]``."""
+        shared = SharedStep(positions)
+        for layer in self.layers:
+            x = layer(x, shared)
         return x
 
-    def _advance_layers(self, length: int, used: int) -> None:
-        """What the module path advances in each layer, after a C step (which moved the offsets)."""
-        state = self._streaming_state
+    def advance_layers(self, length: int, used: int) -> None:
+        """After a ``transformer_step`` kernel wrote the caches and moved the attention offsets,
+        advance what the layers count in Python: their steps and the caches' written slots."""
+        state = self.streaming_state
         if state.layer_states is None:
             state.layer_states = [
                 (layer.streaming_state, layer.self_attn.streaming_state) for layer in self.layers

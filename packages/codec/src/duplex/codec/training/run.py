@@ -42,7 +42,9 @@ class StepDataModule(L.LightningDataModule):
         return DataLoader(self.validation, batch_size=self.batch_size)
 
 
-def _validation_subset(dataset: Dataset, count: int) -> list:
+def validation_subset(dataset: Dataset, count: int) -> list:
+    """A fixed validation set: every ``len(dataset) // count``-th item of ``dataset``, at most ``count``
+    of them (all items when it holds fewer). Used by the codec and LM training runs."""
     step = max(1, len(dataset) // count)
     return [dataset[i] for i in range(0, len(dataset), step)][:count]
 
@@ -68,7 +70,7 @@ def train_codec(
     module = CodecTrainingModule(config)
     datamodule = StepDataModule(
         dataset,
-        _validation_subset(dataset, config.validation_segments),
+        validation_subset(dataset, config.validation_segments),
         config.batch_size,
         checkpoint_every,
         config.seed,

@@ -1,9 +1,9 @@
 """Weight normalisation of the SEANet convolutions while training, folded away for export.
 
 Mimi was trained with weight-normed convolutions; the released weights are the folded products
-``g * v / ||v||`` (spec 1.2, ``norm="none"``). :func:`add_weight_norm` reparametrises every
-convolution of the encoder and decoder in place; :func:`fold_weight_norm` turns them back into
-plain weights, so the state dict has the official key names again.
+``g * v / ||v||`` (docs/architecture.md §1.1, §7.2, ``norm="none"``). :func:`add_weight_norm`
+reparametrises every convolution of the encoder and decoder in place; :func:`fold_weight_norm`
+turns them back into plain weights, so the state dict has the official key names again.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Multistream sequences: the text stream on the 12.5 Hz frame grid, the audio streams, delays.
 
-The LM sees ``1 + 2K`` parallel streams per frame (spec section 0): the model's text (inner
+The LM sees ``1 + 2K`` parallel streams per frame (docs/architecture.md §3.1): the model's text (inner
 monologue), the model's K audio codebooks, then the user's K audio codebooks. Text tokens of a
 word are placed from the frame where the word starts; frames without text hold PAD, and the frame
 just before a word's first token holds EPAD (end of padding) when it was padding.
@@ -63,7 +63,8 @@ def multistream(text: torch.Tensor, model_audio: torch.Tensor, user_audio: torch
 def delay_streams(codes: torch.Tensor, delays: Sequence[int], initial: Sequence[int]) -> torch.Tensor:
     """Shift stream ``k`` of ``codes [..., S, T]`` right by ``delays[k]``, filling with ``initial[k]``.
 
-    This is the layout the temporal transformer reads (spec 3.8); :func:`undelay_streams` inverts it.
+    This is the layout the temporal transformer reads (docs/architecture.md §3.6);
+    :func:`undelay_streams` inverts it.
     """
     if codes.shape[-2] != len(delays) or len(delays) != len(initial):
         raise ValueError(

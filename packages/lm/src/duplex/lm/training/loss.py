@@ -54,7 +54,7 @@ def multistream_loss(
     text_padding_id: int = 3,
     text_weight: float = 1.0,
 ) -> MultistreamLoss:
-    """Loss of one training forward (spec 3.8 outputs) against ``codes [B, 1 + n_q, T]``."""
+    """Loss of one training forward (docs/architecture.md §3.6 outputs) against ``codes [B, 1 + n_q, T]``."""
     dep_q = logits.shape[1]
     text_targets = codes[:, :1]
     text_weights = torch.where(text_targets == text_padding_id, text_padding_weight, 1.0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from duplex.codec.mimi import Mimi
-from duplex.codec.training.run import StepDataModule, _validation_subset
+from duplex.codec.training.run import StepDataModule, validation_subset
 from duplex.codec.training.trainer import build_trainer, last_checkpoint
 from duplex.lm.checkpoint import CheckpointError, load_checkpoint
 from duplex.lm.config import LMConfig
@@ -170,7 +170,7 @@ def train_lm(
     module = LMTrainingModule(model, config, lora=lora)
     datamodule = StepDataModule(
         dataset,
-        _validation_subset(dataset, config.validation_segments),
+        validation_subset(dataset, config.validation_segments),
         config.batch_size,
         checkpoint_every,
         config.seed,

@@ -33,10 +33,6 @@ function setState(state, detail = "") {
 function chatUrl() {
   const page = new URLSearchParams(location.search);
   const params = new URLSearchParams({
-    text_temperature: $("text_temperature").value,
-    text_topk: $("text_topk").value,
-    audio_temperature: $("audio_temperature").value,
-    audio_topk: $("audio_topk").value,
     pad_mult: "0",
     repetition_penalty_context: "64",
     repetition_penalty: "1.0",

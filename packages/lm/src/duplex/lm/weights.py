@@ -1,0 +1,146 @@
+"""Reading and writing the LM's weights: strict loading into a model, LoRA, ``config.json``.
+
+This module sits below :mod:`duplex.lm.model` (which imports it for ``LMModel.from_pretrained`` and
+``save_pretrained``), so it never imports the model: the class to build is passed in. Sources are
+resolved by :func:`duplex.codec.checkpoint.locate_checkpoint`, the resolver Mimi uses too.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from duplex.codec.checkpoint import (
+    CheckpointError,
+    CheckpointSource,
+    canonical_state_dict,
+    check_state_dict,
+    locate_checkpoint,
+    read_safetensors,
+    write_safetensors,
+)
+from duplex.lm.config import LMConfig
+from duplex.lm.lora import apply_lora, fuse_lora, load_lora
+from torch import nn
+
+__all__ = [
+    "as_lm_config",
+    "build_lm",
+    "checkpoint_lm_config",
+    "load_lm_state_dict",
+    "load_lm_weights",
+    "save_lm",
+]
+
+Model = TypeVar("Model", bound=nn.Module)
+
+
+def as_lm_config(config: LMConfig | str | Path) -> LMConfig:
+    """``config`` itself, or the :class:`LMConfig` in the JSON file it names."""
+    return config if isinstance(config, LMConfig) else LMConfig.from_json(config)
+
+
+def checkpoint_lm_config(location: CheckpointSource) -> LMConfig:
+    """The ``config.json`` of a checkpoint directory or repo; without one (the first Moshi repos),
+    the official Moshi 7B configuration, with a warning."""
+    path = location.file("config.json", optional=True)
+    if path is None:
+        warnings.warn(
+            f"{location} has no config.json; assuming the official Moshi 7B configuration", stacklevel=3
+        )
+        return LMConfig.from_preset("moshi-7b")
+    return LMConfig.from_json(path)
+
+
+def _describe(config: LMConfig) -> str:
+    return (
+        f"dim={config.dim}, num_layers={config.num_layers}, n_q={config.n_q}, dep_q={config.dep_q}, "
+        f"card={config.card}, text_card={config.text_card}, depformer_dim={config.depformer_dim}"
+    )
+
+
+def load_lm_state_dict(
+    model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None
+) -> None:
+    """Strictly load ``state`` (official or reference names) into the LM ``model``, replacing its tensors.
+
+    Raises :class:`CheckpointError` listing every missing, unexpected and mis-shaped key."""
+    state = canonical_state_dict(state)
+    expected = {key: value.shape for key, value in model.state_dict().items()}
+    check_state_dict(expected, state, f"the LM configuration ({_describe(model.config)})")
+    # A copy, cast to ``dtype`` where given: tensors read from a file may map the file's memory.
+    state = {
+        k: v.to(dtype=dtype if dtype and v.is_floating_point() else v.dtype, copy=True)
+        for k, v in state.items()
+    }
+    model.load_state_dict(state, strict=True, assign=True)
+
+
+def build_lm(
+    cls: type[Model],
+    config: LMConfig,
+    weights: Path,
+    lora_weights: Path | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    fuse: bool = True,
+) -> Model:
+    """``cls(config)`` with the weights file loaded strictly (and LoRA applied), in eval mode.
+
+    Floating weights are cast to ``dtype`` (default: as stored); with ``fuse`` the LoRA weights
+    are folded into the base weights."""
+    if lora_weights is not None and not config.lora:
+        raise CheckpointError(f"{weights}: lora_name is set but the config has lora=false")
+    state, _ = read_safetensors(weights, device=device or "cpu")
+    with torch.device("meta"):
+        model = cls(config)
+    load_lm_state_dict(model, state, dtype)
+    if config.model_type == "hibiki":
+        # Hibiki sometimes samples EOS too early; embedding EOS like PAD makes it harmless.
+        with torch.no_grad():
+            model.text_emb.weight[2] = model.text_emb.weight[3]
+    if config.lora:
+        apply_lora(model, config.lora_rank, config.lora_scaling, freeze_base=False)
+        if lora_weights is not None:
+            load_lora(model, lora_weights)
+            if fuse:
+                fuse_lora(model)
+    model.to(device=device)
+    return model.eval()
+
+
+def load_lm_weights(
+    cls: type[Model],
+    source: str | Path,
+    config: LMConfig | str | Path | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    fuse: bool = True,
+) -> Model:
+    """An LM of class ``cls`` from a checkpoint directory, a repo id, or a weights file with ``config``.
+
+    ``config`` (an LMConfig or a JSON path) replaces the checkpoint's own ``config.json``."""
+    location = locate_checkpoint(source)
+    if location.is_file:
+        assert location.path is not None
+        if config is None:
+            raise CheckpointError(
+                f"{location.path} is a weights file: pass its config (an LMConfig or config.json path)"
+            )
+        return build_lm(cls, as_lm_config(config), location.path, None, device, dtype, fuse)
+    config = as_lm_config(config) if config is not None else checkpoint_lm_config(location)
+    weights = location.file(config.moshi_name)
+    lora = location.file(config.lora_name) if config.lora_name else None
+    assert weights is not None
+    return build_lm(cls, config, weights, lora, device, dtype, fuse)
+
+
+def save_lm(model: nn.Module, directory: str | Path) -> Path:
+    """Write ``config.json`` and the weights (official names) of the LM ``model`` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save_json(directory / "config.json")
+    write_safetensors(directory / model.config.moshi_name, model.state_dict(), {"format": "pt"})
+    return directory
