@@ -17,4 +17,7 @@ def test_info_reports_versions_device_and_components():
     assert "duplex.codecs" in result.output and "mimi" in result.output
     assert "duplex.backbones" in result.output
     # no CUDA here; a C compiler is: the C kernels where they exist, torch for the rest
-    assert "rvq_encode=native" in result.output and "attention=torch" in result.output
+    fast = next(line for line in result.output.splitlines() if line.startswith("kernels fast"))
+    reference = next(line for line in result.output.splitlines() if line.startswith("kernels reference"))
+    assert "rvq_encode=native" in fast and "transformer_step=native" in fast and "attention=torch" in fast
+    assert "native" not in reference and "rvq_encode=torch" in reference

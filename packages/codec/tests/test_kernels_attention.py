@@ -1,6 +1,6 @@
-"""Windowed causal attention kernels: the torch path against the reference attention module (bit for
-bit, batch and ring-buffer streaming), and the Triton kernel (run by Triton's CPU interpreter)
-against the torch path."""
+"""Windowed causal attention kernels: the torch op against the reference attention module (bit for
+bit, batch and ring-buffer streaming), and the Triton kernel (run by Triton's CPU interpreter,
+forced with ``backend="triton"``) against the torch op."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ os.environ["TRITON_INTERPRET"] = "1"  # Triton kernels on CPU: must precede the 
 
 import pytest
 import torch
-from duplex.codec.kernels import apply_rope, attention, enable_triton_interpreter, rope_attention, use_backend
+from duplex.codec.kernels import BACKEND_ENV, attention, attention_torch, enable_triton_interpreter, select_kernels
+from duplex.codec.nn import RotaryEmbedding
 from moshi.modules.rope import RotaryEmbedding as ReferenceRope
 from moshi.modules.rope import apply_rope as reference_apply_rope
 from moshi.modules.transformer import StreamingMultiheadAttention
@@ -38,12 +39,15 @@ def random_qkv(batch, heads, kv_heads, q_len, k_len, head_dim, dtype=torch.float
     return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
-def both_paths(op, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    with use_backend("torch"):
-        expected = op(*args, **kwargs)
-    with use_backend("triton"):
-        got = op(*args, **kwargs)
-    return got, expected
+def triton_attention(q: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """The fast set's attention with Triton forced (interpreted on the CPU)."""
+    return select_kernels("fast", q.device, q.dtype, backend="triton").attention(q, *args, **kwargs)
+
+
+def both_paths(*args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Triton, torch) attention of the same inputs; the torch one through the public op."""
+    expected = attention(*args, **kwargs, numerics="reference")
+    return triton_attention(*args, **kwargs), expected
 
 
 def assert_close(got: torch.Tensor, expected: torch.Tensor) -> None:

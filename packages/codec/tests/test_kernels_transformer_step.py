@@ -1,5 +1,5 @@
-"""The native transformer step (all layers of a streaming call in one C call) against the module
-path, and the cases where it must step aside."""
+"""The native transformer_step op (all layers of a streaming call in one C call) against the layers
+run one by one with torch's ops, and the cases where it must step aside."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import torch
-from duplex.codec.kernels import transformer_native, use_backend
+from duplex.codec.kernels import select_kernels, transformer_native, use_kernels
 from duplex.codec.nn import StreamingTransformer, TransformerConfig
 
 MIMI_LIKE = dict(
@@ -18,15 +18,20 @@ LM_LIKE = dict(
     d_model=64, num_heads=4, num_layers=2, dim_feedforward=256, context=9, norm="rms_norm_f32",
     gating="silu", positional_embedding="rope", kv_repeat=2,
 )  # fmt: skip
+DEPFORMER_LIKE = dict(
+    d_model=32, num_heads=4, num_layers=2, dim_feedforward=128, norm="rms_norm_f32", gating="silu",
+    positional_embedding="none", weights_per_step=4, weights_per_step_schedule=[0, 1, 1, 2],
+)  # fmt: skip
 PLAIN = dict(
     d_model=48, num_heads=3, num_layers=2, dim_feedforward=96, context=5, norm="rms_norm",
     gating="silu", positional_embedding="sin",
 )  # fmt: skip
 
 
-def make(config: dict[str, Any], seed: int = 0) -> StreamingTransformer:
+def make(config: dict[str, Any], seed: int = 0, numerics: str = "fast") -> StreamingTransformer:
     torch.manual_seed(seed)
     model = StreamingTransformer(TransformerConfig(**config)).eval()
+    use_kernels(model, select_kernels(numerics, "cpu"))
     with torch.no_grad():
         for param in model.parameters():
             if param.dim() == 1 or param.shape[0] == 1:  # norms and layer scales away from their init
@@ -61,8 +66,8 @@ def test_native_step_equals_the_module_path_past_the_context(config, per_call, n
     x = torch.randn(2, 24, config["d_model"])  # several times the context: the ring wraps
     got = stream(model, x, per_call)
     assert len(native_calls) == 24 // per_call
-    with use_backend("torch"):
-        expected = stream(model, x, per_call)
+    use_kernels(model, select_kernels("reference", "cpu"))
+    expected = stream(model, x, per_call)
     assert len(native_calls) == 24 // per_call
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     # and the batch (non-streaming) forward, up to the first call that overwrites keys in the window
@@ -90,8 +95,8 @@ def test_slots_reset_masked_or_mixed_with_the_module_path_keep_one_state(native_
 
     got = run()
     assert 0 < len(native_calls) < 12  # both paths ran, one after the other
-    with use_backend("torch"):
-        expected = run()
+    use_kernels(model, select_kernels("reference", "cpu"))
+    expected = run()
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
@@ -111,22 +116,42 @@ def test_gradients_and_other_dtypes_take_the_module_path(native_calls) -> None:
 
 
 @torch.no_grad()
-def test_replaced_weights_are_packed_again(native_calls) -> None:
-    x = torch.randn(1, 6, 64)
+def test_weights_are_packed_once_per_streaming_session(native_calls) -> None:
+    """Packed when streaming starts; a session after the weights changed sees the new weights."""
+    x = torch.randn(1, 4, 64)
+    model = make(MIMI_LIKE)
+    stream(model, x, 2)
+    with model.streaming(1):
+        model(x[:, :2])
+        assert len(model.streaming_state.packed) == 1
+    layer = model.layers[0]
+    layer.linear1.weight.data = torch.zeros_like(layer.linear1.weight)  # a new tensor
+    layer.self_attn.in_proj_weight.mul_(0.5)  # in place: same memory, new values
+    got = stream(model, x, 2)
+    assert len(native_calls) == 5
+    use_kernels(model, select_kernels("reference", "cpu"))
+    torch.testing.assert_close(got, stream(model, x, 2), rtol=1e-5, atol=1e-5)
 
-    def run(model: StreamingTransformer) -> torch.Tensor:
-        with model.streaming(1):
-            model(x[:, :2])
-            layer = model.layers[0]
-            layer.linear1.weight.data = torch.zeros_like(layer.linear1.weight)  # a new tensor
-            layer.self_attn.in_proj_weight.mul_(0.5)  # in place: same memory, new values
-            return model(x[:, 2:4])
 
-    got = run(make(MIMI_LIKE))
-    assert len(native_calls) == 2
-    with use_backend("torch"):
-        expected = run(make(MIMI_LIKE))
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+@torch.no_grad()
+def test_per_step_weight_sets_are_packed_per_set(native_calls) -> None:
+    """The depformer's layers: one position per call, each through its weight set, restarted per frame."""
+    model = make(DEPFORMER_LIKE)
+    x = torch.randn(3, 4, 32)
+    outputs = {}
+    for numerics in ("fast", "reference"):
+        use_kernels(model, select_kernels(numerics, "cpu"))
+        with model.streaming(3):
+            frames = []
+            for _ in range(2):
+                model.reset_streaming()
+                frames.append(torch.cat([model(x[:, k : k + 1]) for k in range(4)], dim=1))
+            outputs[numerics] = torch.cat(frames, dim=1)
+            packed = len(model.streaming_state.packed)
+    assert len(native_calls) == 8
+    torch.testing.assert_close(outputs["fast"], outputs["reference"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outputs["reference"][:, :4], model(x), rtol=1e-5, atol=1e-5)
+    assert packed == 0  # the reference set packs nothing
 
 
 @torch.no_grad()
@@ -135,5 +160,5 @@ def test_more_rows_than_the_kernel_takes_use_the_module_path(native_calls) -> No
     x = torch.randn(9, 4, 48)  # 36 rows > 32
     got = stream(model, x, 4)
     assert not native_calls
-    with use_backend("torch"):
-        torch.testing.assert_close(got, stream(model, x, 4), rtol=0, atol=0)
+    use_kernels(model, select_kernels("reference", "cpu"))
+    torch.testing.assert_close(got, stream(model, x, 4), rtol=0, atol=0)

@@ -172,41 +172,45 @@ def test_convtr_reset_and_exec_mask():
     assert rel_l2(b[1:], ours(x[1:, :, 4:])) <= 1e-6
 
 
+def _with_kernels(numerics: str, *modules: torch.nn.Module) -> None:
+    from duplex.codec.kernels import select_kernels, use_kernels
+
+    for module in modules:
+        use_kernels(module, select_kernels(numerics, "cpu"))
+
+
 @torch.no_grad()
 @pytest.mark.parametrize(("kernel", "stride", "dilation"), [(7, 1, 1), (3, 1, 2), (16, 8, 1), (4, 2, 1)])
-def test_streaming_steps_through_the_native_kernel_give_torchs_numbers(kernel, stride, dilation) -> None:
-    from duplex.codec.kernels import use_backend
-
+def test_streaming_steps_on_the_fast_kernels_give_torchs_numbers(kernel, stride, dilation) -> None:
     torch.manual_seed(kernel)
     conv = StreamingConv1d(24, 40, kernel, stride=stride, dilation=dilation)
     convtr = StreamingConvTranspose1d(40, 24, 2 * stride, stride=stride)
     x = torch.randn(2, 24, 12 * stride)
     outputs = {}
-    for backend in ("native", "torch"):
-        with use_backend(backend), conv.streaming(2), convtr.streaming(2):
+    for numerics in ("fast", "reference"):
+        _with_kernels(numerics, conv, convtr)
+        with conv.streaming(2), convtr.streaming(2):
             steps = [x[..., i : i + 2 * stride] for i in range(0, x.shape[-1], 2 * stride)]
-            outputs[backend] = torch.cat([convtr(conv(step)) for step in steps], -1)
-    torch.testing.assert_close(outputs["native"], outputs["torch"], rtol=1e-5, atol=1e-5)
+            outputs[numerics] = torch.cat([convtr(conv(step)) for step in steps], -1)
+    torch.testing.assert_close(outputs["fast"], outputs["reference"], rtol=1e-5, atol=1e-5)
 
 
 @torch.no_grad()
-def test_reference_exact_streaming_conv_keeps_torchs_bits() -> None:
-    """In reference_matmuls a few-output streaming conv checks the sequential kernel against
-    torch's conv on its first call of a shape and uses it only where the bits agree."""
-    from duplex.codec import kernels
-
+def test_reference_kernels_run_torchs_own_conv() -> None:
+    """The reference set: torch's conv for every call, whatever its shape (the reference's bits)."""
     torch.manual_seed(0)
     conv = StreamingConv1d(512, 1024, 16, stride=8)  # Mimi's last encoder conv
     x = torch.randn(1, 512, 16 * 4)
-    holder = conv.conv
-    with kernels.reference_matmuls():
-        with conv.streaming(1):
-            got = torch.cat([conv(x[..., i : i + 16]) for i in range(0, x.shape[-1], 16)], -1)
-    with kernels.use_backend("torch"), conv.streaming(1):
-        expected = torch.cat([conv(x[..., i : i + 16]) for i in range(0, x.shape[-1], 16)], -1)
+    _with_kernels("reference", conv)
+    with conv.streaming(1):
+        got = torch.cat([conv(x[..., i : i + 16]) for i in range(0, x.shape[-1], 16)], -1)
+    inner = conv.conv.conv
+    padded = torch.cat([torch.zeros(1, 512, 8), x], -1)
+    expected = torch.cat(
+        [torch.nn.functional.conv1d(padded[..., i : i + 24], inner.weight, inner.bias, 8) for i in range(0, 64, 16)],
+        -1,
+    )
     assert torch.equal(got, expected)
-    # checked once for the shape (and thread count)
-    assert holder._exact_route == {(1, 512, 24, torch.get_num_threads()): "sequential"}
 
 
 @torch.no_grad()
@@ -235,7 +239,7 @@ def test_direct_conv_kernel_matches_float64_for_any_thread_count(
     outputs = []
     for threads in (1, 2, 3):
         torch.set_num_threads(threads)
-        outputs.append(conv_native.conv1d(x, panels, b, kernel, stride, dilation))
+        outputs.append(conv_native.direct_conv1d(x, panels, b, kernel, stride, dilation))
     torch.set_num_threads(1)
     assert outputs[0].shape == expected.shape
     torch.testing.assert_close(outputs[0].double(), expected, rtol=1e-5, atol=1e-5)
@@ -243,19 +247,39 @@ def test_direct_conv_kernel_matches_float64_for_any_thread_count(
 
 
 @torch.no_grad()
-def test_long_streaming_chunks_take_the_direct_conv_kernel(monkeypatch) -> None:
-    from duplex.codec.kernels import conv_native, use_backend
+def test_long_streaming_chunks_take_the_direct_conv_kernel_with_weights_packed_once(monkeypatch) -> None:
+    from duplex.codec.kernels import conv_native
 
-    calls = []
-    direct = conv_native.conv1d
-    monkeypatch.setattr(conv_native, "conv1d", lambda *args: calls.append(1) or direct(*args))
+    calls, packs = [], []
+    direct, pack = conv_native.direct_conv1d, conv_native.pack
+    monkeypatch.setattr(conv_native, "direct_conv1d", lambda *args: calls.append(1) or direct(*args))
+    monkeypatch.setattr(conv_native, "pack", lambda weight: packs.append(1) or pack(weight))
     torch.manual_seed(0)
     conv = StreamingConv1d(24, 32, 3, dilation=2)  # 32 output channels: the kernel's tiles
     x = torch.randn(2, 24, 120)
     outputs = {}
-    for backend in ("auto", "torch"):
-        with use_backend(backend), conv.streaming(2):
-            outputs[backend] = torch.cat([conv(x[..., i : i + 40]) for i in range(0, 120, 40)], -1)
-    assert len(calls) == 3
-    torch.testing.assert_close(outputs["auto"], outputs["torch"], rtol=1e-5, atol=1e-5)
+    for numerics in ("fast", "reference"):
+        _with_kernels(numerics, conv)
+        with conv.streaming(2):
+            outputs[numerics] = torch.cat([conv(x[..., i : i + 40]) for i in range(0, 120, 40)], -1)
+    assert len(calls) == 3 and len(packs) == 1  # packed when the session's first call needs it
+    torch.testing.assert_close(outputs["fast"], outputs["reference"], rtol=1e-5, atol=1e-5)
     assert not conv_native.supports(torch.zeros(40, 24, 3))  # other widths keep torch's conv
+
+
+@torch.no_grad()
+def test_a_new_streaming_session_sees_weights_changed_in_place() -> None:
+    """Derived weights live in the streaming state: a load_state_dict between sessions is used."""
+    torch.manual_seed(0)
+    conv = StreamingConv1d(24, 32, 3)
+    _with_kernels("fast", conv)
+    x = torch.randn(1, 24, 60)
+    with conv.streaming(1):
+        conv(x)
+    conv.load_state_dict({k: torch.randn_like(v) for k, v in conv.state_dict().items()})
+    with conv.streaming(1):
+        got = conv(x)
+    _with_kernels("reference", conv)
+    with conv.streaming(1):
+        expected = conv(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -30,20 +30,19 @@ def test_the_kernel_is_within_a_few_ulp_of_float64(alpha: float) -> None:
     torch.testing.assert_close(elu_native.elu(odd.transpose(0, 2), alpha), F.elu(odd.transpose(0, 2), alpha))
 
 
-def test_the_module_runs_the_kernel_only_where_torchs_bits_are_not_needed(monkeypatch) -> None:
+def test_the_module_runs_the_kernel_only_with_the_fast_set_and_without_gradients(monkeypatch) -> None:
     calls = []
     kernel = elu_native.elu
     monkeypatch.setattr(elu_native, "elu", lambda x, alpha: calls.append(1) or kernel(x, alpha))
     module = ELU(alpha=0.5)
     x = torch.randn(2, 16, 40)
     with torch.no_grad():
+        assert torch.equal(module(x), F.elu(x, 0.5))  # alone: the reference set, torch's ELU
+        assert not calls
+        kernels.use_kernels(module, kernels.select_kernels("fast", "cpu"))
         fast = module(x)
         assert len(calls) == 1
         torch.testing.assert_close(fast, F.elu(x, 0.5))
-        with kernels.reference_matmuls():  # the reference's encoder arithmetic: torch's ELU
-            assert torch.equal(module(x), F.elu(x, 0.5))
-        with kernels.use_backend("torch"):
-            module(x)
     leaf = x.clone().requires_grad_()
     module(leaf).sum().backward()  # training keeps torch's op and its gradient
-    assert len(calls) == 1 and leaf.grad is not None
+    assert len(calls) == 2 and leaf.grad is not None

@@ -200,10 +200,10 @@ def test_exec_mask_freezes_the_masked_items(positional: str):
     expected = stream(ours, x[:1], 8)
     assert rel_l2(torch.cat([first[:1], second[:1]], dim=1), expected) <= TOL
 
-    # a mask tensor edited in place between calls is honoured too
-    mask = torch.tensor([True, True])
+    # the streaming state's one mask, edited in place between calls, is honoured too
     with ours.streaming(2):
-        ours.set_exec_mask(mask)
+        mask = ours.streaming_state.exec_mask
+        assert all(layer.self_attn.streaming_state.exec_mask is mask for layer in ours.layers)
         first = ours(x[:, :8])
         mask[0] = False
         ours(skipped)
@@ -241,49 +241,3 @@ def test_config_rejects_bad_values():
     mimi = TransformerConfig.from_preset("mimi")
     assert (mimi.d_model, mimi.context, mimi.layer_scale, mimi.gating) == (512, 250, 0.01, "none")
 
-
-@torch.no_grad()
-@pytest.mark.parametrize("layer_scale", [0.01, None])
-@pytest.mark.parametrize("reference_matmuls", [False, True])
-def test_the_eager_step_gives_the_module_paths_bits(layer_scale, reference_matmuls):
-    """Mimi's layers take the flat run of torch ops (nn/eager_step.py) where the C step does not:
-    the same ops as the module path, so the same bits, over ring wraps and calls of 1-3 steps."""
-    from duplex.codec.kernels import reference_matmuls as exact_matmuls
-    from duplex.codec.kernels import use_backend
-    from duplex.codec.nn import eager_step
-
-    torch.manual_seed(0)
-    config = TransformerConfig(**{**MIMI_SMALL, "layer_scale": layer_scale, "d_model": 64, "num_heads": 4})
-    eager = StreamingTransformer(config).eval()
-    module = StreamingTransformer(config).eval()
-    module.load_state_dict(eager.state_dict())
-    module._eager_step_applies = lambda x, state: False  # the module path, layer by layer
-    calls = []
-    original = eager_step.eager_step
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("duplex.codec.nn.transformer.eager_step", lambda *a: calls.append(1) or original(*a))
-        backend = exact_matmuls() if reference_matmuls else use_backend("torch")  # not the C step
-        with backend, eager.streaming(2), module.streaming(2):
-            for steps in [1, 2, 3, 2] * 4:  # 32 steps through a context of 10
-                x = torch.randn(2, steps, 64)
-                assert torch.equal(eager(x), module(x))
-    assert len(calls) == 16
-
-
-def test_the_eager_step_leaves_other_layers_to_the_module_path():
-    from duplex.codec.nn.eager_step import covers
-
-    for kwargs in (LM_MAIN_SMALL, DEPFORMER_SMALL, {**MIMI_SMALL, "num_heads": 8, "kv_repeat": 2}):
-        assert not covers(StreamingTransformer(TransformerConfig(**kwargs)))
-    assert covers(StreamingTransformer(TransformerConfig(**MIMI_SMALL)))
-
-
-def test_rotation_rows_are_the_rotations_bits_across_windows() -> None:
-    """The reference step's rotary rows, sliced from a window of positions, equal rotation()'s
-    values bit for bit, across window ends, far positions and a restart from 0."""
-    rope = RotaryEmbedding()
-    for start in [*range(0, 600, 7), 254, 255, 256, 100_000, 0, 3]:
-        for length in (1, 2, 3):
-            direct = torch.view_as_real(rope.rotation(torch.arange(start, start + length)[None], 64))[0, :, 0]
-            rows = rope.rotation_rows(start, length, 64)
-            assert rows.is_contiguous() and torch.equal(rows, direct), (start, length)

@@ -58,7 +58,7 @@ def test_export_loads_in_duplex_and_in_the_reference(tmp_path):
     for step in range(3):  # k-means init and EMA steps of the codebooks
         module.reconstruct(wav, torch.Generator().manual_seed(step), step)
     path = module.export(tmp_path / "mimi.safetensors")
-    ours = Mimi.from_pretrained(path, num_codebooks=8)
+    ours = Mimi.from_pretrained(path, num_codebooks=8, numerics="reference")
     reference = get_mimi(path, ours.config.to_dict(), num_codebooks=8).eval()
     with torch.no_grad():
         latent = ours.encode_latent(wav)

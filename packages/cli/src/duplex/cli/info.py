@@ -30,8 +30,9 @@ def info() -> None:
     typer.echo(f"{'device':14s} {device}")
     from duplex.codec import kernels
 
-    backends = ", ".join(f"{op}={kernels.active_backend(op)}" for op in kernels.OPS)
-    typer.echo(f"{'kernels':14s} {backends}")
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    for numerics in kernels.NUMERICS:  # what a float32 model selects on this device
+        typer.echo(f"{'kernels ' + numerics:14s} {kernels.select_kernels(numerics, device_type).describe()}")
     typer.echo("registered components:")
     for registry in ALL_REGISTRIES:
         names = ", ".join(registry.names()) or "(none)"

@@ -10,7 +10,8 @@ Entering ``streaming`` on a parent creates a fresh state for every streaming des
 those marked ``streaming_detached``, which their owner drives itself); leaving it drops them all.
 ``reset_streaming(slots)`` restarts chosen batch items (all by default) while the others go on,
 which is what lets one batched engine serve independent conversations.
-``set_exec_mask(mask)`` freezes the state of batch items whose mask is false during a call.
+``set_exec_mask(mask)`` freezes the state of batch items whose mask is false during a call; the
+whole tree shares one mask tensor, updated in place (``streaming_state.exec_mask``).
 """
 
 from __future__ import annotations
@@ -124,6 +125,9 @@ class StreamingModule(nn.Module, Generic[StateT]):
             raise RuntimeError(f"{type(self).__name__} is already streaming")
         for module in modules:
             module._streaming_state = module._init_streaming_state(batch_size)
+        shared = modules[0]._streaming_state.exec_mask  # one mask for the whole tree, edited in place
+        for module in modules[1:]:
+            module._streaming_state.exec_mask = shared
 
     def _stop_streaming(self) -> None:
         for module in self._members():
@@ -155,9 +159,9 @@ class StreamingModule(nn.Module, Generic[StateT]):
     def set_exec_mask(self, exec_mask: torch.Tensor) -> None:
         state = self.streaming_state
         mask = select_slots(exec_mask, state.batch_size, state.device)
-        for module in self._members():
-            if module._streaming_state is not None:
-                module._streaming_state.exec_mask.copy_(mask)  # in place: a captured graph reads it
+        masks = {id(m._streaming_state.exec_mask): m._streaming_state.exec_mask for m in self._members()}
+        for shared in masks.values():
+            shared.copy_(mask)  # in place: a captured graph reads the same tensor
 
 
 def module_device(module: nn.Module) -> torch.device:

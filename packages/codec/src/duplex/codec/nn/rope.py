@@ -12,9 +12,6 @@ import math
 
 import torch
 
-TABLE_ROWS = 256  # positions per window of rotation_rows
-
-
 class RotaryEmbedding:
     """Parameter-free, so a plain object (not a module): casting a model to bf16 leaves the
     float32 frequencies alone."""
@@ -22,7 +19,6 @@ class RotaryEmbedding:
     def __init__(self, max_period: float = 10_000) -> None:
         self.max_period = max_period
         self._frequencies: dict[tuple[torch.device, int], torch.Tensor] = {}
-        self._tables: dict[int, tuple[int, torch.Tensor]] = {}  # head dim -> (first position, CPU rows)
 
     def frequencies(self, head_dim: int, device: torch.device) -> torch.Tensor:
         """``[Dh / 2]`` float32 angular frequencies."""
@@ -41,22 +37,6 @@ class RotaryEmbedding:
         """
         angles = positions.to(torch.float32)[:, :, None, None] * self.frequencies(head_dim, positions.device)
         return torch.complex(torch.cos(angles), torch.sin(angles))
-
-    def rotation_rows(self, start: int, length: int, head_dim: int) -> torch.Tensor:
-        """:meth:`rotation` at positions ``start .. start + length - 1`` as (cos, sin) pairs, float32
-        ``[length, Dh / 2, 2]`` (contiguous), sliced from a window of positions computed by the
-        same ops ahead of time (a stream recomputes it every ``TABLE_ROWS`` positions).
-
-        Each element is the same elementwise function of its position as in :meth:`rotation`
-        (torch's vectorized cos and sin treat every lane alike), so the values are its bits (tested).
-        """
-        first, table = self._tables.get(head_dim, (0, None))
-        if table is None or not first <= start <= start + length <= first + table.shape[0]:
-            first = start
-            positions = torch.arange(start, start + max(TABLE_ROWS, length))[None]
-            table = torch.view_as_real(self.rotation(positions, head_dim))[0, :, 0].contiguous()
-            self._tables[head_dim] = (first, table)
-        return table[start - first : start - first + length]
 
     def rotate(self, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
         """Rotate ``x [B, T, H, Dh]`` (time before heads) by a :meth:`rotation`."""
