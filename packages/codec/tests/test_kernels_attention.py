@@ -10,7 +10,13 @@ os.environ["TRITON_INTERPRET"] = "1"  # Triton kernels on CPU: must precede the 
 
 import pytest
 import torch
-from duplex.codec.kernels import BACKEND_ENV, attention, attention_torch, enable_triton_interpreter, select_kernels
+from duplex.codec.kernels import (
+    BACKEND_ENV,
+    attention,
+    attention_torch,
+    enable_triton_interpreter,
+    select_kernels,
+)
 from duplex.codec.nn import RotaryEmbedding
 from moshi.modules.rope import RotaryEmbedding as ReferenceRope
 from moshi.modules.rope import apply_rope as reference_apply_rope
@@ -68,23 +74,18 @@ PREFILL_CASES = [
 
 
 @pytest.mark.parametrize(("batch", "heads", "kv_heads", "length", "head_dim", "context"), PREFILL_CASES)
-@pytest.mark.parametrize("rope", [False, True])
-def test_triton_prefill_matches_torch(batch, heads, kv_heads, length, head_dim, context, rope) -> None:
+def test_triton_prefill_matches_torch(batch, heads, kv_heads, length, head_dim, context) -> None:
     q, k, v = random_qkv(batch, heads, kv_heads, length, length, head_dim, seed=length)
     positions = torch.arange(length).expand(batch, length)
-    op = rope_attention if rope else attention
-    assert_close(*both_paths(op, q, k, v, positions, positions, context))
+    assert_close(*both_paths(q, k, v, positions, positions, context))
 
 
-@pytest.mark.parametrize(
-    ("dtype", "rope"), [(torch.bfloat16, False), (torch.bfloat16, True), (torch.float16, True)]
-)
-def test_triton_half_precision_matches_torch(dtype: torch.dtype, rope: bool) -> None:
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_half_precision_matches_torch(dtype: torch.dtype) -> None:
     q, k, v = random_qkv(2, 2, 2, 33, 32, 32, dtype=dtype, seed=1)
     q_pos = torch.arange(33).expand(2, 33)
     k_pos = torch.arange(-1, 31).expand(2, 32)  # keys one step behind, first slot empty
-    op = rope_attention if rope else attention
-    assert_close(*both_paths(op, q, k, v, q_pos, k_pos, 20, scale=0.3))
+    assert_close(*both_paths(q, k, v, q_pos, k_pos, 20, scale=0.3))
 
 
 @pytest.mark.parametrize(
@@ -96,14 +97,12 @@ def test_triton_half_precision_matches_torch(dtype: torch.dtype, rope: bool) -> 
         ([70, 3], 3, 20, None),  # no window: the buffer capacity limits what is seen
     ],
 )
-@pytest.mark.parametrize("rope", [False, True])
-def test_triton_ring_buffer_step_matches_torch(end_offsets, steps, capacity, context, rope) -> None:
+def test_triton_ring_buffer_step_matches_torch(end_offsets, steps, capacity, context) -> None:
     batch = len(end_offsets)
     q, k, v = random_qkv(batch, 2, 2, steps, capacity, 24, seed=sum(end_offsets))
     k_pos = ring_buffer_positions(end_offsets, capacity)
     q_pos = torch.tensor(end_offsets)[:, None] - steps + torch.arange(steps)
-    op = rope_attention if rope else attention
-    assert_close(*both_paths(op, q, k, v, q_pos, k_pos, context))
+    assert_close(*both_paths(q, k, v, q_pos, k_pos, context))
 
 
 @pytest.mark.parametrize(
@@ -112,15 +111,14 @@ def test_triton_ring_buffer_step_matches_torch(end_offsets, steps, capacity, con
 def test_triton_key_slices_match_torch(num_splits: int, dtype: torch.dtype, context: int | None) -> None:
     # A streaming step over a long ring buffer splits the keys over programs (flash-decoding);
     # item 1 has an empty tail, and its queries see only part of the slices.
-    from duplex.codec.kernels import attention_torch, attention_triton
+    from duplex.codec.kernels import attention_triton
 
     q, k, v = random_qkv(2, 2, 2, 2, 150, 32, dtype=dtype, seed=num_splits)
     k_pos = ring_buffer_positions([300, 100], 150)
     q_pos = torch.tensor([[298, 299], [98, 99]])
-    for op in ("attention", "rope_attention"):
-        expected = getattr(attention_torch, op)(q, k, v, q_pos, k_pos, context)
-        got = getattr(attention_triton, op)(q, k, v, q_pos, k_pos, context, num_splits=num_splits)
-        assert_close(got, expected)
+    expected = attention_torch.attention(q, k, v, q_pos, k_pos, context)
+    got = attention_triton.attention(q, k, v, q_pos, k_pos, context, num_splits=num_splits)
+    assert_close(got, expected)
 
 
 def test_key_slices_fill_the_gpu_only_when_heads_alone_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,7 +136,7 @@ def test_queries_that_see_nothing_get_zeros_on_both_paths() -> None:
     q, k, v = random_qkv(1, 2, 2, 3, 4, 16, seed=2)
     q_pos = torch.tensor([[0, 1, 5]])
     k_pos = torch.tensor([[2, 3, 4, -1]])
-    got, expected = both_paths(attention, q, k, v, q_pos, k_pos, None)
+    got, expected = both_paths(q, k, v, q_pos, k_pos, None)
     assert_close(got, expected)
     assert torch.equal(got[:, :, :2], torch.zeros_like(got[:, :, :2]))
 
@@ -149,17 +147,66 @@ def test_non_contiguous_inputs() -> None:
     q, k, v = torch.randn(3, 2, 21, 3, 16, generator=generator).transpose(2, 3).unbind(0)
     positions = torch.arange(21).expand(2, 21)
     assert not q.is_contiguous()
-    assert_close(*both_paths(rope_attention, q, k, v, positions, positions, 6))
+    assert_close(*both_paths(q, k, v, positions, positions, 6))
 
 
-def test_apply_rope_equals_reference_bit_for_bit() -> None:
+def test_the_public_op_runs_the_forced_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    # fast on the CPU is torch's op; $DUPLEX_KERNELS=triton makes the public op run the kernel
+    q, k, v = random_qkv(2, 2, 2, 9, 9, 16, seed=8)
+    positions = torch.arange(9).expand(2, 9)
+    reference = attention(q, k, v, positions, positions, 4, numerics="reference")
+    assert torch.equal(attention(q, k, v, positions, positions, 4), reference)
+    monkeypatch.setenv(BACKEND_ENV, "triton")
+    got = attention(q, k, v, positions.int(), positions.int(), 4)  # int32 positions are widened
+    assert torch.equal(got, triton_attention(q, k, v, positions, positions, 4))
+    assert_close(got, reference)
+
+
+def test_triton_runs_torch_for_gradients_and_for_shapes_it_does_not_tile() -> None:
+    # forward only: a call that needs gradients gets torch's numbers and torch's gradients
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 9, 16, generator=generator, requires_grad=True) for _ in range(3))
+    positions = torch.arange(9)[None]
+    grads = []
+    for op in (attention_torch.attention, triton_attention):
+        out = op(q, k, v, positions, positions, 4)
+        grads.append((out, *torch.autograd.grad(out.square().sum(), (q, k, v))))
+    for expected, got in zip(*grads, strict=True):
+        assert torch.equal(got, expected)
+    # a head dimension past the kernel's tiles: torch's op, bit for bit
+    q, k, v = random_qkv(1, 1, 1, 5, 5, 264, seed=9)
+    positions = torch.arange(5)[None]
+    got = triton_attention(q, k, v, positions, positions, None)
+    assert torch.equal(got, attention_torch.attention(q, k, v, positions, positions, None))
+
+
+def test_layers_of_one_call_share_the_torch_mask() -> None:
+    q, k, v = random_qkv(2, 2, 2, 3, 8, 16, seed=10)
+    k_pos = ring_buffer_positions([11, 5], 8)
+    q_pos = torch.tensor([[8, 9, 10], [2, 3, 4]])
+    expected = attention_torch.attention(q, k, v, q_pos, k_pos, 6)
+    shared: dict = {}
+    first = attention_torch.attention(q, k, v, q_pos, k_pos, 6, shared=shared)
+    mask = shared["attention_bias"]
+    assert mask.shape == (2, 1, 3, 8) and torch.equal(first, expected)
+    assert torch.equal(mask, attention_torch.attention_bias(q_pos, k_pos, 6, q.dtype))
+    second = attention_torch.attention(q * 0.5, k, v, q_pos, k_pos, 6, shared=shared)  # the next layer
+    assert shared["attention_bias"] is mask
+    assert torch.equal(second, attention_torch.attention(q * 0.5, k, v, q_pos, k_pos, 6))
+    # the Triton kernel takes the dict too (it builds no mask)
+    assert_close(triton_attention(q, k, v, q_pos, k_pos, 6, shared={}), expected)
+
+
+def test_rotary_embedding_equals_reference_bit_for_bit() -> None:
+    # the attention modules rotate q and k before the op; the reference-module tests below rely on it
     q, k, _ = random_qkv(2, 3, 3, 7, 7, 32, seed=4)
     offsets = torch.tensor([0, 1234])
     positions = offsets[:, None] + torch.arange(7)
     with no_compile():
         reference_q, reference_k = reference_apply_rope(q, k, offsets, max_period=10_000)
-    assert torch.equal(apply_rope(q, positions), reference_q)
-    assert torch.equal(apply_rope(k, positions), reference_k)
+    got_q, got_k = RotaryEmbedding(10_000).apply(q, k, positions)
+    assert torch.equal(got_q, reference_q)
+    assert torch.equal(got_k, reference_k)
 
 
 def _reference_attention_module(embed_dim: int, heads: int, context: int) -> StreamingMultiheadAttention:
@@ -179,7 +226,23 @@ def _output(module: StreamingMultiheadAttention, out: torch.Tensor) -> torch.Ten
     return torch.nn.functional.linear(out.transpose(1, 2).flatten(2), module.out_projs[0].weight)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+def _attention(backend: str):
+    if backend == "triton":
+        return triton_attention
+    return lambda *args: attention(*args, numerics=backend)  # reference and fast: torch's op on the CPU
+
+
+BACKENDS = ["reference", "fast", "triton"]
+
+
+def _assert_matches_reference(backend: str, got: torch.Tensor, expected: torch.Tensor) -> None:
+    if backend == "triton":
+        torch.testing.assert_close(got, expected, rtol=2e-5, atol=2e-5)
+    else:
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_batch_attention_equals_reference_module(backend: str) -> None:
     embed_dim, heads, context, length = 32, 2, 6, 23
     module = _reference_attention_module(embed_dim, heads, context)
@@ -188,15 +251,12 @@ def test_batch_attention_equals_reference_module(backend: str) -> None:
         expected = module(x, x, x)
         q, k, v = _project(module, x, heads)
         positions = torch.arange(length).expand(2, length)
-        with use_backend(backend):
-            got = _output(module, rope_attention(q, k, v, positions, positions, context))
-    if backend == "torch":
-        assert torch.equal(got, expected)
-    else:
-        torch.testing.assert_close(got, expected, rtol=2e-5, atol=2e-5)
+        q, k = RotaryEmbedding().apply(q, k, positions)
+        got = _output(module, _attention(backend)(q, k, v, positions, positions, context))
+    _assert_matches_reference(backend, got, expected)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_ring_buffer_streaming_equals_reference_module(backend: str) -> None:
     # Steps per call 1 and 2 with capacity = context: reproduces the reference's ring-buffer
     # behaviour, including its overwrite-before-attend quirk once the buffer wraps
@@ -208,6 +268,7 @@ def test_ring_buffer_streaming_equals_reference_module(backend: str) -> None:
     head_dim = embed_dim // heads
     keys = torch.zeros(batch, heads, context, head_dim)
     values = torch.zeros_like(keys)
+    rope = RotaryEmbedding()
     written = 0
     with torch.no_grad(), no_compile(), module.streaming(batch):
         for steps in chunks:
@@ -215,17 +276,13 @@ def test_ring_buffer_streaming_equals_reference_module(backend: str) -> None:
             expected = module(chunk, chunk, chunk)
             q, k, v = _project(module, chunk, heads)
             q_pos = (written + torch.arange(steps)).expand(batch, steps)
-            q, k = apply_rope(q, q_pos), apply_rope(k, q_pos)
+            q, k = rope.apply(q, k, q_pos)
             slots = (written + torch.arange(steps)) % context
             keys[:, :, slots], values[:, :, slots] = k, v
             written += steps
             k_pos = ring_buffer_positions([written] * batch, context)
-            with use_backend(backend):
-                got = _output(module, attention(q, keys, values, q_pos, k_pos, context))
-            if backend == "torch":
-                assert torch.equal(got, expected)
-            else:
-                torch.testing.assert_close(got, expected, rtol=2e-5, atol=2e-5)
+            got = _output(module, _attention(backend)(q, keys, values, q_pos, k_pos, context))
+            _assert_matches_reference(backend, got, expected)
 
 
 def test_bad_inputs_name_the_problem() -> None:
@@ -243,5 +300,5 @@ def test_bad_inputs_name_the_problem() -> None:
         attention(q, k[:, :1].repeat(1, 3, 1, 1), v[:, :1].repeat(1, 3, 1, 1), positions, positions, None)
     with pytest.raises(TypeError, match="share a dtype"):
         attention(q, k.double(), v, positions, positions, None)
-    with pytest.raises(ValueError, match="even head dimension"):
-        rope_attention(q[..., :7], k[..., :7], v[..., :7], positions, positions, None)
+    with pytest.raises(ValueError, match="numerics must be 'fast' or 'reference'"):
+        attention(q, k, v, positions, positions, None, numerics="exact")

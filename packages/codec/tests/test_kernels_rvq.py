@@ -1,5 +1,6 @@
-"""Residual VQ kernels: the torch path against the reference Mimi quantizer (bit for bit), and the
-Triton kernels (run by Triton's CPU interpreter) against the torch path."""
+"""Residual VQ kernels: the torch ops against the reference Mimi quantizer (bit for bit), and the
+Triton kernels (run by Triton's CPU interpreter, forced with ``backend="triton"``) and the native C
+encoder against the torch ops."""
 
 from __future__ import annotations
 
@@ -9,10 +10,23 @@ os.environ["TRITON_INTERPRET"] = "1"  # Triton kernels on CPU: must precede the 
 
 import pytest
 import torch
-from duplex.codec.kernels import enable_triton_interpreter, rvq_decode, rvq_encode, rvq_torch, use_backend
+from duplex.codec.kernels import (
+    BACKEND_ENV,
+    enable_triton_interpreter,
+    rvq_decode,
+    rvq_encode,
+    rvq_native,
+    rvq_torch,
+    select_kernels,
+)
 from moshi.quantization.core_vq import ResidualVectorQuantization
 
 enable_triton_interpreter()  # fails clearly if triton was loaded before without the interpreter
+
+
+def triton(dtype: torch.dtype = torch.float32):
+    """The fast set with Triton forced (interpreted on the CPU): its rvq_encode and rvq_decode."""
+    return select_kernels("fast", "cpu", dtype, backend="triton")
 
 
 def random_centroids(levels: int, k: int, dim: int, seed: int) -> torch.Tensor:
@@ -57,11 +71,13 @@ def test_torch_path_equals_reference_rvq_bit_for_bit() -> None:
 
     reference_codes = reference.encode(latent)  # [L, B, T]
     x = latent.transpose(1, 2).reshape(-1, dim)  # a non-contiguous [N, D] view
-    with use_backend("torch"):
-        codes = rvq_encode(x, centroids)
-        decoded = rvq_decode(codes, centroids)
+    codes = rvq_encode(x, centroids, numerics="reference")
+    decoded = rvq_decode(codes, centroids, numerics="reference")
     assert torch.equal(codes, reference_codes.permute(1, 2, 0).reshape(-1, levels))
     assert torch.equal(decoded, reference.decode(reference_codes).transpose(1, 2).reshape(-1, dim))
+    # the CPU's fast set: the C encoder (18 rows), up to near-ties; torch's decode, bit for bit
+    assert_equal_up_to_near_ties(x, centroids, rvq_encode(x, centroids))
+    assert torch.equal(rvq_decode(codes, centroids), decoded)
 
 
 @pytest.mark.parametrize(
@@ -76,9 +92,7 @@ def test_torch_path_equals_reference_rvq_bit_for_bit() -> None:
 def test_triton_encode_matches_torch(n: int, dim: int, levels: int, k: int) -> None:
     centroids = random_centroids(levels, k, dim, seed=n)
     x = torch.randn(n, dim, generator=torch.Generator().manual_seed(1)) * 1.5
-    with use_backend("triton"):
-        codes = rvq_encode(x, centroids)
-    assert_equal_up_to_near_ties(x, centroids, codes)
+    assert_equal_up_to_near_ties(x, centroids, triton().rvq_encode(x, centroids))
 
 
 @pytest.mark.parametrize(("n", "num_splits"), [(1, 2), (5, 3), (37, 4)])
@@ -107,9 +121,8 @@ def test_triton_encode_reads_strided_input() -> None:
     latent = torch.randn(3, 20, 11, generator=torch.Generator().manual_seed(4))  # [B, D, T]
     x = latent.transpose(1, 2).reshape(-1, 20)
     strided = torch.randn(20, 66, generator=torch.Generator().manual_seed(5)).t()[::2]
-    with use_backend("triton"):
-        assert_equal_up_to_near_ties(x, centroids, rvq_encode(x, centroids))
-        assert_equal_up_to_near_ties(strided, centroids, rvq_encode(strided, centroids))
+    assert_equal_up_to_near_ties(x, centroids, triton().rvq_encode(x, centroids))
+    assert_equal_up_to_near_ties(strided, centroids, triton().rvq_encode(strided, centroids))
 
 
 def test_exact_ties_go_to_the_lowest_index_on_both_paths() -> None:
@@ -121,11 +134,8 @@ def test_exact_ties_go_to_the_lowest_index_on_both_paths() -> None:
     x = torch.cat(
         [centroids[0, [5, 66, 140, 70]], torch.randint(-3, 4, (9, 12), generator=generator).float()]
     )
-    with use_backend("torch"):
-        expected = rvq_encode(x, centroids)
-    with use_backend("triton"):
-        codes = rvq_encode(x, centroids)
-    assert torch.equal(codes, expected)
+    expected = rvq_encode(x, centroids, numerics="reference")
+    assert torch.equal(triton().rvq_encode(x, centroids), expected)
     assert expected[:4, 0].tolist() == [5, 66, 5, 66]
     from duplex.codec.kernels import rvq_triton
 
@@ -146,12 +156,10 @@ def test_triton_decode_is_bit_identical(n: int, dim: int, levels: int, k: int, d
     generator = torch.Generator().manual_seed(7)
     centroids = random_centroids(levels, k, dim, seed=8).to(dtype)
     codes = torch.randint(0, k, (n, levels), generator=generator)
-    with use_backend("torch"):
-        expected = rvq_decode(codes, centroids)
-        expected_first_levels = rvq_decode(codes[:, :1], centroids)
-    with use_backend("triton"):
-        assert torch.equal(rvq_decode(codes, centroids), expected)
-        assert torch.equal(rvq_decode(codes[:, :1], centroids), expected_first_levels)
+    expected = rvq_decode(codes, centroids, numerics="reference")
+    expected_first_levels = rvq_decode(codes[:, :1], centroids, numerics="reference")
+    assert torch.equal(triton(dtype).rvq_decode(codes, centroids), expected)
+    assert torch.equal(triton(dtype).rvq_decode(codes[:, :1], centroids[:1]), expected_first_levels)
 
 
 @pytest.mark.parametrize("n", [3, 45, 1100])  # 1100 > FUSED_PROJECTION_MAX_ROWS: gather, then matmul
@@ -161,10 +169,8 @@ def test_triton_decode_with_projection(n: int) -> None:
     centroids = random_centroids(levels, k, dim, seed=10)
     proj = torch.randn(out_dim, dim, generator=generator) / dim**0.5
     codes = torch.randint(0, k, (n, levels), generator=generator)
-    with use_backend("torch"):
-        expected = rvq_decode(codes, centroids, proj)
-    with use_backend("triton"):
-        got = rvq_decode(codes, centroids, proj)
+    expected = rvq_decode(codes, centroids, proj, numerics="reference")
+    got = triton().rvq_decode(codes, centroids, proj)
     assert got.shape == (n, out_dim)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -172,9 +178,9 @@ def test_triton_decode_with_projection(n: int) -> None:
 def test_round_trip_codes_of_decoded_vectors() -> None:
     centroids = random_centroids(3, 90, 16, seed=11)
     codes = torch.randint(0, 90, (20, 1), generator=torch.Generator().manual_seed(12))
-    for backend in ("torch", "triton"):
-        with use_backend(backend):
-            assert torch.equal(rvq_encode(rvq_decode(codes, centroids), centroids[:1]), codes)
+    for kernels in (select_kernels("reference", "cpu"), select_kernels("fast", "cpu"), triton()):
+        decoded = kernels.rvq_decode(codes, centroids[:1])
+        assert torch.equal(kernels.rvq_encode(decoded, centroids[:1]), codes)
 
 
 def test_bad_inputs_name_the_problem() -> None:
@@ -195,6 +201,8 @@ def test_bad_inputs_name_the_problem() -> None:
         rvq_decode(torch.zeros(1, 2), centroids)
     with pytest.raises(ValueError, match=r"proj must be \[Dout, 8\]"):
         rvq_decode(torch.zeros(1, 2, dtype=torch.long), centroids, torch.randn(4, 5))
+    with pytest.raises(ValueError, match="numerics must be 'fast' or 'reference'"):
+        rvq_encode(torch.randn(4, 8), centroids, numerics="exact")
 
 
 def test_triton_decode_never_reads_outside_the_table() -> None:
@@ -225,8 +233,7 @@ def test_native_encode_matches_torch_for_any_thread_count(n: int, dim: int, leve
         torch.set_num_threads(threads)
     assert_equal_up_to_near_ties(x, centroids, codes[0])
     assert torch.equal(codes[0], codes[1]) and torch.equal(codes[0], codes[2])  # threads split the centroids
-    with use_backend("native"):
-        assert torch.equal(rvq_encode(x, centroids), codes[0])
+    assert torch.equal(rvq_encode(x, centroids), codes[0])  # the public op on the CPU's fast set
 
 
 def test_native_encode_ties_go_to_the_lowest_index_across_thread_shares() -> None:
@@ -236,18 +243,57 @@ def test_native_encode_ties_go_to_the_lowest_index_across_thread_shares() -> Non
     centroids[:, 70] = centroids[:, 66]
     others = torch.randint(-3, 4, (9, 12), generator=generator).float()
     x = torch.cat([centroids[0, [5, 66, 140, 70]], others])
-    with use_backend("torch"):
-        expected = rvq_encode(x, centroids)
-    with use_backend("native"):
-        assert torch.equal(rvq_encode(x, centroids), expected)
+    expected = rvq_encode(x, centroids, numerics="reference")
+    assert torch.equal(rvq_native.rvq_encode(x, centroids), expected)
     assert expected[:4, 0].tolist() == [5, 66, 5, 66]
 
 
-def test_native_encode_leaves_many_rows_to_torch() -> None:
-    from duplex.codec.kernels import KernelUnsupportedError, rvq_native
-
+def test_native_encode_leaves_many_rows_and_other_dtypes_to_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert select_kernels("fast", "cpu").backends["rvq_encode"] == "native"  # a C compiler is installed here
     centroids = random_centroids(2, 64, 16, seed=3)
-    x = torch.randn(rvq_native.MAX_ROWS + 1, 16)
-    with use_backend("native"), pytest.raises(KernelUnsupportedError, match="rows"):
-        rvq_encode(x, centroids)
-    assert torch.equal(rvq_encode(x, centroids), rvq_torch.rvq_encode(x, centroids))  # auto falls back
+    few = torch.randn(rvq_native.MAX_ROWS, 16)
+    many = torch.randn(rvq_native.MAX_ROWS + 1, 16)
+
+    def no_c(*_args, **_kwargs):
+        raise AssertionError("the C kernel ran")
+
+    monkeypatch.setattr(rvq_native, "load", no_c)
+    with pytest.raises(AssertionError, match="the C kernel ran"):
+        rvq_encode(few, centroids)
+    assert torch.equal(rvq_encode(many, centroids), rvq_torch.rvq_encode(many, centroids))
+    double = centroids.double()
+    assert torch.equal(
+        rvq_native.rvq_encode(few.double(), double), rvq_torch.rvq_encode(few.double(), double)
+    )
+
+
+def test_the_public_ops_run_a_forced_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    centroids = random_centroids(3, 90, 16, seed=15)
+    x = torch.randn(6, 16, generator=torch.Generator().manual_seed(16))
+    codes = torch.randint(0, 90, (6, 3), generator=torch.Generator().manual_seed(17))
+    monkeypatch.setenv(BACKEND_ENV, "triton")
+    assert select_kernels("fast", "cpu").backends["rvq_encode"] == "triton"
+    assert_equal_up_to_near_ties(x, centroids, rvq_encode(x, centroids))
+    assert torch.equal(rvq_decode(codes, centroids), rvq_torch.rvq_decode(codes, centroids))
+
+
+def test_triton_decode_gives_torchs_gradients() -> None:
+    # forward only: a decode that needs gradients runs the torch op
+    centroids = random_centroids(2, 12, 8, seed=18).requires_grad_()
+    proj = torch.randn(5, 8, requires_grad=True)
+    codes = torch.randint(0, 12, (7, 2), generator=torch.Generator().manual_seed(19))
+    results = []
+    for kernels in (select_kernels("reference", "cpu"), triton()):
+        out = kernels.rvq_decode(codes, centroids, proj)
+        results.append((out, *torch.autograd.grad(out.square().sum(), (centroids, proj))))
+    for expected, got in zip(*results, strict=True):
+        assert torch.equal(got, expected)
+
+
+def test_the_triton_set_covers_float64() -> None:
+    centroids = random_centroids(2, 6, 4, seed=20).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    kernels = triton(torch.float64)
+    assert torch.equal(kernels.rvq_encode(x, centroids), rvq_torch.rvq_encode(x, centroids))
+    codes = torch.randint(0, 6, (5, 2))
+    assert torch.equal(kernels.rvq_decode(codes, centroids), rvq_torch.rvq_decode(codes, centroids))

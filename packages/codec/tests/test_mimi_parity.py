@@ -215,7 +215,9 @@ def test_reference_streaming_encode_equals_the_reference_past_ten_seconds(models
 @torch.no_grad()
 @pytest.mark.parametrize("numerics", ["fast"], indirect=True)
 @pytest.mark.parametrize("sizes", [[FRAME], [5000, 17, 3001]], ids=["one-frame", "ragged"])
-def test_fast_streaming_encode_gives_the_reference_codes_but_near_ties(models, reference_stream, numerics, sizes):
+def test_fast_streaming_encode_gives_the_reference_codes_but_near_ties(
+    models, reference_stream, numerics, sizes
+):
     """The C kernels sum in another order: the latent stays within float rounding of the
     reference's, and a code differs only where the two centroids are a near tie."""
     _, ours = models
@@ -228,7 +230,9 @@ def test_fast_streaming_encode_gives_the_reference_codes_but_near_ties(models, r
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("sizes", [[FRAME], [5000], [1000, 3001, 17, 4000]], ids=["one-frame", "5000", "ragged"])
+@pytest.mark.parametrize(
+    "sizes", [[FRAME], [5000], [1000, 3001, 17, 4000]], ids=["one-frame", "5000", "ragged"]
+)
 def test_reference_streaming_encode_returns_the_reference_streaming_codes(models, reference_stream, sizes):
     """``Mimi.encode`` itself, however the audio is chunked."""
     _, ours = models
@@ -241,7 +245,9 @@ def test_reference_streaming_encode_returns_the_reference_streaming_codes(models
 @torch.no_grad()
 @pytest.mark.parametrize("numerics", ["reference", "fast"], indirect=True)
 @pytest.mark.parametrize("frames_per_call", [1, 5])
-def test_streaming_decode_matches_reference_past_ten_seconds(models, reference_stream, numerics, frames_per_call):
+def test_streaming_decode_matches_reference_past_ten_seconds(
+    models, reference_stream, numerics, frames_per_call
+):
     _, ours = models
     _, _, ref_codes, ref_audio, _ = reference_stream
     tolerance = 1e-5 if numerics == "reference" else 1e-4

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from duplex.codec import CODECS, Mimi, MimiConfig
 from duplex.codec.config import QuantizerConfig
-from duplex.codec.quantizer import (
-    EuclideanCodebook,
-    SplitResidualVectorQuantizer,
-    augmented_centroids,
-    nearest_codes,
-)
+from duplex.codec.kernels import rvq_native, select_kernels, use_kernels
+from duplex.codec.quantizer import EuclideanCodebook, SplitResidualVectorQuantizer, nearest_codes
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 16, 38, 310])
@@ -20,13 +18,15 @@ def test_nearest_codes_is_bit_identical_to_cdist(rows, scale):
     g = torch.Generator().manual_seed(rows)
     centroids = torch.randn(2048, 256, generator=g) * scale
     vectors = torch.randn(rows, 256, generator=g) * scale
-    expected = torch.cdist(vectors[None], centroids[None])[0]
-    assert torch.equal(nearest_codes(vectors, centroids, augmented_centroids(centroids)), expected.argmin(-1))
-    assert torch.equal(nearest_codes(vectors, centroids), expected.argmin(-1))
-    # fast: the few-row kernel for the products (streaming rows); the same nearest centroid up to
-    # near-ties, which random data at these sizes does not have
-    fast = nearest_codes(vectors, centroids, augmented_centroids(centroids), fast=True)
-    assert torch.equal(fast, expected.argmin(-1))
+    expected = torch.cdist(vectors[None], centroids[None])[0].argmin(-1)
+    assert torch.equal(nearest_codes(vectors, centroids), expected)
+    assert torch.equal(
+        select_kernels("reference", "cpu").rvq_encode(vectors, centroids[None])[:, 0], expected
+    )
+    # fast: the C search for streaming rows (torch's above MAX_ROWS); the same nearest centroid up
+    # to near-ties, which random data at these sizes does not have
+    fast = select_kernels("fast", "cpu").rvq_encode(vectors, centroids[None])[:, 0]
+    assert torch.equal(fast, expected)
 
 
 def test_ema_update_moves_statistics_and_centroids():
@@ -68,37 +68,46 @@ def test_mimi_is_registered_as_a_codec():
 
 
 @torch.no_grad()
-def test_encode_searches_all_levels_in_one_c_call_fast_or_exact(monkeypatch) -> None:
-    from duplex.codec.kernels import rvq_reference_order, use_backend
-    from duplex.codec.registry import KERNELS
-
-    calls, exact_calls = [], []
-    native = KERNELS.get("rvq_encode/native")
-    reference_order = rvq_reference_order.rvq_encode
+def test_encode_searches_all_levels_in_one_call_with_either_set(monkeypatch) -> None:
+    reference = select_kernels("reference", "cpu")
+    fast = select_kernels("fast", "cpu")
+    assert fast.backends["rvq_encode"] == "native"  # a C compiler is installed here
+    calls, c_runs = [], []
 
     def spy(x, centroids):
         calls.append(tuple(centroids.shape))
-        return native(x, centroids)
+        return fast.rvq_encode(x, centroids)
 
-    def exact_spy(x, centroids, augmented):
-        exact_calls.append(tuple(centroids.shape))
-        return reference_order(x, centroids, augmented)
-
-    monkeypatch.setitem(KERNELS._components, "rvq_encode/native", spy)
-    monkeypatch.setattr(rvq_reference_order, "rvq_encode", exact_spy)
+    load = rvq_native.load
+    monkeypatch.setattr(rvq_native, "load", lambda: c_runs.append(1) or load())
+    spied = dataclasses.replace(fast, rvq_encode=spy)
     torch.manual_seed(0)
     config = QuantizerConfig(dimension=16, n_q=6, bins=64, input_dimension=24, output_dimension=24)
     quantizer = SplitResidualVectorQuantizer(config)
     latent = torch.randn(2, 24, 3)
     quantizer.init_codebooks(torch.randn(4, 24, 50))
     quantizer.num_codebooks = 4
-    exact = quantizer.encode(latent)
-    assert calls == []  # the reference's cdist arithmetic ...
-    assert exact_calls == [(1, 64, 16), (3, 64, 16)]  # ... in one C call per RVQ
-    with use_backend("torch"):
-        assert torch.equal(quantizer.encode(latent), exact)  # the torch loop's very codes
-    assert torch.equal(quantizer.encode(latent, fast=True), exact)
-    assert calls == [(1, 64, 16), (3, 64, 16)]  # only the levels in use are stacked
+
+    def torch_loop() -> torch.Tensor:
+        """The reference's search: a 1x1 conv, then cdist and argmin level after level."""
+        codes = []
+        for rvq, levels in ((quantizer.rvq_first, 1), (quantizer.rvq_rest, 3)):
+            residual = (
+                torch.nn.functional.conv1d(latent, rvq.input_proj.weight).transpose(1, 2).reshape(6, -1)
+            )
+            for codebook in rvq.codebooks()[:levels]:
+                level_codes = nearest_codes(residual, codebook.centroids)
+                residual = residual - codebook.centroids[level_codes]
+                codes.append(level_codes.view(2, 3))
+        return torch.stack(codes, dim=1)
+
+    exact = quantizer.encode(latent)  # alone: the reference set
+    assert quantizer.rvq_first.kernels is reference and c_runs == []
+    assert torch.equal(exact, torch_loop())  # the torch loop's very codes
+    use_kernels(quantizer, spied)
+    assert torch.equal(quantizer.encode(latent), exact)
+    assert calls == [(1, 64, 16), (3, 64, 16)]  # one op call per RVQ; only the levels in use are stacked
+    assert len(c_runs) == 2  # each in C
 
     # the stacked table follows the codebooks: new statistics give new codes
     state = quantizer.state_dict()
@@ -106,7 +115,8 @@ def test_encode_searches_all_levels_in_one_c_call_fast_or_exact(monkeypatch) -> 
         if key.endswith("embedding_sum"):
             state[key] = torch.randn_like(state[key])
     quantizer.load_state_dict(state)
-    exact = quantizer.encode(latent)
-    assert torch.equal(quantizer.encode(latent, fast=True), exact)
-    with use_backend("torch"):
-        assert torch.equal(quantizer.encode(latent), exact)
+    fresh = quantizer.encode(latent)
+    assert not torch.equal(fresh, exact)
+    use_kernels(quantizer, reference)
+    assert torch.equal(quantizer.encode(latent), fresh)
+    assert torch.equal(fresh, torch_loop())

@@ -154,3 +154,31 @@ def test_streaming_batch_size_mismatch_is_an_error(pair):
     _, ours = pair
     with ours.streaming(2), pytest.raises(ValueError, match="batch size 1.*started with 2"):
         ours.encode(torch.zeros(1, 1, FRAME))
+
+
+@torch.no_grad()
+def test_one_streaming_frame_compiles_to_one_graph_with_the_eager_codes_and_audio():
+    """``torch.compile(fullgraph=True)`` of Mimi's streaming encode and decode of one frame (the
+    reference set: the CPU's C kernels are opaque to dynamo) gives the eager codes and audio."""
+    torch.manual_seed(0)
+    mimi = Mimi(MimiConfig.from_preset("tiny"), numerics="reference").eval()
+    frame = mimi.frame_size
+    wav = torch.randn(2, 1, frame * 8)
+    outs = {}
+    for mode in ("eager", "compiled"):
+        compiled = mode == "compiled"
+        with mimi.streaming(2):
+            encode = (
+                torch.compile(mimi.encode, fullgraph=True, backend="aot_eager") if compiled else mimi.encode
+            )
+            codes = [mimi.encode(wav[..., :frame])] + [
+                encode(wav[..., i * frame : (i + 1) * frame]) for i in range(1, 8)
+            ]
+        with mimi.streaming(2):
+            decode = (
+                torch.compile(mimi.decode, fullgraph=True, backend="aot_eager") if compiled else mimi.decode
+            )
+            audio = [mimi.decode(codes[0])] + [decode(c) for c in codes[1:]]
+        outs[mode] = torch.cat(codes, -1), torch.cat(audio, -1)
+    assert torch.equal(outs["compiled"][0], outs["eager"][0])
+    assert torch.equal(outs["compiled"][1], outs["eager"][1])

@@ -207,7 +207,10 @@ def test_reference_kernels_run_torchs_own_conv() -> None:
     inner = conv.conv.conv
     padded = torch.cat([torch.zeros(1, 512, 8), x], -1)
     expected = torch.cat(
-        [torch.nn.functional.conv1d(padded[..., i : i + 24], inner.weight, inner.bias, 8) for i in range(0, 64, 16)],
+        [
+            torch.nn.functional.conv1d(padded[..., i : i + 24], inner.weight, inner.bias, 8)
+            for i in range(0, 64, 16)
+        ],
         -1,
     )
     assert torch.equal(got, expected)

@@ -32,8 +32,8 @@ def test_the_kernel_is_within_a_few_ulp_of_float64(alpha: float) -> None:
 
 def test_the_module_runs_the_kernel_only_with_the_fast_set_and_without_gradients(monkeypatch) -> None:
     calls = []
-    kernel = elu_native.elu
-    monkeypatch.setattr(elu_native, "elu", lambda x, alpha: calls.append(1) or kernel(x, alpha))
+    load = elu_native.load  # the C function, looked up on every call of the op
+    monkeypatch.setattr(elu_native, "load", lambda: calls.append(1) or load())
     module = ELU(alpha=0.5)
     x = torch.randn(2, 16, 40)
     with torch.no_grad():
@@ -45,4 +45,4 @@ def test_the_module_runs_the_kernel_only_with_the_fast_set_and_without_gradients
         torch.testing.assert_close(fast, F.elu(x, 0.5))
     leaf = x.clone().requires_grad_()
     module(leaf).sum().backward()  # training keeps torch's op and its gradient
-    assert len(calls) == 2 and leaf.grad is not None
+    assert len(calls) == 1 and leaf.grad is not None

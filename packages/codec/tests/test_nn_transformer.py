@@ -240,4 +240,3 @@ def test_config_rejects_bad_values():
         TransformerConfig(d_model=8, num_heads=2, num_layers=1, dim_feedforward=8, dropout=0.1)
     mimi = TransformerConfig.from_preset("mimi")
     assert (mimi.d_model, mimi.context, mimi.layer_scale, mimi.gating) == (512, 250, 0.01, "none")
-

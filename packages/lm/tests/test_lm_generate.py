@@ -27,9 +27,9 @@ def _reference_in_eager_mode():
 # context of 10 steps, so 50 steps also go through the KV ring buffer several times.
 
 
-def twin_models(config: LMConfig, seed: int = 0) -> tuple[LMModel, ReferenceLM]:
+def twin_models(config: LMConfig, seed: int = 0, numerics: str = "reference") -> tuple[LMModel, ReferenceLM]:
     torch.manual_seed(seed)
-    ours = LMModel(config).eval()
+    ours = LMModel(config, numerics=numerics).eval()
     reference = ReferenceLM(**config.lm_kwargs(), device="meta").eval()
     reference.load_state_dict(ours.state_dict(), strict=True, assign=True)
     return ours, reference
@@ -45,11 +45,14 @@ def run(gen, frames: torch.Tensor) -> list[torch.Tensor | None]:
         return [gen.step(frame) for frame in frames]
 
 
+@pytest.mark.parametrize("numerics", ["reference", "fast"])
 @pytest.mark.parametrize("preset", ["tiny", "reference-test"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_greedy_tokens_match_reference(preset: str, batch: int):
+def test_greedy_tokens_match_reference(preset: str, batch: int, numerics: str):
+    """Streaming logits feed an argmax: with reference numerics the very same tokens; the fast
+    kernels' rounding leaves these small vocabularies' argmax alone too."""
     config = LMConfig.from_preset(preset)
-    ours, reference = twin_models(config)
+    ours, reference = twin_models(config, numerics=numerics)
     frames = user_frames(config, 50 + config.max_delay, batch)
     out = run(LMGen(ours, use_sampling=False), frames)
     ref = run(ReferenceGen(reference, use_sampling=False), frames)
@@ -378,3 +381,28 @@ def test_step_reads_no_tensor_value_on_the_host(use_sampling: bool):
             outs = [gen.step(frame) for frame in frames[config.max_delay + 3 :]]
     assert all(out is not None for out in outs)
     assert reads.seen == []
+
+
+@pytest.mark.parametrize("use_sampling", [False, True], ids=["greedy", "sampling"])
+def test_step_compiles_to_one_graph_with_the_eager_tokens(use_sampling: bool):
+    """``torch.compile(gen.step, fullgraph=True)`` captures the whole steady-state step (model,
+    depformer, sampling with counter-based noise) and gives the eager tokens. The reference set:
+    the CPU's C kernels are opaque to dynamo."""
+    config = LMConfig.from_preset("tiny")
+    torch.manual_seed(0)
+    model = LMModel(config, numerics="reference").eval()
+    frames = user_frames(config, 30, 2)
+    warm = config.max_delay + 12  # past the delays and the context of 10 steps
+    outs = {}
+    for mode in ("eager", "compiled"):
+        gen = LMGen(model, use_sampling=use_sampling, top_k=10, top_k_text=5)
+        with gen.streaming(2):
+            gen.set_seed(0, 5)
+            gen.set_seed(1, 6)
+            tokens = [gen.step(frame) for frame in frames[:warm]]
+            step = (
+                gen.step if mode == "eager" else torch.compile(gen.step, fullgraph=True, backend="aot_eager")
+            )
+            tokens += [step(frame) for frame in frames[warm:]]
+        outs[mode] = torch.cat(tokens[warm:], dim=-1)
+    assert torch.equal(outs["compiled"], outs["eager"])

@@ -60,6 +60,7 @@ def _encode(mimi, wav, progress: bool):  # noqa: ANN001, ANN202
     chunk = CHUNK_FRAMES * frame
     padded = torch.nn.functional.pad(wav, (0, -wav.shape[-1] % frame))[None]  # [1, 1, T]
     show = progress and wav.shape[-1] / mimi.sample_rate >= PROGRESS_MIN_SECONDS
+    mimi.check_audio(padded)  # a file's samples, read once before streaming them
     pieces = []
     with torch.no_grad(), mimi.streaming(1), _bar(padded.shape[-1] // frame, "frame", show) as bar:
         for start in range(0, padded.shape[-1], chunk):
@@ -73,6 +74,7 @@ def _decode(mimi, codes, progress: bool):  # noqa: ANN001, ANN202
     import torch
 
     show = progress and codes.shape[-1] / mimi.frame_rate >= PROGRESS_MIN_SECONDS
+    mimi.check_codes(codes)  # a file's codes, read once before streaming them
     pieces = []
     with torch.no_grad(), mimi.streaming(codes.shape[0]), _bar(codes.shape[-1], "frame", show) as bar:
         for start in range(0, codes.shape[-1], CHUNK_FRAMES):

@@ -236,10 +236,25 @@ class Mimi(StreamingModule[MimiState]):
                 + (" (add the batch and channel dims: wav[None, None])" if wav.dim() == 1 else "")
                 + (" (add a channel dim: wav[:, None])" if wav.dim() == 2 else "")
             )
-        if not bool(torch.isfinite(wav).all()):
-            raise ValueError("encode: the audio contains NaN or Inf samples")
+        if not self.is_streaming:  # a streaming step reads no value back (see check_audio)
+            self.check_audio(wav)
         self._check_batch(wav.shape[0], "audio")
         return wav.to(self._param_dtype())
+
+    def check_audio(self, wav: torch.Tensor) -> None:
+        """Fail with a clear message when ``wav`` holds NaN or Inf samples. Batch calls check this
+        themselves; a streaming step does not (it would read the values back from the device)."""
+        if not bool(torch.isfinite(wav).all()):
+            raise ValueError("encode: the audio contains NaN or Inf samples")
+
+    def check_codes(self, codes: torch.Tensor) -> None:
+        """Fail with a clear message when ``codes`` hold values outside ``0..cardinality - 1``.
+        Batch calls check this themselves; a streaming step does not (see :meth:`check_audio`)."""
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cardinality):
+            raise ValueError(
+                f"codes out of range: found values in [{int(codes.min())}, {int(codes.max())}], "
+                f"valid codes are 0..{self.cardinality - 1}"
+            )
 
     def _checked_codes(self, codes: torch.Tensor) -> torch.Tensor:
         if not isinstance(codes, torch.Tensor):
@@ -251,11 +266,8 @@ class Mimi(StreamingModule[MimiState]):
         k = codes.shape[1]
         if not 1 <= k <= self.total_codebooks:
             raise ValueError(f"decode got {k} codebooks; this Mimi has 1..{self.total_codebooks}")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cardinality):
-            raise ValueError(
-                f"codes out of range: found values in [{int(codes.min())}, {int(codes.max())}], "
-                f"valid codes are 0..{self.cardinality - 1}"
-            )
+        if not self.is_streaming:
+            self.check_codes(codes)
         self._check_batch(codes.shape[0], "codes")
         return codes.long()
 

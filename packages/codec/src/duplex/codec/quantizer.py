@@ -107,25 +107,23 @@ class ResidualVectorQuantizer(nn.Module, UsesKernels):
         self.input_proj = nn.Conv1d(input_dim, dimension, 1, bias=False)
         self.output_proj = nn.Conv1d(dimension, output_dim, 1, bias=False)
         self.vq = _CodebookStack(num_codebooks, dimension, bins)
-        self._centroid_table: tuple[list[torch.Tensor], torch.Tensor, list[int]] | None = None
+        self._centroid_table: tuple[list[torch.Tensor], torch.Tensor] | None = None
 
     def codebooks(self) -> list[EuclideanCodebook]:
         return [layer._codebook for layer in self.vq.layers]
 
     def centroid_table(self, levels: int) -> torch.Tensor:
-        """The first ``levels`` codebooks' centroids stacked, ``[levels, K, D]``; kept until a
-        codebook or the count changes."""
+        """The first ``levels`` codebooks' centroids stacked, ``[levels, K, D]``; kept while the
+        codebooks hold the same centroid tensors (a refresh, a load or a move makes new ones)."""
         sources = [codebook.centroids for codebook in self.codebooks()[:levels]]
-        versions = [source._version for source in sources]
         cached = self._centroid_table
         # the cache holds the source tensors, so a new table can never reuse their addresses
         if (
             cached is None
-            or cached[2] != versions
             or len(cached[0]) != len(sources)
             or any(a is not b for a, b in zip(cached[0], sources, strict=True))
         ):
-            cached = self._centroid_table = (sources, torch.stack(sources), versions)
+            cached = self._centroid_table = (sources, torch.stack(sources))
         return cached[1]
 
     def encode(self, latent: torch.Tensor, num_codebooks: int) -> torch.Tensor:

@@ -266,7 +266,8 @@ class LMGen(StreamingModule[LMGenState]):
 
         # Write the generated frame at the new offset (in place: the state's tensors keep their storage).
         state.offsets.add_(executing.long())
-        state.calls += 1
+        if state.calls <= self.max_delay:  # counts up to the delay only: a constant in steady state
+            state.calls += 1
         generated = text[:, None] if audio is None else torch.cat([text[:, None], audio], dim=1)
         gen_rows = cache[:, : 1 + model.dep_q]
         column = (state.offsets % width)[:, None, None].expand(-1, gen_rows.shape[1], 1)

@@ -19,7 +19,9 @@ def allowed_mask(q_pos: Tensor, k_pos: Tensor, context: int | None) -> Tensor:
 def attention_bias(q_pos: Tensor, k_pos: Tensor, context: int | None, dtype: torch.dtype) -> Tensor:
     """:func:`allowed_mask` as an additive mask: 0 where visible, -inf elsewhere."""
     allowed = allowed_mask(q_pos, k_pos, context)
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, float("-inf")
+    )
 
 
 def attention(

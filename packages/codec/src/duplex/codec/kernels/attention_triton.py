@@ -19,9 +19,9 @@ import math
 import torch
 import triton
 import triton.language as tl
+from duplex.codec.kernels import attention_torch
 from duplex.codec.kernels._triton_utils import block_size, check_dtype, dot_precision, mma, upcast_dot
 from duplex.codec.kernels.dispatch import KernelUnsupportedError
-from duplex.codec.kernels import attention_torch
 from torch import Tensor
 
 MAX_HEAD_DIM = 256

@@ -157,7 +157,9 @@ def conv_transpose1d(
         or _needs_grad(x, weight, bias)
     ):
         return F.conv_transpose1d(x, weight, bias, stride, groups=groups)
-    transposed = _derived(packed, "transposed", lambda: weight.detach().reshape(in_channels, -1).t().contiguous())
+    transposed = _derived(
+        packed, "transposed", lambda: weight.detach().reshape(in_channels, -1).t().contiguous()
+    )
     cols = linear_native.linear(x.transpose(1, 2), transposed)  # [B, T, C_out * K]
     blocks = kernel_size // stride
     cols = cols.view(batch, length, out_channels, blocks, stride)

@@ -220,13 +220,15 @@ class UsesKernels:
     """Mixin of the modules that call ops: they read them from ``self.kernels``, which their model
     sets once (:func:`use_kernels`); alone, a module runs the reference (torch) set."""
 
+    _kernels: Kernels | None = None
+
     @property
     def kernels(self) -> Kernels:
-        return self.__dict__.get("_kernels") or select_kernels("reference", "cpu")
+        return self._kernels if self._kernels is not None else select_kernels("reference", "cpu")
 
     @kernels.setter
     def kernels(self, value: Kernels) -> None:
-        self.__dict__["_kernels"] = value
+        self._kernels = value
 
 
 def kernel_users(root: nn.Module) -> Iterator[UsesKernels]:

@@ -22,7 +22,11 @@ def load() -> ctypes._CFuncPtr:
 
 def elu(x: Tensor, alpha: float = 1.0) -> Tensor:
     """``F.elu(x, alpha)``: in C for float32 CPU tensors without gradient (a new tensor)."""
-    if x.dtype is not torch.float32 or x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+    if (
+        x.dtype is not torch.float32
+        or x.device.type != "cpu"
+        or (torch.is_grad_enabled() and x.requires_grad)
+    ):
         return F.elu(x, alpha)
     x = x.contiguous()
     y = torch.empty_like(x)

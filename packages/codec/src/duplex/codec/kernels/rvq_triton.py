@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from duplex.codec.kernels._triton_utils import block_size, check_dtype, dot_precision, mma, upcast_dot
 from duplex.codec.kernels import rvq_torch
+from duplex.codec.kernels._triton_utils import KERNEL_DTYPES, block_size, dot_precision, mma, upcast_dot
 from torch import Tensor
 
 MAX_DIM = 512  # the encoder holds a [BLOCK_N, D] residual tile in registers
@@ -384,9 +384,8 @@ def rvq_encode(x: Tensor, centroids: Tensor, num_splits: int | None = None) -> T
     """
     n, dim = x.shape
     levels, k, _ = centroids.shape
-    if dim > MAX_DIM:
-        return rvq_torch.rvq_encode(x, centroids)  # the residual tile would not fit in registers
-    check_dtype(x.dtype)
+    if dim > MAX_DIM or x.dtype not in KERNEL_DTYPES:  # the residual tile would not fit / no kernel
+        return rvq_torch.rvq_encode(x, centroids)
     codes = torch.empty((n, levels), dtype=torch.long, device=x.device)
     if n == 0 or levels == 0:
         return codes
@@ -435,11 +434,13 @@ def rvq_encode(x: Tensor, centroids: Tensor, num_splits: int | None = None) -> T
 
 def rvq_decode(codes: Tensor, centroids: Tensor, proj: Tensor | None = None) -> Tensor:
     """Sum of the chosen centroids ``[N, D]``, times ``proj.T`` when given (inputs already checked)."""
-    if torch.is_grad_enabled() and (centroids.requires_grad or (proj is not None and proj.requires_grad)):
-        return rvq_torch.rvq_decode(codes, centroids, proj)  # forward only
+    needs_grad = torch.is_grad_enabled() and (
+        centroids.requires_grad or (proj is not None and proj.requires_grad)
+    )
+    if needs_grad or centroids.dtype not in KERNEL_DTYPES:  # forward only, these dtypes only
+        return rvq_torch.rvq_decode(codes, centroids, proj)
     n, levels = codes.shape
     dim = centroids.shape[-1]
-    check_dtype(centroids.dtype)
     if proj is not None and n <= FUSED_PROJECTION_MAX_ROWS and n > 0:
         return _decode_projected(codes, centroids, proj)
     total = torch.empty((n, dim), dtype=centroids.dtype, device=centroids.device)

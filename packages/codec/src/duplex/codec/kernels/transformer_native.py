@@ -90,7 +90,7 @@ def step(
 
     ``positions [B, T]`` int64 are the new steps' absolute positions, ``rope_cos``/``rope_sin``
     ``[B, T, Dh / 2]`` the rotary tables at those positions (None: no rotary embedding), ``used``
-    the cache slots to scan once this step is written.
+    the cache slots to scan.
     """
     batch, length, _ = x.shape
     status = load()(
@@ -208,10 +208,12 @@ def transformer_step(transformer: nn.Module, x: Tensor, positions: Tensor) -> Te
         return transformer.run_layers(x, positions)
     rope_cos = rope_sin = None
     if transformer.rope is not None:
-        angles = positions.to(torch.float32)[..., None] * transformer.rope.frequencies(first.head_dim, x.device)
+        angles = positions.to(torch.float32)[..., None] * transformer.rope.frequencies(
+            first.head_dim, x.device
+        )
         rope_cos, rope_sin = torch.cos(angles), torch.sin(angles)
-    used = min(attn_state.cache.capacity, attn_state.cache.used + length)
     out = x.contiguous().clone()
-    step(packed[0], out, positions.contiguous(), rope_cos, rope_sin, used)
-    transformer.advance_layers(length, used)
+    # every slot is scanned: a never-written one holds position -1 and costs a comparison
+    step(packed[0], out, positions.contiguous(), rope_cos, rope_sin, attn_state.cache.capacity)
+    transformer.advance_layers(length)
     return out

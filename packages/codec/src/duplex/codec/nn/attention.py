@@ -28,7 +28,9 @@ from torch import nn
 class AttentionState(StreamingState):
     offset: torch.Tensor  # [B] long: positions already processed by each item
     cache: RingKVCache
-    step: int = 0  # steps processed by the whole batch: selects the per-step weights
+    # steps processed by the whole batch, counted only with per-step weights (which it selects;
+    # the depformer restarts every frame), so a steady-state step changes no Python value
+    step: int = 0
 
     def reset(self, slots: torch.Tensor) -> None:
         self.offset[slots] = 0
@@ -165,14 +167,13 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState], UsesKernels):
                 q, k, v, shared.positions, key_positions, self.context, shared=shared.scratch
             )
         else:  # every query sees every key (batch mode only)
-            out = torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, enable_gqa=self.kv_repeat > 1
-            )
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=self.kv_repeat > 1)
         out = self._project(out.transpose(1, 2).flatten(2), first_step, out=True)
 
         if state is not None:
             state.offset.add_(state.exec_mask, alpha=length)
-            state.step += length
+            if self.mult > 1:  # only per-step weights count steps (a Python int: see AttentionState)
+                state.step += length
         return out
 
     def extra_repr(self) -> str:

@@ -132,13 +132,9 @@ class StreamingConv1d(StreamingModule[ConvState]):
         padded = torch.cat([previous, x], dim=-1)
         y = self.conv(padded, state.packed)
         tail = padded[..., -self.left_context :]
-        if state.all_active():
-            state.previous.copy_(tail)
-            if replicate:
-                state.first.fill_(False)
-        else:
-            mask = state.exec_mask
-            state.previous.copy_(torch.where(mask.view(-1, 1, 1), tail, state.previous))
+        mask = state.exec_mask  # frozen items keep their state (no branch on the mask: graph-ready)
+        state.previous.copy_(torch.where(mask.view(-1, 1, 1), tail, state.previous))
+        if replicate:
             state.first &= ~mask
         return y
 
@@ -197,8 +193,5 @@ class StreamingConvTranspose1d(StreamingModule[ConvTransposeState]):
         bias = self.convtr.convtr.bias
         if bias is not None:
             tail = tail - bias[:, None]
-        if state.all_active():
-            state.partial.copy_(tail)
-        else:
-            state.partial.copy_(torch.where(state.exec_mask.view(-1, 1, 1), tail, state.partial))
+        state.partial.copy_(torch.where(state.exec_mask.view(-1, 1, 1), tail, state.partial))
         return y[..., :-overlap]

@@ -9,7 +9,6 @@ on purpose (it decides Mimi's streaming output past 10 s).
 from __future__ import annotations
 
 import torch
-from duplex.codec.streaming import AllTrue
 
 
 class RingKVCache:
@@ -29,10 +28,7 @@ class RingKVCache:
         self.values = torch.zeros_like(self.keys)
         # absolute position held by each slot; -1 = never written (masked out)
         self.positions = torch.full((batch_size, capacity), -1, dtype=torch.long, device=device)
-        # slots [used, capacity) have never been written by any item (the C step skips them)
-        self.used = 0
         self._batch_index = torch.arange(batch_size, device=device)[:, None]
-        self._all_active = AllTrue()
 
     def reset(self, slots: torch.Tensor) -> None:
         self.positions[slots] = -1
@@ -54,13 +50,12 @@ class RingKVCache:
         slots = positions % self.capacity
         new_keys, new_values = keys.transpose(1, 2), values.transpose(1, 2)  # [B, T, H, Dh]
         index = (self._batch_index, slice(None), slots)
-        if not self._all_active(exec_mask):
-            keep = ~exec_mask
-            new_keys = torch.where(keep[:, None, None, None], self.keys[index], new_keys)
-            new_values = torch.where(keep[:, None, None, None], self.values[index], new_values)
-            positions = torch.where(keep[:, None], self.positions[self._batch_index, slots], positions)
+        # frozen items write back what their slots held (no branch on the mask: graph-ready)
+        keep = ~exec_mask
+        new_keys = torch.where(keep[:, None, None, None], self.keys[index], new_keys)
+        new_values = torch.where(keep[:, None, None, None], self.values[index], new_values)
+        positions = torch.where(keep[:, None], self.positions[self._batch_index, slots], positions)
         self.keys[index] = new_keys
         self.values[index] = new_values
         self.positions[self._batch_index, slots] = positions
-        self.used = min(self.capacity, self.used + length)
         return self.keys, self.values, self.positions

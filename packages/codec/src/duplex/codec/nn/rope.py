@@ -12,6 +12,7 @@ import math
 
 import torch
 
+
 class RotaryEmbedding:
     """Parameter-free, so a plain object (not a module): casting a model to bf16 leaves the
     float32 frequencies alone."""

@@ -85,15 +85,11 @@ class LayerScale(nn.Module):
         return self.scale * x
 
 
-@dataclass
-class LayerState(StreamingState):
-    step: int = 0  # steps processed by the batch: selects the per-step feed-forward weights
+class StreamingTransformerLayer(nn.Module):
+    """One layer, for every transformer of duplex: self-attention over the ring KV cache (with
+    RoPE, grouped KV heads, per-step weights), then a plain or gated feed-forward, each pre-normed
+    and optionally layer-scaled. Its streaming state is its attention's."""
 
-    def reset(self, slots: torch.Tensor) -> None:
-        self.step = 0
-
-
-class StreamingTransformerLayer(StreamingModule[LayerState]):
     def __init__(self, config: TransformerConfig, rope: RotaryEmbedding | None) -> None:
         super().__init__()
         d = config.d_model
@@ -126,9 +122,6 @@ class StreamingTransformerLayer(StreamingModule[LayerState]):
             self.layer_scale_1 = LayerScale(d, config.layer_scale)
             self.layer_scale_2 = LayerScale(d, config.layer_scale)
 
-    def _init_streaming_state(self, batch_size: int) -> LayerState:
-        return LayerState(batch_size=batch_size, device=module_device(self))
-
     def _feedforward(self, x: torch.Tensor, first_step: int) -> torch.Tensor:
         if self.gating is None:
             assert self.linear1 is not None and self.linear2 is not None
@@ -139,22 +132,19 @@ class StreamingTransformerLayer(StreamingModule[LayerState]):
 
     def forward(self, x: torch.Tensor, shared: SharedStep | None = None) -> torch.Tensor:
         """``shared``: see :meth:`StreamingMultiheadAttention.forward`."""
-        state = self._streaming_state
-        first_step = state.step if state is not None else 0
+        state = self.self_attn._streaming_state
+        first_step = state.step if state is not None else 0  # advanced by the attention below
         update = self.self_attn(self.norm1(x), shared)
         x = x.to(update.dtype) + self.layer_scale_1(update)
         update = self._feedforward(self.norm2(x), first_step)
-        x = x.to(update.dtype) + self.layer_scale_2(update)
-        if state is not None:
-            state.step += x.shape[1]
-        return x
+        return x.to(update.dtype) + self.layer_scale_2(update)
 
 
 @dataclass
 class TransformerState(StreamingState):
     offset: torch.Tensor  # [B] long: positions already processed by each item
     packed: dict = field(default_factory=dict)  # what the transformer_step op prepares once per session
-    layer_states: list | None = None  # each layer's (layer state, attention state), once looked up
+    attention_states: list | None = None  # each layer's attention state, once looked up
 
     def reset(self, slots: torch.Tensor) -> None:
         self.offset[slots] = 0
@@ -202,15 +192,13 @@ class StreamingTransformer(StreamingModule[TransformerState], UsesKernels):
             x = layer(x, shared)
         return x
 
-    def advance_layers(self, length: int, used: int) -> None:
+    def advance_layers(self, length: int) -> None:
         """After a ``transformer_step`` kernel wrote the caches and moved the attention offsets,
-        advance what the layers count in Python: their steps and the caches' written slots."""
+        advance what the layers count in Python: the per-step weights' step."""
+        if self.layers[0].self_attn.mult == 1:
+            return
         state = self.streaming_state
-        if state.layer_states is None:
-            state.layer_states = [
-                (layer.streaming_state, layer.self_attn.streaming_state) for layer in self.layers
-            ]
-        for layer_state, attn_state in state.layer_states:
-            layer_state.step += length
+        if state.attention_states is None:
+            state.attention_states = [layer.self_attn.streaming_state for layer in self.layers]
+        for attn_state in state.attention_states:
             attn_state.step += length
-            attn_state.cache.used = used
