@@ -196,13 +196,12 @@ def attention_rows(bench: Bench) -> list[Row]:
         v = bench.randn(batch, heads, k_len, head_dim, dtype=dtype)
         case = f"{name} B={batch} H={heads} Dh={head_dim} Tq={q_len} Tk={k_len} {str(dtype)[6:]}"
         args = (q, k, v, q_pos, k_pos, context)
-        for op in ("attention", "rope_attention"):
-            torch_fn, triton_fn = getattr(attention_torch, op), getattr(attention_triton, op)
-            error = (triton_fn(*args).float() - torch_fn(*args).float()).abs().max().item()
-            rows.append(bench.row(op, case, torch_fn, triton_fn, args, f"max|d| {error:.1e}"))
-            for splits in (1, 4, 16) if bench.variants else ():
-                sliced = functools.partial(triton_fn, num_splits=splits)
-                rows.append(bench.variant(f"{op}[splits={splits}]", case, torch_fn, sliced, args))
+        torch_fn, triton_fn = attention_torch.attention, attention_triton.attention
+        error = (triton_fn(*args).float() - torch_fn(*args).float()).abs().max().item()
+        rows.append(bench.row("attention", case, torch_fn, triton_fn, args, f"max|d| {error:.1e}"))
+        for splits in (1, 4, 16) if bench.variants else ():
+            sliced = functools.partial(triton_fn, num_splits=splits)
+            rows.append(bench.variant(f"attention[splits={splits}]", case, torch_fn, sliced, args))
     return rows
 
 

@@ -17,7 +17,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from duplex.codec.kernels import linear, linear_native, use_backend
+from duplex.codec.kernels import linear_native, select_kernels
 
 SHAPES = {  # (out_features, in_features) of one layer, repeated
     "lm temporal (d 1024)": [(3072, 1024), (1024, 1024), (5632, 1024), (1024, 2816)],
@@ -34,10 +34,10 @@ def weights_for(shapes: list[tuple[int, int]], megabytes: float) -> list[torch.T
 
 
 def timed_pass(weights: list[torch.Tensor], inputs: dict[int, torch.Tensor], backend: str) -> float:
+    linear = select_kernels("fast", "cpu", backend=backend).linear
     start = time.perf_counter()
-    with use_backend(backend):
-        for weight in weights:
-            linear(inputs[weight.shape[1]], weight)
+    for weight in weights:
+        linear(inputs[weight.shape[1]], weight)
     return time.perf_counter() - start
 
 
@@ -64,7 +64,8 @@ def main() -> None:
                 for weight in weights[: len(shapes)]:  # the two agree before they are timed
                     x = inputs[weight.shape[1]]
                     expected = F.linear(x.double(), weight.double()).float()
-                    torch.testing.assert_close(linear(x, weight), expected, rtol=1e-4, atol=1e-3)
+                    fast = select_kernels("fast", "cpu").linear
+                    torch.testing.assert_close(fast(x, weight), expected, rtol=1e-4, atol=1e-3)
                 times: dict[str, list[float]] = {"native": [], "torch": []}
                 backends = ("native", "torch") if rows <= linear_native.MAX_ROWS else ("torch",)
                 for backend in backends:

@@ -8,12 +8,10 @@ All three run the same random weights (written by duplex's save_pretrained, read
 two), batch size 1, one frame per call, as a live conversation does: encode 1920 samples -> 8
 codes, decode 8 codes -> 1920 samples. They step frame by frame in lockstep, so that a busy
 machine slows them alike, in an order that changes every frame. Each row reports the median and
-the mean over the timed frames, after a warm-up. "duplex" encodes with torch's own arithmetic,
-on C kernels that each reproduce the torch kernel they stand for, checked bit for bit (the
-encoder transformer's step, the convolutions that torch runs on oneDNN or on few rows, the RVQ
-search through torch's own sgemm_), so that its codes are the reference's;
-"duplex, fast encode" (``reference_codes = False``) runs the encoder and the RVQ search on the
-fast CPU kernels (codes equal up to near-tie flips: 0.3 % in the official-size parity test).
+the mean over the timed frames, after a warm-up. "duplex" is ``numerics="fast"`` (the default:
+the C kernels of this CPU, codes equal to the reference's up to near-tie flips); "duplex,
+reference numerics" runs torch's own ops in the reference's order (the reference's codes, bit for
+bit), one frame per call as the reference streams.
 The reference and rustymimi are test-only dependencies (uv group ``oracle``); a missing one is
 reported and skipped. Also checks that the three agree on codes.
 """
@@ -53,7 +51,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = MimiConfig.from_preset("tiny" if args.smoke else "mimi")
-    ours = Mimi(config).eval()
+    ours = Mimi(config, numerics="fast").eval()
     g = torch.Generator().manual_seed(0)
     state = ours.state_dict()
     for key, value in state.items():
@@ -76,12 +74,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         stack.enter_context(torch.no_grad())
         path = ours.save_pretrained(Path(tmp) / "mimi.safetensors")
-        fast = copy.deepcopy(ours)
-        fast.reference_codes = False  # the encoder on the CPU kernels too (rare near-tie code flips)
+        exact = copy.deepcopy(ours)
+        exact.numerics = "reference"
         stack.enter_context(ours.streaming(1))
         steppers["duplex"] = (ours.encode, ours.decode)
-        stack.enter_context(fast.streaming(1))
-        steppers["duplex, fast encode"] = (fast.encode, fast.decode)
+        stack.enter_context(exact.streaming(1))
+        steppers["duplex, reference numerics"] = (exact.encode, exact.decode)
         try:
             from moshi.models.loaders import get_mimi
         except ImportError:
@@ -126,11 +124,11 @@ def main() -> None:
     print(f"\nMimi streaming, {size} size, batch 1, float32, {args.threads} threads, {args.frames} frames")
     print(f"torch {torch.__version__}, CPU: {_cpu_name()}")
     print(
-        f"{'implementation':26s} | {'encode ms/frame (median / mean)':32s} | decode ms/frame (median / mean)"
+        f"{'implementation':28s} | {'encode ms/frame (median / mean)':32s} | decode ms/frame (median / mean)"
     )
-    print(f"{'-' * 26}-+-{'-' * 32}-+-{'-' * 32}")
+    print(f"{'-' * 28}-+-{'-' * 32}-+-{'-' * 32}")
     for name, (enc, dec) in times.items():
-        print(f"{name:26s} | {_cell(enc):32s} | {_cell(dec)}")
+        print(f"{name:28s} | {_cell(enc):32s} | {_cell(dec)}")
     base = torch.cat(codes["duplex"], -1)
     for name, theirs in codes.items():
         if name != "duplex":

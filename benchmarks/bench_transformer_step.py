@@ -20,6 +20,7 @@ import statistics
 import time
 
 import torch
+from duplex.codec.kernels import select_kernels, use_kernels
 from duplex.codec.nn import StreamingTransformer, TransformerConfig
 from moshi.modules.transformer import StreamingTransformer as RefTransformer
 
@@ -77,6 +78,7 @@ def main() -> None:
         ref = RefTransformer(causal=True, **kwargs).eval()
         ours = StreamingTransformer(TransformerConfig(**kwargs)).eval()
         ours.load_state_dict(ref.state_dict(), strict=True)
+        use_kernels(ours, select_kernels("fast", "cpu"))  # what a model with numerics="fast" selects
         prefills = [0, kwargs["context"]] if name.startswith("lm") else [kwargs["context"]]
         for batch in args.batch:
             for prefill in prefills:

@@ -322,3 +322,25 @@ def test_backbones_are_registered_by_name():
         assert gen.step(torch.zeros(2, 3, 1, dtype=torch.long)).shape == (2, 4, 1)
     with pytest.raises(KeyError, match="unknown backbone 'nope'"):
         LMModel(LMConfig.from_preset("tiny", backbone="nope"))
+
+
+def test_numerics_reaches_the_models_through_every_loader(tmp_path):
+    """``numerics`` is taken by LMModel, from_pretrained, load_checkpoint(...).lm() and .mimi()."""
+    from duplex.codec import Mimi, MimiConfig
+    from duplex.lm import LMModel, load_checkpoint
+    from duplex.lm.config import LMConfig
+
+    model = LMModel(LMConfig.from_preset("tiny"))
+    assert model.numerics == "fast"
+    model.save_pretrained(tmp_path)
+    Mimi(MimiConfig.from_preset("tiny")).save_pretrained(tmp_path / "mimi.safetensors")
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["mimi_name"] = "mimi.safetensors"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert LMModel.from_pretrained(tmp_path, numerics="reference").numerics == "reference"
+    bundle = load_checkpoint(tmp_path)
+    assert bundle.lm(numerics="reference").numerics == "reference"
+    assert bundle.lm().numerics == "fast"
+    assert bundle.mimi(numerics="reference").numerics == "reference"
+    with pytest.raises(ValueError, match="'fast' or 'reference'"):
+        LMModel(LMConfig.from_preset("tiny"), numerics="exact")

@@ -1,4 +1,6 @@
-"""Mimi: the streaming neural audio codec (24 kHz mono <-> 12.5 Hz split-RVQ codes), spec 1 and 2.4.
+"""Mimi: the streaming neural audio codec (24 kHz mono <-> 12.5 Hz split-RVQ codes).
+
+Facts: docs/architecture.md §1 (streaming: §1.8).
 
 Encode: SEANet encoder (25 Hz latent) -> encoder transformer -> learnt stride-2 down-sampling
 (12.5 Hz) -> split RVQ. Decode runs the mirror path. Module names and nesting are those of the
@@ -88,7 +90,8 @@ class ConvDownsample(nn.Module):
 
 
 class ConvTransposeUpsample(nn.Module):
-    """Learnt up-sampling by ``stride``: a *depthwise* transposed conv (kept as trained, spec 1.8)."""
+    """Learnt up-sampling by ``stride``: a *depthwise* transposed conv (kept as trained,
+    docs/architecture.md §1.5)."""
 
     def __init__(self, dim: int, stride: int) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""Split residual vector quantizer with EMA codebooks (docs/architecture.md).
+"""Split residual vector quantizer with EMA codebooks (docs/architecture.md §1.6).
 
 Codes come from two independent residual quantizers over the *same* latent: ``rvq_first``
 (semantic, normally one codebook) and ``rvq_rest`` (acoustic). Each has its own 1x1 input and

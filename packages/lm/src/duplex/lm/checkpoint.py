@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from duplex.codec.checkpoint import CheckpointError, locate_checkpoint
+from duplex.codec.kernels import Numerics
 from duplex.lm.config import LMConfig
 from duplex.lm.model import LMModel
 from duplex.lm.tokenizer import TextTokenizer
@@ -62,9 +63,13 @@ class CheckpointBundle:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         fuse_lora: bool = True,
+        numerics: Numerics = "fast",
     ) -> LMModel:
-        """The LM in eval mode; floating weights are cast to ``dtype`` (default: as stored)."""
-        return build_lm(LMModel, self.config, self.lm_weights, self.lora_weights, device, dtype, fuse_lora)
+        """The LM in eval mode; floating weights are cast to ``dtype`` (default: as stored);
+        ``numerics``: ``"fast"`` or ``"reference"`` (see :class:`~duplex.lm.model.LMModel`)."""
+        return build_lm(
+            LMModel, self.config, self.lm_weights, self.lora_weights, device, dtype, fuse_lora, numerics
+        )
 
     def text_tokenizer(self) -> TextTokenizer:
         if self.tokenizer is None:
@@ -75,8 +80,9 @@ class CheckpointBundle:
             epad_id=self.config.existing_text_end_padding_id,
         )
 
-    def mimi(self, device: torch.device | str | None = None) -> Mimi:
-        """The checkpoint's Mimi, running ``config.mimi_num_codebooks`` codebooks."""
+    def mimi(self, device: torch.device | str | None = None, numerics: Numerics = "fast") -> Mimi:
+        """The checkpoint's Mimi, running ``config.mimi_num_codebooks`` codebooks; ``numerics``:
+        ``"fast"`` or ``"reference"`` (see :class:`~duplex.codec.mimi.Mimi`)."""
         from duplex.codec.config import MimiConfig
         from duplex.codec.mimi import Mimi
 
@@ -84,7 +90,11 @@ class CheckpointBundle:
             raise CheckpointError(f"{self.source} has no Mimi weights {self.config.mimi_name!r}")
         config = MimiConfig(**self.mimi_config) if self.mimi_config is not None else None
         return Mimi.from_pretrained(
-            self.mimi_weights, num_codebooks=self.config.mimi_num_codebooks, device=device, config=config
+            self.mimi_weights,
+            num_codebooks=self.config.mimi_num_codebooks,
+            device=device,
+            config=config,
+            numerics=numerics,
         )
 
 

@@ -10,8 +10,8 @@
             if out is not None:
                 text, audio = out[:, 0], out[:, 1:] # [B, 1] text token, [B, dep_q, 1] codes for Mimi
 
-Timing (spec 4.2, 4.3): the user frame given at call ``n`` is the model's input frame ``n - 1``
-(the first call's user frame is never seen), and call ``n`` returns Moshi's frame
+Timing (docs/architecture.md §4.2, §4.3): the user frame given at call ``n`` is the model's input
+frame ``n - 1`` (the first call's user frame is never seen), and call ``n`` returns Moshi's frame
 ``n - max_delay``; the streams are re-aligned (un-delayed) before being returned. While a slot's
 delays fill, its row holds ``-2``.
 
@@ -26,8 +26,8 @@ Slots (what the serving layer builds on):
 * ``gen.set_exec_mask(mask)`` freezes the slots where ``mask`` is false for the next calls: their
   state does not advance and their output row is ``-2``.
 
-Randomness (``rng``, spec 5.1): by default (``"counter"``) the noise of each draw is a hash of the
-slot's seed, its frame offset and the draw (text 0, codebook ``k``: ``1 + k``), see
+Randomness (``rng``, docs/architecture.md §3.9): by default (``"counter"``) the noise of each draw
+is a hash of the slot's seed, its frame offset and the draw (text 0, codebook ``k``: ``1 + k``), see
 :mod:`duplex.lm.sampling`. So a slot's samples depend only on its seed, its frames and its inputs
 (a paused slot's offset does not move, so nothing needs undoing), and a step holds no
 ``torch.Generator``. ``rng="global"`` draws from torch's global generator in the reference's

@@ -173,11 +173,15 @@ class LMModel(StreamingModule[StreamingState]):
         dtype: torch.dtype | None = None,
         config: LMConfig | str | Path | None = None,
         fuse_lora: bool = True,
+        numerics: Numerics = "fast",
     ) -> LMModel:
         """Load a checkpoint: a directory (``config.json`` + the weights it names), a weights file
         with ``config``, or a Hugging Face repo id (resolved by
-        :func:`duplex.codec.checkpoint.locate_checkpoint`). See :mod:`duplex.lm.checkpoint`."""
-        return load_lm_weights(cls, source, config=config, device=device, dtype=dtype, fuse=fuse_lora)
+        :func:`duplex.codec.checkpoint.locate_checkpoint`). See :mod:`duplex.lm.checkpoint`.
+        ``numerics``: see the class docstring."""
+        return load_lm_weights(
+            cls, source, config=config, device=device, dtype=dtype, fuse=fuse_lora, numerics=numerics
+        )
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``config.json`` and ``model.safetensors`` in the official layout."""

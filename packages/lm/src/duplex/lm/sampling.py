@@ -1,8 +1,9 @@
 """Token sampling: temperature, top-k / top-p, greedy; random noise from a counter-based hash or
 from torch's global generator.
 
-The draw itself is the exponential race (spec 5.1): with ``E ~ Exp(1)`` i.i.d., ``argmax(p / E)``
-is a sample of the (unnormalised) distribution ``p``. The noise ``E`` comes from one of two places:
+The draw itself is the exponential race (docs/architecture.md §3.9): with ``E ~ Exp(1)`` i.i.d.,
+``argmax(p / E)`` is a sample of the (unnormalised) distribution ``p``. The noise ``E`` comes from
+one of two places:
 
 * counter-based (``keys`` given): ``E`` is a pure function of a per-row 64-bit stream key and the
   vocabulary index, computed with integer tensor ops (:func:`counter_exponential`). No

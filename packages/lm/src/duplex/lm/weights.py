@@ -86,8 +86,10 @@ def build_lm(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     fuse: bool = True,
+    numerics: str = "fast",
 ) -> Model:
-    """``cls(config)`` with the weights file loaded strictly (and LoRA applied), in eval mode.
+    """``cls(config, numerics=numerics)`` with the weights file loaded strictly (and LoRA applied),
+    in eval mode.
 
     Floating weights are cast to ``dtype`` (default: as stored); with ``fuse`` the LoRA weights
     are folded into the base weights."""
@@ -95,7 +97,7 @@ def build_lm(
         raise CheckpointError(f"{weights}: lora_name is set but the config has lora=false")
     state, _ = read_safetensors(weights, device=device or "cpu")
     with torch.device("meta"):
-        model = cls(config)
+        model = cls(config, numerics=numerics)
     load_lm_state_dict(model, state, dtype)
     if config.model_type == "hibiki":
         # Hibiki sometimes samples EOS too early; embedding EOS like PAD makes it harmless.
@@ -118,6 +120,7 @@ def load_lm_weights(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     fuse: bool = True,
+    numerics: str = "fast",
 ) -> Model:
     """An LM of class ``cls`` from a checkpoint directory, a repo id, or a weights file with ``config``.
 
@@ -129,12 +132,12 @@ def load_lm_weights(
             raise CheckpointError(
                 f"{location.path} is a weights file: pass its config (an LMConfig or config.json path)"
             )
-        return build_lm(cls, as_lm_config(config), location.path, None, device, dtype, fuse)
+        return build_lm(cls, as_lm_config(config), location.path, None, device, dtype, fuse, numerics)
     config = as_lm_config(config) if config is not None else checkpoint_lm_config(location)
     weights = location.file(config.moshi_name)
     lora = location.file(config.lora_name) if config.lora_name else None
     assert weights is not None
-    return build_lm(cls, config, weights, lora, device, dtype, fuse)
+    return build_lm(cls, config, weights, lora, device, dtype, fuse, numerics)
 
 
 def save_lm(model: nn.Module, directory: str | Path) -> Path:

@@ -2,7 +2,7 @@
 
 One form serves both uses:
 
-* streaming step (spec 2.2): new queries at ``q_pos = offset + t`` against a KV ring buffer
+* streaming step (docs/architecture.md §2.3): new queries at ``q_pos = offset + t`` against a KV ring buffer
   whose slots carry their absolute positions in ``k_pos`` (``-1`` = never written);
 * prefill and training: ``q_pos = k_pos = arange(T)``.
 

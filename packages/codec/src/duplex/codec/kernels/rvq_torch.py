@@ -2,7 +2,7 @@
 
 Distances go through ``torch.cdist`` (default compute mode) followed by ``argmin``, level after
 level on the residual, exactly as the official Mimi does; any other distance formula flips codes
-on near-ties (spec 1.9, pitfall 5). Ties go to the lowest centroid index (``argmin``).
+on near-ties (docs/architecture.md §1.6, §7.5). Ties go to the lowest centroid index (``argmin``).
 """
 
 from __future__ import annotations

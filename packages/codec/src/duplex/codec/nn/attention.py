@@ -1,4 +1,4 @@
-"""Streaming multi-head self-attention (docs/architecture.md).
+"""Streaming multi-head self-attention (docs/architecture.md §2.2, §2.3).
 
 Parameters are stored fused exactly as in the official checkpoints: ``in_proj_weight``
 ``[mult * (D + 2 * D_kv), D]`` (rows ``[Q; K; V]``, heads contiguous within each block, weight

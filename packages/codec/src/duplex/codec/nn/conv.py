@@ -1,4 +1,4 @@
-"""Causal streaming 1-D convolutions (docs/architecture.md).
+"""Causal streaming 1-D convolutions (docs/architecture.md §1.2, §1.3).
 
 Both modules give the same output whether the input comes in one call or in successive chunks:
 the convolution keeps the last ``P = K_eff - S`` input frames between calls, the transposed

@@ -1,4 +1,4 @@
-"""Transformer feed-forward blocks (spec 1.7, 3.5).
+"""Transformer feed-forward blocks (docs/architecture.md §2.5).
 
 ``gating="none"`` is the plain MLP of Mimi: ``linear2(GELU(linear1(x)))`` with exact GELU, held
 directly by the layer (keys ``linear1`` / ``linear2``). Any other gating name is a gated linear

@@ -1,4 +1,4 @@
-"""Ring-buffer KV cache of streaming attention (spec 2.2).
+"""Ring-buffer KV cache of streaming attention (docs/architecture.md §2.3).
 
 Position ``p`` of a batch item is stored in slot ``p % capacity``; a call writes its new keys
 and values *before* attending, so with several steps per call and a full ring, the first

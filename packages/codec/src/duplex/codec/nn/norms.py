@@ -1,4 +1,4 @@
-"""Normalisation layers of the transformers (spec 3.6).
+"""Normalisation layers of the transformers (docs/architecture.md §2.4).
 
 ``make_norm`` maps the config strings of the official models to modules whose parameter names
 match the checkpoints: LayerNorm keeps ``weight`` / ``bias``, RMSNorm keeps ``alpha`` [1, 1, D].

@@ -1,4 +1,4 @@
-"""Sinusoidal positional embedding (spec 3.10), added once before the first layer."""
+"""Sinusoidal positional embedding (docs/architecture.md §2.7), added once before the first layer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Interleaved rotary position embedding (spec 4.5).
+"""Interleaved rotary position embedding (docs/architecture.md §2.6).
 
 Pair ``i`` of a head is the adjacent element pair ``(x[2i], x[2i+1])``, rotated by the angle
 ``position * max_period ** (-2i / Dh)``; angles and products are computed in float32 and the

@@ -1,5 +1,5 @@
 """The one pre-norm streaming transformer of duplex: Mimi's two, the LM's temporal transformer
-and its depformer are all made of :class:`StreamingTransformerLayer` (docs/architecture.md).
+and its depformer are all made of :class:`StreamingTransformerLayer` (docs/architecture.md §1.7, §2).
 
 Each layer computes ``x += ls1 * attn(norm1(x))`` then ``x += ls2 * ff(norm2(x))``; there is no
 final norm. Positions continue across streaming calls, per batch item. A streaming call goes
