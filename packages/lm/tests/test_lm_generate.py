@@ -406,3 +406,39 @@ def test_step_compiles_to_one_graph_with_the_eager_tokens(use_sampling: bool):
             tokens += [step(frame) for frame in frames[warm:]]
         outs[mode] = torch.cat(tokens[warm:], dim=-1)
     assert torch.equal(outs["compiled"], outs["eager"])
+
+
+@pytest.mark.parametrize("use_sampling", [False, True], ids=["greedy", "sampling"])
+def test_steady_state_step_replays_from_its_recording_with_the_eager_tokens(monkeypatch, use_sampling):
+    """``cuda_graph=True`` records the steady-state step once (a GPU records a CUDA graph; here a
+    recorder that re-runs the step on the recorded buffers) and replays it: same tokens, with
+    resets, execution masks and seeds changed between replays."""
+    from duplex.codec import graphs
+
+    recorded = []
+    monkeypatch.setattr(
+        graphs, "record_cuda_graph", lambda step, inputs: recorded.append(1) or (lambda: step(*inputs))
+    )
+    config = LMConfig.from_preset("tiny")
+    torch.manual_seed(0)
+    model = LMModel(config).eval()
+    frames = user_frames(config, config.max_delay + 14, 3)
+    outs = {}
+    for graphed in (False, True):
+        gen = LMGen(model, use_sampling=use_sampling, top_k=10, top_k_text=5, cuda_graph=graphed)
+        tokens = []
+        with gen.streaming(3):
+            for slot in range(3):
+                gen.set_seed(slot, 10 + slot)
+            for t, frame in enumerate(frames):
+                if t == config.max_delay + 6:
+                    gen.set_exec_mask(torch.tensor([True, False, True]))
+                if t == config.max_delay + 8:
+                    gen.set_exec_mask(torch.tensor([True, True, True]))
+                    gen.set_seed(0, 99)
+                    gen.reset_streaming([0])
+                tokens.append(gen.step(frame))
+        outs[graphed] = tokens
+    assert len(recorded) == 1
+    assert [o is None for o in outs[True]] == [o is None for o in outs[False]]
+    assert all(a is None or torch.equal(a, b) for a, b in zip(outs[True], outs[False], strict=True))

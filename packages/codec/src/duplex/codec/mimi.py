@@ -37,6 +37,7 @@ from duplex.codec.checkpoint import (
     write_safetensors,
 )
 from duplex.codec.config import MimiConfig, MimiTransformerConfig
+from duplex.codec.graphs import StepGraph
 from duplex.codec.kernels import Kernels, Numerics, check_numerics, model_kernels, use_kernels
 from duplex.codec.nn import (
     Linear,
@@ -104,6 +105,9 @@ class ConvTransposeUpsample(nn.Module):
 @dataclass
 class MimiState(StreamingState):
     pending: torch.Tensor  # [B, channels, n < frame_size]: audio waiting for its frame to complete
+    # one-frame encode and decode replayed from CUDA graphs (on a CUDA device, see cuda_graph)
+    encode_graph: StepGraph | None = None
+    decode_graph: StepGraph | None = None
 
     def reset(self, slots: torch.Tensor) -> None:
         if bool(slots.all()):
@@ -122,11 +126,17 @@ class Mimi(StreamingModule[MimiState]):
     bit, on any machine; streaming encodes one frame at a time, as the reference streams);
     ``"fast"`` (the default) runs the fastest registered kernels for the device, whose sums
     differ by float rounding (a near-tie in the RVQ may then pick the other code).
+
+    ``cuda_graph``: in streaming, replay the encode of one whole frame and the decode of one frame
+    from CUDA graphs (:class:`~duplex.codec.graphs.StepGraph`); default: on a CUDA device.
     """
 
-    def __init__(self, config: MimiConfig | None = None, numerics: Numerics = "fast") -> None:
+    def __init__(
+        self, config: MimiConfig | None = None, numerics: Numerics = "fast", cuda_graph: bool | None = None
+    ) -> None:
         super().__init__()
         self._numerics: Numerics = check_numerics(numerics)
+        self.cuda_graph = cuda_graph
         self._selected_kernels: Kernels | None = None
         self.config = config = config if config is not None else MimiConfig()
         dim = config.seanet.dimension
@@ -203,7 +213,10 @@ class Mimi(StreamingModule[MimiState]):
         device = module_device(self)
         dtype = self.quantizer.rvq_first.input_proj.weight.dtype
         pending = torch.zeros(batch_size, self.channels, 0, device=device, dtype=dtype)
-        return MimiState(batch_size=batch_size, device=device, pending=pending)
+        state = MimiState(batch_size=batch_size, device=device, pending=pending)
+        if self.cuda_graph if self.cuda_graph is not None else device.type == "cuda":
+            state.encode_graph, state.decode_graph = StepGraph(self._encode), StepGraph(self._decode)
+        return state
 
     def _run_transformer(self, transformer: ProjectedTransformer, x: torch.Tensor) -> torch.Tensor:
         """Batch: one call. Streaming: one call per frame (``resample_stride`` steps), see module doc."""
@@ -310,6 +323,13 @@ class Mimi(StreamingModule[MimiState]):
         Batch mode zero-pads to whole frames (``F = ceil(T / frame_size)``); streaming returns the
         frames completed by this chunk.
         """
+        state = self._streaming_state
+        graph = None if state is None else state.encode_graph
+        if graph is not None and wav.shape[-1] == self.frame_size and state.pending.shape[-1] == 0:
+            return graph(self._checked_audio(wav))  # one whole frame: the steady-state step
+        return self._encode(wav)
+
+    def _encode(self, wav: torch.Tensor) -> torch.Tensor:
         latent = self.encode_latent(wav)
         if latent.shape[-1] == 0:
             return torch.zeros(latent.shape[0], self.num_codebooks, 0, dtype=torch.long, device=latent.device)
@@ -323,6 +343,12 @@ class Mimi(StreamingModule[MimiState]):
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes ``[B, K, F]`` (any ``K`` up to the total) -> audio ``[B, 1, F * frame_size]``."""
+        state = self._streaming_state
+        if state is not None and state.decode_graph is not None and codes.shape[-1:] == (1,):
+            return state.decode_graph(self._checked_codes(codes))  # one frame: the steady-state step
+        return self._decode(codes)
+
+    def _decode(self, codes: torch.Tensor) -> torch.Tensor:
         codes = self._checked_codes(codes)
         if not self.is_streaming:
             self._select_kernels()

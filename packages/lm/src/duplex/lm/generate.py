@@ -35,9 +35,11 @@ shape and order instead (same ``torch.manual_seed``, same tokens as the referenc
 has no per-slot seeds and is not graph-capturable.
 
 Graph readiness: in the steady state ``step`` reads no tensor value on the host (no ``.item()``,
-no branch on a tensor). It checks the user codes' dtype and shape only; their values are checked
-by :meth:`LMGen.check_user_codes`, which callers with codes from outside (files, the network)
-should call; codes from Mimi need no check.
+no branch on a tensor), so ``torch.compile(gen.step, fullgraph=True)`` captures it whole, and on
+a CUDA device the steady-state step is replayed from a CUDA graph (``cuda_graph``,
+:class:`~duplex.codec.graphs.StepGraph`). It checks the user codes' dtype and shape only;
+their values are checked by :meth:`LMGen.check_user_codes`, which callers with codes from outside
+(files, the network) should call; codes from Mimi need no check.
 
 ``use_sampling=False`` (or a temperature of 0) is greedy decoding.
 """
@@ -48,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from duplex.codec.graphs import StepGraph
 from duplex.codec.streaming import StreamingModule, StreamingState
 from duplex.lm.config import GenerationConfig
 from duplex.lm.model import UNGENERATED_TOKEN, LMModel
@@ -71,6 +74,7 @@ class LMGenState(StreamingState):
     seeds: torch.Tensor = field(init=False)
     seeded: torch.Tensor = field(init=False)
     calls: int = 0
+    graph: StepGraph | None = None  # the steady-state step, replayed from a CUDA graph
 
     @property
     def num_codebooks(self) -> int:
@@ -91,8 +95,8 @@ class LMGenState(StreamingState):
             self.seeds.copy_(random_seeds(self.batch_size))
 
     def reset(self, slots: torch.Tensor) -> None:
-        self.cache[slots] = UNGENERATED_TOKEN
-        self.offsets[slots] = 0
+        self.cache.masked_fill_(slots[:, None, None], UNGENERATED_TOKEN)
+        self.offsets.masked_fill_(slots, 0)
         if self.counter_rng:  # new seeds for the restarted slots without a seed of their own
             fresh = random_seeds(self.batch_size).to(self.device)
             self.seeds.copy_(torch.where(slots & ~self.seeded, fresh, self.seeds))
@@ -111,9 +115,11 @@ class LMGen(StreamingModule[LMGenState]):
         top_k_text: int = 25,
         cfg_coef: float = 1.0,
         rng: Literal["counter", "global"] = "counter",
+        cuda_graph: bool | None = None,
     ) -> None:
         """``rng``: ``"counter"`` (per-slot seeds, graph-capturable) or ``"global"`` (torch's global
-        generator in the reference's order); see the module docstring."""
+        generator in the reference's order); see the module docstring. ``cuda_graph``: replay the
+        steady-state step from a CUDA graph (default: on a CUDA device with ``rng="counter"``)."""
         super().__init__()
         if model.training:
             raise RuntimeError("LMGen needs the model in eval mode: call model.eval() first")
@@ -135,6 +141,9 @@ class LMGen(StreamingModule[LMGenState]):
         self.top_k_text = top_k_text
         self.cfg_coef = cfg_coef
         self.rng = rng
+        if cuda_graph and rng != "counter":
+            raise ValueError("cuda_graph needs rng='counter' (torch's global generator is not replayable)")
+        self.cuda_graph = cuda_graph
         config = model.config
         self.max_delay = config.max_delay
         self.num_user_codebooks = config.num_user_codebooks
@@ -151,6 +160,7 @@ class LMGen(StreamingModule[LMGenState]):
     # -- streaming lifecycle --------------------------------------------------------------------
     def _init_streaming_state(self, batch_size: int) -> LMGenState:
         device = self.model.device
+        graphed = self.cuda_graph if self.cuda_graph is not None else device.type == "cuda"
         return LMGenState(
             batch_size,
             device,
@@ -158,6 +168,7 @@ class LMGen(StreamingModule[LMGenState]):
             delays=torch.tensor(self.model.delays, dtype=torch.long, device=device),
             width=self.max_delay + 2,
             counter_rng=self.rng == "counter",
+            graph=StepGraph(self._advance) if graphed and self.rng == "counter" else None,
         )
 
     def _start_streaming(self, batch_size: int) -> None:
@@ -227,11 +238,21 @@ class LMGen(StreamingModule[LMGenState]):
     def step(self, user_codes: torch.Tensor) -> torch.Tensor | None:
         """Advance every executing slot by one frame; see the module docstring for the timing."""
         state = self.streaming_state
-        model = self.model
         self._check_user_codes(user_codes, state.batch_size)
+        user_codes = user_codes.to(state.cache.device)
+        steady = state.calls > self.max_delay  # past the delays: the same kernels on every call
+        out = state.graph(user_codes) if steady and state.graph is not None else self._advance(user_codes)
+        if state.calls <= self.max_delay:  # counts up to the delay only: a constant in steady state
+            state.calls += 1
+        return out if state.calls > self.max_delay else None
+
+    def _advance(self, user_codes: torch.Tensor) -> torch.Tensor:
+        """The tensor work of one step: every executing slot advances by one frame; returns the
+        un-delayed frame ``[B, 1 + dep_q, 1]`` (``-2`` where not ready)."""
+        state = self.streaming_state
+        model = self.model
         cache, width = state.cache, state.width
         executing = state.exec_mask
-        user_codes = user_codes.to(cache.device)
 
         # Store the user's frame at its delayed position.
         first_user = model.dep_q + 1
@@ -266,16 +287,12 @@ class LMGen(StreamingModule[LMGenState]):
 
         # Write the generated frame at the new offset (in place: the state's tensors keep their storage).
         state.offsets.add_(executing.long())
-        if state.calls <= self.max_delay:  # counts up to the delay only: a constant in steady state
-            state.calls += 1
         generated = text[:, None] if audio is None else torch.cat([text[:, None], audio], dim=1)
         gen_rows = cache[:, : 1 + model.dep_q]
         column = (state.offsets % width)[:, None, None].expand(-1, gen_rows.shape[1], 1)
         kept = gen_rows.gather(2, column)
         gen_rows.scatter_(2, column, torch.where(executing[:, None, None], generated[..., None], kept))
 
-        if state.calls <= self.max_delay:
-            return None
         read = (state.offsets[:, None] - self.max_delay + state.delays[None, : 1 + model.dep_q]) % width
         out = cache[:, : 1 + model.dep_q].gather(2, read[..., None])
         not_ready = (state.offsets <= self.max_delay) | ~executing

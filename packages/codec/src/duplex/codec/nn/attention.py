@@ -33,7 +33,7 @@ class AttentionState(StreamingState):
     step: int = 0
 
     def reset(self, slots: torch.Tensor) -> None:
-        self.offset[slots] = 0
+        self.offset.masked_fill_(slots, 0)
         self.cache.reset(slots)
         # per-step weights assume the batch moves in lockstep (the depformer restarts every frame)
         self.step = 0

@@ -69,8 +69,8 @@ class ConvState(StreamingState):
     packed: dict = field(default_factory=dict)  # the kernels' derived weights, made once per session
 
     def reset(self, slots: torch.Tensor) -> None:
-        self.previous[slots] = 0
-        self.first[slots] = True
+        self.previous.masked_fill_(slots[:, None, None], 0)  # masked writes: no host sync
+        self.first |= slots
 
 
 class StreamingConv1d(StreamingModule[ConvState]):
@@ -145,7 +145,7 @@ class ConvTransposeState(StreamingState):
     packed: dict = field(default_factory=dict)  # the kernels' derived weights, made once per session
 
     def reset(self, slots: torch.Tensor) -> None:
-        self.partial[slots] = 0
+        self.partial.masked_fill_(slots[:, None, None], 0)
 
 
 class StreamingConvTranspose1d(StreamingModule[ConvTransposeState]):

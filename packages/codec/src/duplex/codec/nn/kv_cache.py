@@ -31,7 +31,7 @@ class RingKVCache:
         self._batch_index = torch.arange(batch_size, device=device)[:, None]
 
     def reset(self, slots: torch.Tensor) -> None:
-        self.positions[slots] = -1
+        self.positions.masked_fill_(slots[:, None], -1)
 
     def write(
         self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, exec_mask: torch.Tensor

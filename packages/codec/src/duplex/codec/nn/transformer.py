@@ -147,7 +147,7 @@ class TransformerState(StreamingState):
     attention_states: list | None = None  # each layer's attention state, once looked up
 
     def reset(self, slots: torch.Tensor) -> None:
-        self.offset[slots] = 0
+        self.offset.masked_fill_(slots, 0)
 
 
 class StreamingTransformer(StreamingModule[TransformerState], UsesKernels):
