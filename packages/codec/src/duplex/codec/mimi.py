@@ -38,7 +38,7 @@ from duplex.codec.checkpoint import (
 )
 from duplex.codec.config import MimiConfig, MimiTransformerConfig
 from duplex.codec.graphs import StepGraph
-from duplex.codec.kernels import Kernels, Numerics, check_numerics, model_kernels, use_kernels
+from duplex.codec.kernels import Numerics, NumericsPolicy
 from duplex.codec.nn import (
     Linear,
     StreamingConv1d,
@@ -119,7 +119,7 @@ class MimiState(StreamingState):
             )
 
 
-class Mimi(StreamingModule[MimiState]):
+class Mimi(StreamingModule[MimiState], NumericsPolicy):
     """The Mimi codec. ``Mimi(config)`` has fresh weights; see :meth:`from_pretrained`.
 
     ``numerics``: ``"reference"`` runs the reference's torch ops in its order (its codes, bit for
@@ -135,9 +135,8 @@ class Mimi(StreamingModule[MimiState]):
         self, config: MimiConfig | None = None, numerics: Numerics = "fast", cuda_graph: bool | None = None
     ) -> None:
         super().__init__()
-        self._numerics: Numerics = check_numerics(numerics)
+        self.numerics = numerics
         self.cuda_graph = cuda_graph
-        self._selected_kernels: Kernels | None = None
         self.config = config = config if config is not None else MimiConfig()
         dim = config.seanet.dimension
         self.encoder = SeanetEncoder(config.seanet)
@@ -186,30 +185,9 @@ class Mimi(StreamingModule[MimiState]):
     def set_num_codebooks(self, value: int) -> None:
         self.num_codebooks = value
 
-    # -- numerics --------------------------------------------------------------------------------
-    @property
-    def numerics(self) -> Numerics:
-        """``"fast"`` or ``"reference"`` (see the class docstring); settable between calls."""
-        return self._numerics
-
-    @numerics.setter
-    def numerics(self, value: Numerics) -> None:
-        if self.is_streaming:
-            raise RuntimeError("cannot change numerics while streaming; leave the streaming block first")
-        self._numerics = check_numerics(value)
-        self._selected_kernels = None
-
-    def _select_kernels(self) -> None:
-        """Choose the kernels for the current device and dtype: at the first batch call, when
-        streaming starts, and again only after the model moved or the policy changed."""
-        kernels = model_kernels(self, self._numerics)
-        if kernels is not self._selected_kernels:
-            use_kernels(self, kernels)
-            self._selected_kernels = kernels
-
     # -- streaming -------------------------------------------------------------------------------
     def _init_streaming_state(self, batch_size: int) -> MimiState:
-        self._select_kernels()
+        self.select_kernels()
         device = module_device(self)
         dtype = self.quantizer.rvq_first.input_proj.weight.dtype
         pending = torch.zeros(batch_size, self.channels, 0, device=device, dtype=dtype)
@@ -293,7 +271,7 @@ class Mimi(StreamingModule[MimiState]):
         wav = self._checked_audio(wav)
         state = self._streaming_state
         if state is None:
-            self._select_kernels()
+            self.select_kernels()
         frame = self.frame_size
         if state is None:
             if wav.shape[-1] == 0:
@@ -308,7 +286,7 @@ class Mimi(StreamingModule[MimiState]):
             wav = wav[..., :complete]
             if complete == 0:
                 return wav.new_zeros(wav.shape[0], self.config.seanet.dimension, 0)
-            if self._numerics == "reference" and complete > frame:
+            if self.numerics == "reference" and complete > frame:
                 # as the reference streams: torch sums a convolution by the shape it is given
                 return torch.cat([self._encode_frames(part) for part in wav.split(frame, dim=-1)], dim=-1)
         return self._encode_frames(wav)
@@ -333,7 +311,7 @@ class Mimi(StreamingModule[MimiState]):
         latent = self.encode_latent(wav)
         if latent.shape[-1] == 0:
             return torch.zeros(latent.shape[0], self.num_codebooks, 0, dtype=torch.long, device=latent.device)
-        if self.is_streaming and self._numerics == "reference" and latent.shape[-1] > 1:
+        if self.is_streaming and self.numerics == "reference" and latent.shape[-1] > 1:
             # BLAS rounds a product differently for different row counts, and a rounding can flip a
             # near-tie: one frame per search keeps streaming codes independent of the chunking
             # (those of one frame per call, as the reference streams).
@@ -351,7 +329,7 @@ class Mimi(StreamingModule[MimiState]):
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
         codes = self._checked_codes(codes)
         if not self.is_streaming:
-            self._select_kernels()
+            self.select_kernels()
         if codes.shape[-1] == 0:
             if not self.is_streaming:
                 raise ValueError("decode got zero frames (F = 0)")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from duplex.codec.kernels import Kernels, Numerics, check_numerics, model_kernels, use_kernels
+from duplex.codec.kernels import Numerics, NumericsPolicy
 from duplex.codec.nn import Linear, make_norm
 from duplex.codec.streaming import StreamingModule, StreamingState
 from duplex.lm.config import LMConfig
@@ -95,7 +95,7 @@ def _truncated_normal_init(module: nn.Module) -> None:
         module.bias.zero_()
 
 
-class LMModel(StreamingModule[StreamingState]):
+class LMModel(StreamingModule[StreamingState], NumericsPolicy):
     """The Moshi LM. ``config`` is an :class:`LMConfig`; weights are random until loaded.
 
     ``numerics``: ``"reference"`` runs the reference's torch ops in its order (its logits, bit for
@@ -105,8 +105,7 @@ class LMModel(StreamingModule[StreamingState]):
 
     def __init__(self, config: LMConfig, numerics: Numerics = "fast") -> None:
         super().__init__()
-        self._numerics: Numerics = check_numerics(numerics)
-        self._selected_kernels: Kernels | None = None
+        self.numerics = numerics
         if config.conditioners or (config.fuser and config.fuser.get("sum")):
             raise NotImplementedError(
                 "conditioners / fuser: conditioned models (Hibiki, the 2B dev model) are not supported yet"
@@ -201,29 +200,8 @@ class LMModel(StreamingModule[StreamingState]):
                 _truncated_normal_init(module)
 
     def _init_streaming_state(self, batch_size: int) -> StreamingState:
-        self._select_kernels()
+        self.select_kernels()
         return StreamingState(batch_size, self.device)
-
-    # -- numerics -------------------------------------------------------------------------------
-    @property
-    def numerics(self) -> Numerics:
-        """``"fast"`` or ``"reference"`` (see the class docstring); settable outside streaming."""
-        return self._numerics
-
-    @numerics.setter
-    def numerics(self, value: Numerics) -> None:
-        if self.is_streaming:
-            raise RuntimeError("cannot change numerics while streaming; leave the streaming block first")
-        self._numerics = check_numerics(value)
-        self._selected_kernels = None
-
-    def _select_kernels(self) -> None:
-        """Choose the kernels for the current device and dtype: when streaming starts, at the
-        first batch call, and again only after the model moved or the policy changed."""
-        kernels = model_kernels(self, self._numerics)
-        if kernels is not self._selected_kernels:
-            use_kernels(self, kernels)
-            self._selected_kernels = kernels
 
     # -- properties -----------------------------------------------------------------------------
     @property
@@ -293,7 +271,7 @@ class LMModel(StreamingModule[StreamingState]):
         Returns the normalised hidden state ``[B, S, dim]`` (the depformer's input) and the text
         logits ``[B, 1, S, text_card_out]``."""
         if not self.is_streaming:
-            self._select_kernels()
+            self.select_kernels()
         hidden = self.out_norm(self.transformer(self.embed(sequence)))
         return hidden, self.text_linear(hidden)[:, None]
 
@@ -322,7 +300,7 @@ class LMModel(StreamingModule[StreamingState]):
 
     def forward(self, codes: torch.Tensor) -> LMOutput:
         self.check_tokens(codes)
-        self._select_kernels()
+        self.select_kernels()
         batch, _, length = codes.shape
         initial = self.initial_tokens(batch)
         delayed = torch.cat([initial, delay_codes(codes, self.delays, initial)], dim=2)

@@ -247,3 +247,33 @@ def model_kernels(model: nn.Module, numerics: str) -> Kernels:
     if parameter is None:
         return select_kernels(numerics, "cpu")
     return select_kernels(numerics, parameter.device, parameter.dtype)
+
+
+class NumericsPolicy:
+    """Mixin of the models that own a numerics policy (``Mimi``, ``LMModel``): ``numerics`` is
+    readable, settable outside streaming, and turned into a :class:`Kernels` set for the model's
+    device and dtype by :meth:`select_kernels`, which the model calls when streaming starts and
+    at its batch calls (a lookup once chosen: it chooses again only after a move or a change)."""
+
+    _numerics: Numerics = "fast"
+    _selected_kernels: Kernels | None = None
+
+    @property
+    def numerics(self) -> Numerics:
+        """``"fast"`` or ``"reference"`` (see the model's docstring)."""
+        return self._numerics
+
+    @numerics.setter
+    def numerics(self, value: Numerics) -> None:
+        if getattr(self, "is_streaming", False):
+            raise RuntimeError("cannot change numerics while streaming; leave the streaming block first")
+        self._numerics = check_numerics(value)
+        self._selected_kernels = None
+
+    def select_kernels(self) -> Kernels:
+        """The set for the model's parameters now, handed to its modules when it changes."""
+        kernels = model_kernels(self, self._numerics)  # type: ignore[arg-type]
+        if kernels is not self._selected_kernels:
+            use_kernels(self, kernels)  # type: ignore[arg-type]
+            self._selected_kernels = kernels
+        return kernels

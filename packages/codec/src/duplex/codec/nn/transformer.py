@@ -88,7 +88,9 @@ class LayerScale(nn.Module):
 class StreamingTransformerLayer(nn.Module):
     """One layer, for every transformer of duplex: self-attention over the ring KV cache (with
     RoPE, grouped KV heads, per-step weights), then a plain or gated feed-forward, each pre-normed
-    and optionally layer-scaled. Its streaming state is its attention's."""
+    and optionally layer-scaled. Its streaming state is its attention's. A new sublayer (such as
+    cross-attention) goes into this one ``forward``, and the native ``transformer_step`` declines
+    layers it does not cover (they then run here)."""
 
     def __init__(self, config: TransformerConfig, rope: RotaryEmbedding | None) -> None:
         super().__init__()
