@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils import _pytree as pytree
 
 Replay = Callable[[], Any]
 Recorder = Callable[[Callable[..., Any], list[Tensor]], Replay]
@@ -76,5 +75,13 @@ class StepGraph:
                         f"{buffer.dtype} {list(buffer.shape)}: a recorded step keeps its shapes"
                     )
                 buffer.copy_(x)
-        outputs = self._replay()
-        return pytree.tree_map(lambda t: t.clone() if isinstance(t, Tensor) else t, outputs)
+        return _copied(self._replay())
+
+
+def _copied(outputs: Any) -> Any:
+    """The recorded outputs (tensors, possibly in tuples or lists) as fresh copies."""
+    if isinstance(outputs, Tensor):
+        return outputs.clone()
+    if isinstance(outputs, tuple | list):
+        return type(outputs)(_copied(item) for item in outputs)
+    return outputs
