@@ -4,8 +4,8 @@
 :class:`LayerSpec` is the C struct ``duplex_layer``: weights, KV ring cache and shapes of one
 layer, as raw pointers into tensors the caller keeps alive. :func:`step` runs the layers over
 ``x [B, T, D]`` in place. The matmuls are those of ``linear_native.c``, linked into the same
-library. :func:`transformer_step` packs a streaming ``StreamingTransformer``'s layers into specs once per
-streaming session (and per weight set, for per-step weights) and runs the step where it applies:
+library. :func:`transformer_step` packs a streaming ``StreamingTransformer``'s layers into specs
+once per streaming session (and per weight set, for per-step weights) and runs the step where it applies:
 every batch item executing, at most ``linear_native.MAX_ROWS`` rows, no gradient. Elsewhere, and
 for layers it does not cover (LoRA parametrizations, biases, gatings other than SiLU), the
 transformer runs its layers one by one.
@@ -193,7 +193,7 @@ def transformer_step(transformer: nn.Module, x: Tensor, positions: Tensor) -> Te
         x.dtype is not torch.float32
         or x.shape[0] * length > linear_native.MAX_ROWS
         or length > attn_state.cache.capacity
-        or (torch.is_grad_enabled() and x.requires_grad)
+        or (torch.is_grad_enabled() and (x.requires_grad or first.in_proj_weight.requires_grad))
         or not state.all_active()
     ):
         return transformer.run_layers(x, positions)
