@@ -46,13 +46,20 @@ def test_run_streams_a_file_and_writes_the_reply_and_a_timed_transcript(checkpoi
 
 
 def test_run_without_arguments_uses_the_bundled_demo_and_example(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    """From any folder: the example and the demo go to the cache, the reply to the current folder."""
+    from duplex.stream.demo import DEMO_VERSION
+
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     result = CliRunner().invoke(app, ["run", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "examples" / "hello.wav").is_file()
-    assert (tmp_path / "reply.wav").is_file() and (tmp_path / "reply.json").is_file()
-    assert (tmp_path / "cache" / "duplex" / "demo-tiny-v1" / "config.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["reply.json", "reply.wav"]
+    assert (tmp_path / "cache" / "duplex" / "hello.wav").is_file()
+    assert (tmp_path / "cache" / "duplex" / f"demo-tiny-v{DEMO_VERSION}" / "config.json").is_file()
+    verdict = result.output.strip().splitlines()[-1]
+    assert verdict.startswith("mean step: ") and "real-time factor" in verdict
+    assert ": kept up" in verdict or "slower than real time, a live call would fall behind" in verdict
 
 
 def test_run_names_a_missing_input(checkpoint, tmp_path):
@@ -115,3 +122,13 @@ def test_serve_and_client_talk_over_the_network(checkpoint, speech_wav, tmp_path
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_the_step_time_verdict():
+    from duplex.cli.run import speed_verdict
+
+    fast = speed_verdict(20.0, 80.0, "cpu")
+    assert fast.startswith("mean step: 20.0 ms for each 80 ms frame, real-time factor 0.25: kept up")
+    slow = speed_verdict(760.0, 80.0, "cpu")
+    assert "real-time factor 9.50: 9.5x slower than real time, a live call would fall behind" in slow
+    assert "--device cuda" in slow and "--device cuda" not in speed_verdict(760.4, 80.0, "cuda")

@@ -54,9 +54,12 @@ def test_train_codec_command(dataset, tmp_path):
         "--accelerator",
         "cpu",
     ]
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, [*args, "--keep-checkpoints", "1"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    # --max-steps counts generator steps (Lightning counts both optimizers): 2 steps, named so;
+    # only the newest step checkpoint is kept
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt", "step-2.ckpt"]
+    assert sorted({int(r["train/step"]) for r in read_metrics(tmp_path) if "train/step" in r}) == [0, 1]
     codec = Mimi.from_pretrained(tmp_path / "mimi.safetensors")
     assert codec.config == MimiConfig.from_preset("tiny")
 
@@ -79,8 +82,8 @@ def test_train_lm_command_with_bad_strategy(dataset, tmp_path):
         str(dataset / "data" / "tokenizer.model"),
     ]
     result = runner.invoke(app, [*args, "--strategy", "nope", "--preset", "tiny", "--max-steps", "1"])
-    assert result.exit_code != 0
-    assert "unknown strategy 'nope'" in str(result.exception)
+    assert result.exit_code == 2
+    assert "unknown strategy 'nope'" in result.output
 
 
 class CrashAt(Callback):
@@ -155,3 +158,83 @@ def test_interrupted_codec_run_resumes_to_the_same_result(dataset, tmp_path):
     resumed = run(tmp_path / "crashed")
     for key, value in straight.items():
         assert torch.equal(resumed[key], value), key
+
+
+class Peek(Callback):
+    """Keeps the training bar's position and total as the run ends."""
+
+    def on_train_end(self, trainer, module):  # noqa: ANN001
+        bar = trainer.progress_bar_callback.train_progress_bar
+        self.bar = (bar.n, bar.total)
+
+
+def test_codec_steps_are_generator_steps_in_names_bar_and_report(dataset, tmp_path, caplog):
+    import logging
+
+    from duplex.codec.training.config import CodecTrainingConfig
+    from duplex.codec.training.run import train_codec
+
+    config = CodecTrainingConfig.from_preset(
+        "tiny", segment_seconds=0.16, batch_size=2, validation_segments=2
+    )
+    peek = Peek()
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        train_codec(dataset / "data", tmp_path, config, max_steps=3, checkpoint_every=1, accelerator="cpu",
+                    callbacks=[peek], keep_checkpoints=2)  # fmt: skip
+    assert peek.bar == (3, 3)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "last.ckpt",
+        "step-2.ckpt",
+        "step-3.ckpt",
+    ]
+    assert "`max_steps=3` reached" in caplog.text and "max_steps=6" not in caplog.text
+
+
+def test_a_corrupt_last_checkpoint_falls_back_to_the_newest_good_one(tmp_path):
+    import zipfile
+
+    from duplex.codec.training.trainer import last_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    assert last_checkpoint(tmp_path) is None
+    for step in (2, 4, 6):
+        with zipfile.ZipFile(folder / f"step-{step}.ckpt", "w") as archive:
+            archive.writestr("data.pkl", b"x" * 1000)
+    (folder / "last.ckpt").write_bytes((folder / "step-6.ckpt").read_bytes())
+    assert last_checkpoint(tmp_path) == folder / "last.ckpt"
+    (folder / "last.ckpt").write_bytes((folder / "step-6.ckpt").read_bytes()[:500])  # a crash mid-write
+    (folder / "step-6.ckpt").write_bytes(b"")
+    with pytest.warns(UserWarning, match="last.ckpt is corrupt .*resuming from step-4.ckpt"):
+        assert last_checkpoint(tmp_path) == folder / "step-4.ckpt"
+
+
+def test_max_steps_defaults_to_a_cpu_size_for_tiny_and_full_size_on_a_cpu_warns(capsys):
+    from duplex.cli.train import _max_steps
+
+    assert _max_steps("codec", "tiny", None, "cpu") == 150
+    assert _max_steps("lm", "tiny", None, "cpu") == 300
+    assert capsys.readouterr().err == ""
+    assert _max_steps("codec", "mimi", None, "cpu") == 1000
+    assert _max_steps("lm", "moshi", 7, "cpu") == 7
+    warned = capsys.readouterr().err
+    assert "full-size 'mimi' preset on a CPU" in warned and "full-size 'moshi' preset on a CPU" in warned
+
+
+def test_lm_init_from_an_official_layout_folder_exports(dataset, tmp_path):
+    """A checkpoint folder whose Mimi file carries no config (as the reference writes them): the
+    codec must be reloaded with the folder's mimi_config.json at export."""
+    from duplex.codec.checkpoint import read_safetensors
+    from duplex.lm.training.config import LMTrainingConfig
+    from duplex.lm.training.run import train_lm
+    from duplex.stream.demo import build_demo_checkpoint
+    from safetensors.torch import save_file
+
+    official = build_demo_checkpoint(tmp_path / "official")
+    tensors, _ = read_safetensors(official / "mimi.safetensors")
+    save_file(tensors, str(official / "mimi.safetensors"))  # no duplex metadata
+    config = LMTrainingConfig.from_preset("tiny", segment_frames=16, batch_size=2, validation_segments=2)
+    train_lm(dataset / "data", tmp_path / "run", str(official), config, max_steps=1, checkpoint_every=1,
+             accelerator="cpu", progress_bar=False)  # fmt: skip
+    exported = tmp_path / "run" / "checkpoint"
+    assert Mimi.from_pretrained(exported).config == MimiConfig.from_preset("tiny")

@@ -93,3 +93,25 @@ def test_dataset_segments(synth_dir, tmp_path):
     assert torch.equal(first[3:5, : frames[0]], codes[1, :2])
     assert (first[:, frames[0] :] == -1).all()
     assert cache.encoded_files == 2
+
+
+def test_a_corrupt_entry_is_encoded_again_and_orphans_are_cleaned(synth_dir, tmp_path):
+    import os
+    import time
+
+    torch.manual_seed(0)
+    codec = FrameCodec()
+    audio = load_dataset(synth_dir)[0].entry.audio_path
+    codes = TokenCache(tmp_path / "cache", codec).codes(audio)
+    entry = TokenCache(tmp_path / "cache", codec).path_for(audio)
+    entry.write_bytes(entry.read_bytes()[:40])  # a truncated entry (a disk that filled up)
+    old, fresh = tmp_path / "cache" / "old.partial", tmp_path / "cache" / "fresh.partial"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    cache = TokenCache(tmp_path / "cache", codec)
+    assert not old.exists() and fresh.exists()  # a young one may be another process's write
+    with pytest.warns(UserWarning, match="is corrupt"):
+        assert torch.equal(cache.codes(audio), codes)
+    assert cache.encoded_files == 1 and torch.equal(TokenCache(tmp_path / "cache", codec).codes(audio), codes)

@@ -95,6 +95,17 @@ def test_word_outside_audio(dataset):
         load_dataset(dataset)
 
 
+def test_index_duration_must_match_the_audio(dataset):
+    lines = [json.loads(line) for line in (dataset / "data.jsonl").read_text().splitlines()]
+    lines[0]["duration"] = 900
+    (dataset / "data.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(DatasetError, match=r"dialogue_00000.wav: the index says 900 s but the audio lasts"):
+        load_dataset(dataset)
+    lines[0]["duration"] = round(soundfile.info(str(dataset / "audio" / "dialogue_00000.wav")).duration, 1)
+    (dataset / "data.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert len(load_dataset(dataset)) == 2  # rounded durations are fine
+
+
 def test_reversed_word_times(dataset):
     path = dataset / "audio" / "dialogue_00000.json"
     path.write_text(json.dumps({"alignments": [["back", [1.0, 0.5], "SPEAKER_MAIN"]]}))

@@ -344,3 +344,16 @@ def test_numerics_reaches_the_models_through_every_loader(tmp_path):
     assert bundle.mimi(numerics="reference").numerics == "reference"
     with pytest.raises(ValueError, match="'fast' or 'reference'"):
         LMModel(LMConfig.from_preset("tiny"), numerics="exact")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weights_holding_nan_or_inf_are_refused_naming_the_tensor(tmp_path: Path, bad: float):
+    torch.manual_seed(0)
+    LMModel(LMConfig.from_preset("tiny")).save_pretrained(tmp_path)
+    weights = tmp_path / LMConfig.from_preset("tiny").moshi_name
+    state = load_file(str(weights))
+    name = sorted(k for k, v in state.items() if v.is_floating_point())[-1]
+    state[name].view(-1)[:3] = bad
+    save_file(state, str(weights))
+    with pytest.raises(CheckpointError, match=rf"{weights}: tensor '{name}' holds 3 NaN/Inf values"):
+        LMModel.from_pretrained(tmp_path)

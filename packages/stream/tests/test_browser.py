@@ -82,3 +82,29 @@ def test_the_page_talks_plays_the_reply_and_shows_the_text(demo_checkpoint, spee
     assert transcript.strip() and transcript == stats["text"]  # the text shows up live on the page
     severe = [entry for entry in logs if entry["level"] == "SEVERE"]
     assert not severe, severe
+
+
+def test_the_page_shows_when_the_server_drops_audio(speech_wav):
+    from stream_helpers import EchoPipeline
+
+    # Steps take 1.5 frame periods and only 3 frames may wait: the server must drop the user's audio.
+    engine = DuplexEngine(EchoPipeline(delay_s=0.12), max_conversations=1, max_backlog_frames=3)
+    with RunningServer(engine) as server:
+        browser = chromium(speech_wav)
+        try:
+            browser.get(server.http + "/")
+            assert not browser.find_element("id", "warning").is_displayed()
+            browser.find_element("id", "toggle").click()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                stats = browser.execute_script("return window.duplexStats")
+                if stats["error"] or stats["droppedFrames"] > 0:
+                    break
+                time.sleep(0.25)
+            warning = browser.find_element("id", "warning")
+            shown, text = warning.is_displayed(), warning.text
+            logs = browser.get_log("browser")
+        finally:
+            browser.quit()
+    assert stats["error"] is None and stats["droppedFrames"] > 0, (stats, logs)
+    assert shown and "the server is dropping your audio" in text, text

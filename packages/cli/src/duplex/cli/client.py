@@ -16,7 +16,11 @@ def client(
         Path("reply.wav"), "--output", help="Where to write the reply (and .json)."
     ),
     auth_token: str | None = typer.Option(None, "--auth-token", envvar="DUPLEX_AUTH_TOKEN"),
-    realtime: bool = typer.Option(True, help="Send at real-time pace (--no-realtime: as fast as possible)."),
+    realtime: bool = typer.Option(
+        True,
+        help="Send at real-time pace (--no-realtime: as fast as possible; a server drops audio that comes "
+        "faster than about 1.5x real time beyond a short burst).",
+    ),
 ) -> None:
     from duplex.stream.audio import load_mono, save_wav
     from duplex.stream.client import SAMPLE_RATE, ServerRefused, talk, with_query

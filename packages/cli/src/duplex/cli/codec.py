@@ -14,7 +14,7 @@ import typer
 
 app = typer.Typer(no_args_is_help=True)
 
-DEFAULT_CHECKPOINT = "kyutai/moshiko-pytorch-bf16"
+DEFAULT_CHECKPOINT = None  # the bundled tiny demo, as for `duplex run` and `duplex serve`
 CHUNK_FRAMES = 25  # 2 s of audio per streaming call
 PROGRESS_MIN_SECONDS = 10.0
 
@@ -22,7 +22,9 @@ CheckpointOption = typer.Option(
     DEFAULT_CHECKPOINT,
     "--checkpoint",
     "-c",
-    help="Mimi weights: a .safetensors file, a checkpoint directory, a Hugging Face repo id or hf://owner/repo/file.",
+    help="Mimi weights: a .safetensors file, a checkpoint directory, a Hugging Face repo id or "
+    "hf://owner/repo/file (default: the bundled tiny demo, random weights; "
+    "kyutai/moshiko-pytorch-bf16 for the official Mimi).",
 )
 DeviceOption = typer.Option("cpu", "--device", help="torch device.")
 ProgressOption = typer.Option(True, "--progress/--no-progress", help="Progress bar on long files.")
@@ -33,18 +35,23 @@ def _group() -> None:
     """Encode and decode audio with the Mimi codec."""
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=1)
+def _fail(message: str, cause: BaseException | None = None) -> None:
+    from duplex.cli.errors import RuntimeProblem
+
+    raise RuntimeProblem(message) from cause  # one `error:` line (duplex --debug: the traceback)
 
 
-def _load_mimi(checkpoint: str, num_codebooks: int, device: str):  # noqa: ANN202
+def _load_mimi(checkpoint: str | None, num_codebooks: int, device: str):  # noqa: ANN202
     from duplex.codec import CheckpointError, Mimi
 
+    if checkpoint is None:
+        from duplex.stream.demo import default_checkpoint
+
+        checkpoint = str(default_checkpoint())
     try:
         return Mimi.from_pretrained(checkpoint, num_codebooks=num_codebooks, device=device)
     except (CheckpointError, ValueError) as e:
-        _fail(str(e))
+        _fail(str(e), e)
 
 
 def _bar(total: int, unit: str, show: bool):  # noqa: ANN202
@@ -90,7 +97,7 @@ def _read_wav(path: Path):  # noqa: ANN202
     try:
         return load_audio(path)
     except (FileNotFoundError, ValueError) as e:
-        _fail(str(e))
+        _fail(str(e), e)
 
 
 @app.command()
@@ -99,7 +106,7 @@ def encode(
         ..., help="Audio file (any format soundfile reads; resampled to 24 kHz mono)."
     ),
     output_codes: Path = typer.Argument(..., help="Where to write the codes (.safetensors)."),
-    checkpoint: str = CheckpointOption,
+    checkpoint: str | None = CheckpointOption,
     num_codebooks: int = typer.Option(8, "--num-codebooks", "-k", help="Codebooks to keep (1..32)."),
     device: str = DeviceOption,
     progress: bool = ProgressOption,
@@ -124,7 +131,7 @@ def encode(
 def decode(
     input_codes: Path = typer.Argument(..., help="Codes written by `duplex codec encode` (.safetensors)."),
     output_audio: Path = typer.Argument(..., help="Where to write the 24 kHz wav."),
-    checkpoint: str = CheckpointOption,
+    checkpoint: str | None = CheckpointOption,
     device: str = DeviceOption,
     progress: bool = ProgressOption,
 ) -> None:
@@ -135,7 +142,7 @@ def decode(
     try:
         tensors, metadata = read_safetensors(input_codes)
     except CheckpointError as e:
-        _fail(str(e))
+        _fail(str(e), e)
     if set(tensors) != {"codes"}:
         _fail(f"{input_codes} should hold one tensor named 'codes', found {sorted(tensors)}")
     codes = tensors["codes"]
@@ -147,7 +154,7 @@ def decode(
     try:
         audio = _decode(mimi, codes.to(device), progress)
     except (TypeError, ValueError) as e:
-        _fail(str(e))
+        _fail(str(e), e)
     if "num_samples" in metadata:
         audio = audio[..., : int(metadata["num_samples"])]
     save_audio(output_audio, audio.cpu(), mimi.sample_rate)
@@ -158,7 +165,7 @@ def decode(
 def roundtrip(
     input_audio: Path = typer.Argument(..., help="Audio file (any format soundfile reads)."),
     output_audio: Path = typer.Argument(..., help="Where to write the reconstructed 24 kHz wav."),
-    checkpoint: str = CheckpointOption,
+    checkpoint: str | None = CheckpointOption,
     num_codebooks: int = typer.Option(8, "--num-codebooks", "-k", help="Codebooks to use (1..32)."),
     device: str = DeviceOption,
     progress: bool = ProgressOption,

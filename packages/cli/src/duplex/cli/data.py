@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from duplex.cli.errors import RuntimeProblem
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -40,8 +41,7 @@ def check(data: Path = typer.Argument(..., help="A dataset folder or its .jsonl 
     try:
         dialogues = load_dataset(data)
     except DatasetError as error:
-        typer.echo(f"invalid dataset: {error}", err=True)
-        raise typer.Exit(code=1) from error
+        raise RuntimeProblem(f"invalid dataset: {error}") from error
     hours = sum(d.audio.duration for d in dialogues) / 3600
     words = sum(len(d.words) for d in dialogues)
     typer.echo(f"ok: {len(dialogues)} files, {hours:.3f} h, {words} words")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import typer
 
@@ -32,7 +34,36 @@ def serve(
         None,
         "--auth-token",
         envvar="DUPLEX_AUTH_TOKEN",
-        help="Refuse clients that do not present this token.",
+        help="Refuse clients that do not present this token (?auth_token=, Bearer or kyutai-api-key).",
+    ),
+    allow_origin: list[str] = typer.Option(
+        [],
+        "--allow-origin",
+        help="A web origin (https://host[:port], or *) that may open conversations besides this server's "
+        "own pages; repeat for more.",
+    ),
+    static: Path | None = typer.Option(
+        None,
+        "--static",
+        help="Serve the web client in this folder (with an index.html) at / in place of duplex's page.",
+    ),
+    max_connections: int = typer.Option(256, min=1, help="Open TCP connections at most (beyond: HTTP 503)."),
+    header_timeout: float = typer.Option(10.0, min=0.01, help="Seconds a request's headers may take."),
+    idle_timeout: float = typer.Option(
+        60.0, min=0.01, help="Close a conversation after this long without audio."
+    ),
+    heartbeat: float = typer.Option(20.0, min=0.0, help="Websocket ping period in seconds (0: none)."),
+    max_messages_per_second: float = typer.Option(
+        100.0, min=0.01, help="Messages a conversation may send per second (beyond: closed)."
+    ),
+    max_audio_rate: float = typer.Option(
+        1.5, min=1.0, help="Audio a conversation may send, in multiples of real time (beyond: dropped)."
+    ),
+    overload_ratio: float = typer.Option(
+        1.0,
+        min=0.0,
+        help="Refuse new conversations while the recent p95 step time exceeds this many frame budgets "
+        "(0: never).",
     ),
     device: str = typer.Option("cpu", help="torch device."),
     dtype: str = typer.Option(
@@ -45,6 +76,21 @@ def serve(
     from duplex.stream.pipeline import MoshiPipeline
     from duplex.stream.server import DuplexServer, ServerConfig, serve_forever
 
+    config = _server_config(
+        ServerConfig,
+        host=host,
+        port=port,
+        auth_token=_auth_token(auth_token),
+        allowed_origins=tuple(allow_origin),
+        max_connections=max_connections,
+        header_timeout_s=header_timeout,
+        idle_timeout_s=idle_timeout,
+        heartbeat_s=heartbeat or None,
+        max_messages_per_s=max_messages_per_second,
+        max_audio_rate=max_audio_rate,
+        overload_ratio=overload_ratio or None,
+        **({"static_dir": static} if static is not None else {}),
+    )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         pipeline = MoshiPipeline.from_checkpoint(
@@ -55,6 +101,43 @@ def serve(
         raise typer.Exit(code=1) from None
     engine = DuplexEngine(pipeline, max_conversations=max_conversations)
     engine.warmup()
-    server = DuplexServer(engine, ServerConfig(host=host, port=port, auth_token=auth_token))
+    server = DuplexServer(engine, config)
     typer.echo(f"duplex: http://{host}:{port}/ ({max_conversations} conversations at once)")
     serve_forever(server)
+
+
+def _auth_token(token: str | None) -> str | None:
+    """The token; an empty one (flag or environment) is a mistake, not "no auth"."""
+    if token is None and os.environ.get("DUPLEX_AUTH_TOKEN") is not None:
+        token = os.environ["DUPLEX_AUTH_TOKEN"]  # click reads an empty variable as unset
+    if token is not None and not token.strip():
+        raise typer.BadParameter(
+            "the auth token is empty: give a non-empty token, or unset DUPLEX_AUTH_TOKEN and drop "
+            "--auth-token to serve without auth",
+            param_hint="'--auth-token' / DUPLEX_AUTH_TOKEN",
+        )
+    return token
+
+
+_FLAGS = {
+    "static_dir": "--static",
+    "allowed_origins": "--allow-origin",
+    "auth_token": "--auth-token",
+    "header_timeout_s": "--header-timeout",
+    "idle_timeout_s": "--idle-timeout",
+    "heartbeat_s": "--heartbeat",
+}
+
+
+def _server_config(config_class, **fields):
+    """The server's config, checked before the model loads; a bad value is a usage error."""
+    from pydantic import ValidationError
+
+    try:
+        return config_class(**fields)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = str(first.get("loc", ("",))[0])
+        message = str(first.get("msg", "?")).removeprefix("Value error, ")
+        flag = _FLAGS.get(field, "--" + field.replace("_", "-"))
+        raise typer.BadParameter(message, param_hint=f"'{flag}'") from None

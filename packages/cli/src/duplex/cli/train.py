@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from duplex.cli.errors import RuntimeProblem, usage_error
 
 app = typer.Typer(no_args_is_help=True)
+
+PRESET_PREFIX = "preset:"  # duplex.lm.training.run.PRESET_PREFIX, without importing lightning to check it
 
 STRATEGY_HELP = "Lightning strategy: auto, ddp, ddp_spawn, ddp_find_unused_parameters_true, fsdp, deepspeed."
 
@@ -28,12 +31,81 @@ def _devices(devices: str) -> int | str:
     return int(devices) if devices.isdigit() else devices
 
 
+# --max-steps when not given: what a CPU does in minutes for the tiny presets, a real run otherwise.
+DEFAULT_MAX_STEPS = {("codec", "tiny"): 150, ("lm", "tiny"): 300}
+FULL_SIZE_MAX_STEPS = 1000
+KEEP_HELP = "How many step-N.ckpt files to keep, the newest (0: all); last.ckpt is kept besides."
+MAX_STEPS_HELP = (
+    "Training steps (batches; generator steps for the codec). Default: 150 (codec) / 300 (LM) with "
+    "--preset tiny, sized for a CPU; 1000 otherwise."
+)
+
+
+def _max_steps(kind: str, preset: str, max_steps: int | None, accelerator: str) -> int:
+    """``max_steps`` or the preset's default; warns when a full-size preset would train on a CPU."""
+    import torch
+
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and preset != "tiny":
+        typer.echo(
+            f"warning: the full-size {preset!r} preset on a CPU takes seconds to minutes per step; "
+            "use --preset tiny to try things out, or a GPU for a real run",
+            err=True,
+        )
+    if max_steps is not None:
+        return max_steps
+    return DEFAULT_MAX_STEPS.get((kind, preset), FULL_SIZE_MAX_STEPS)
+
+
+def _check_data(data: Path) -> None:
+    if not data.exists():
+        raise RuntimeProblem(
+            f"training data {data} does not exist: pass --data a dataset folder or its .jsonl index "
+            "(`duplex data synth DIR` writes a small one)"
+        )
+
+
+def _check_strategy(strategy: str) -> None:
+    from duplex.codec.training.trainer import STRATEGIES
+
+    if strategy not in STRATEGIES:
+        raise usage_error(
+            f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}", "--strategy"
+        )
+
+
+def _from_preset(config_class, preset: str, **overrides):  # noqa: ANN001, ANN202
+    if preset not in config_class.preset_names():
+        known = ", ".join(config_class.preset_names())
+        raise usage_error(f"unknown training preset {preset!r}; known presets: {known}", "--preset")
+    return config_class.from_preset(preset, **overrides)
+
+
+def _check_init(init: str, codec: Path | None, tokenizer: Path | None) -> None:
+    if not init.startswith(PRESET_PREFIX):
+        return
+    from duplex.lm.config import LMConfig
+
+    name = init.removeprefix(PRESET_PREFIX)
+    if name not in LMConfig.preset_names():
+        known = ", ".join(PRESET_PREFIX + n for n in LMConfig.preset_names())
+        raise usage_error(f"unknown LM preset {name!r} in {init!r}; known: {known}", "--init")
+    missing = [option for option, value in (("--codec", codec), ("--tokenizer", tokenizer)) if value is None]
+    if missing:
+        raise usage_error(
+            f"{init} starts from random weights, so it needs the codec and the tokenizer to train with: "
+            f"pass {' and '.join(missing)} (Mimi weights, a SentencePiece model)",
+            "--init",
+        )
+
+
 @app.command("codec")
 def codec(
     data: Path = typer.Option(..., help="Folder of audio files or of a moshi-finetune dataset."),
     output: Path = typer.Option(..., help="Run folder: checkpoints, logs, the exported mimi.safetensors."),
-    max_steps: int = typer.Option(1000, min=1, help="Training steps (batches)."),
+    max_steps: int = typer.Option(None, min=1, help=MAX_STEPS_HELP),
     preset: str = typer.Option("mimi", help="Training preset: mimi (the official size) or tiny."),
+    keep_checkpoints: int = typer.Option(3, min=0, help=KEEP_HELP),
     init: str = typer.Option(None, help="Start from these Mimi weights instead of random ones."),
     checkpoint_every: int = typer.Option(50, min=1, help="Write a checkpoint every N steps."),
     batch_size: int = typer.Option(None, min=1, help="Override the preset's batch size."),
@@ -45,6 +117,8 @@ def codec(
     seed: int = typer.Option(0),
 ) -> None:
     """Train a Mimi codec; rerunning the same command resumes from the last checkpoint."""
+    _check_data(data)
+    _check_strategy(strategy)
     from duplex.codec.training.config import CodecTrainingConfig
     from duplex.codec.training.run import train_codec
 
@@ -55,12 +129,13 @@ def codec(
         overrides["batch_size"] = batch_size
     if segment_seconds:
         overrides["segment_seconds"] = segment_seconds
-    config = CodecTrainingConfig.from_preset(preset, **overrides)
+    config = _from_preset(CodecTrainingConfig, preset, **overrides)
     train_codec(
         data,
         output,
         config,
-        max_steps=max_steps,
+        max_steps=_max_steps("codec", preset, max_steps, accelerator),
+        keep_checkpoints=keep_checkpoints,
         checkpoint_every=checkpoint_every,
         strategy=strategy,
         devices=_devices(devices),
@@ -78,8 +153,9 @@ def lm(
         ..., help="Run folder: checkpoints, logs, token cache, exported checkpoint/."
     ),
     lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters only (saved as lora.safetensors)."),
-    max_steps: int = typer.Option(1000, min=1, help="Training steps (batches)."),
+    max_steps: int = typer.Option(None, min=1, help=MAX_STEPS_HELP),
     preset: str = typer.Option("moshi", help="Training preset: moshi (the official recipe) or tiny."),
+    keep_checkpoints: int = typer.Option(3, min=0, help=KEEP_HELP),
     codec: Path = typer.Option(None, help="Mimi weights (default: the checkpoint's)."),
     tokenizer: Path = typer.Option(None, help="SentencePiece model (default: the checkpoint's)."),
     checkpoint_every: int = typer.Option(50, min=1, help="Write a checkpoint every N steps."),
@@ -93,6 +169,9 @@ def lm(
     seed: int = typer.Option(0),
 ) -> None:
     """Train or fine-tune the LM; rerunning the same command resumes from the last checkpoint."""
+    _check_init(init, codec, tokenizer)
+    _check_data(data)
+    _check_strategy(strategy)
     from duplex.lm.training.config import LMTrainingConfig
     from duplex.lm.training.run import train_lm
 
@@ -104,13 +183,14 @@ def lm(
     ):
         if value:
             overrides[key] = value
-    config = LMTrainingConfig.from_preset(preset, **overrides)
+    config = _from_preset(LMTrainingConfig, preset, **overrides)
     train_lm(
         data,
         output,
         init,
         config,
-        max_steps=max_steps,
+        max_steps=_max_steps("lm", preset, max_steps, accelerator),
+        keep_checkpoints=keep_checkpoints,
         lora=lora,
         codec=codec,
         tokenizer=tokenizer,

@@ -19,13 +19,13 @@ import re
 import struct
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from duplex.codec.quantizer import LEGACY_CODEBOOK_NAMES
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 MIMI_FILE_NAME = "tokenizer-e351c8d8-checkpoint125.safetensors"
@@ -71,11 +71,55 @@ def read_safetensors(
     if kind != "safetensors":
         raise CheckpointError(f"{path} is not a safetensors file (unrecognised header)")
     tensors: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        metadata = f.metadata() or {}
-        for key in f.keys():
-            tensors[key] = f.get_tensor(key)
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            metadata = f.metadata() or {}
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+    except SafetensorError as error:
+        raise CheckpointError(
+            f"{path} is not a complete safetensors file ({error}): it is probably truncated (an "
+            "interrupted download or copy); fetch or copy it again"
+        ) from error
     return tensors, metadata
+
+
+def read_json_object(path: str | Path, what: str = "configuration") -> dict[str, Any]:
+    """The JSON object in ``path``; a parse error or another JSON value is a :class:`CheckpointError`
+    naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(
+            f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}): "
+            "fix the file or replace it"
+        ) from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is not a text file: a {what} must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{path} must hold a JSON object {{...}} (a {what}), not a JSON {type(data).__name__}"
+        )
+    return data
+
+
+def read_mimi_config(path: str | Path) -> dict[str, Any]:
+    """A Mimi config file (the reference's nested form), checked against :class:`MimiConfig`
+    here so that a mistake names the file."""
+    from duplex.codec.config import MimiConfig
+    from pydantic import ValidationError
+
+    data = read_json_object(path, "Mimi config")
+    try:
+        MimiConfig.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in item['loc']) or '(top level)'}: {item['msg']}"
+            for item in error.errors()
+        )
+        raise CheckpointError(f"{path} is not a valid Mimi config: {problems}") from None
+    return data
 
 
 def write_safetensors(
@@ -282,6 +326,8 @@ class CheckpointSource:
 
     path: Path | None = None
     repo: str | None = None
+    # A bare ``owner/name`` that is no local path: named as both when the hub fails.
+    typed: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return str(self.path) if self.path is not None else f"hf://{self.repo}"
@@ -310,7 +356,15 @@ class CheckpointSource:
                 return None
             raise CheckpointError(f"checkpoint file not found: {path}")
         if self.repo is not None:
-            return hub_download(self.repo, name, optional=optional)
+            try:
+                return hub_download(self.repo, name, optional=optional)
+            except CheckpointError as error:
+                if self.typed is None:
+                    raise
+                raise CheckpointError(
+                    f"checkpoint {self.typed!r} is not a local file or folder ({Path(self.typed).absolute()} "
+                    f"does not exist), and as a Hugging Face repo id: {error}"
+                ) from error
         assert self.path is not None
         if self.is_file:
             raise CheckpointError(f"{self.path} is a single file; it names no {name!r}")
@@ -343,7 +397,7 @@ def locate_checkpoint(source: str | Path) -> CheckpointSource:
     if path.exists():
         return CheckpointSource(path=path)
     if isinstance(source, str) and _REPO_ID.match(source) and not looks_like_path(source):
-        return CheckpointSource(repo=source)
+        return CheckpointSource(repo=source, typed=source)
     raise CheckpointError(f"checkpoint not found: {text} (no such file or directory)")
 
 
@@ -363,12 +417,12 @@ def resolve_checkpoint(source: str | Path) -> ResolvedCheckpoint:
         assert location.path is not None
         return ResolvedCheckpoint(location.path, None)
     config_file = location.file("config.json", optional=True)
-    config = json.loads(config_file.read_text()) if config_file is not None else {}
+    config = read_json_object(config_file, "checkpoint config") if config_file is not None else {}
     weights = location.file(config.get("mimi_name", MIMI_FILE_NAME))
     assert weights is not None
     mimi_config = None
     if config.get("mimi_config_name"):
         mimi_config_file = location.file(config["mimi_config_name"])
         assert mimi_config_file is not None
-        mimi_config = json.loads(mimi_config_file.read_text())
+        mimi_config = read_mimi_config(mimi_config_file)
     return ResolvedCheckpoint(weights, mimi_config)

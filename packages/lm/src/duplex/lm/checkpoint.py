@@ -20,13 +20,12 @@ depformer stacked along dim 0); the reference's in-memory names (``in_projs.{i}.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from duplex.codec.checkpoint import CheckpointError, locate_checkpoint
+from duplex.codec.checkpoint import CheckpointError, locate_checkpoint, read_mimi_config
 from duplex.codec.kernels import Numerics
 from duplex.lm.config import LMConfig
 from duplex.lm.model import LMModel
@@ -118,7 +117,7 @@ def load_checkpoint(source: str | Path, config: LMConfig | str | Path | None = N
     if config.mimi_config_name is not None:
         mimi_config_path = location.file(config.mimi_config_name, optional=local)
         if mimi_config_path is not None:
-            mimi_config = json.loads(mimi_config_path.read_text())
+            mimi_config = read_mimi_config(mimi_config_path)
     return CheckpointBundle(
         config=config,
         lm_weights=lm_weights,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 from duplex.codec.presets import PresetConfig
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 NormKind = Literal["layer_norm", "layer_norm_f32", "rms_norm", "rms_norm_f32"]
 PositionalKind = Literal["sin", "rope", "none"]
@@ -309,7 +309,11 @@ class LMConfig(PresetConfig):
             raise ValueError(f"{path} is not valid JSON: {error}") from error
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-        return cls.model_validate(data)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            error.add_note(f"in {path}")  # the CLI's error line names the file
+            raise
 
     def to_dict(self) -> dict[str, Any]:
         """The ``config.json`` form: the keys that were given (unset ``depformer_X`` keys inherit)."""

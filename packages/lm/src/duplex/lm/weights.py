@@ -28,6 +28,7 @@ from torch import nn
 __all__ = [
     "as_lm_config",
     "build_lm",
+    "check_finite",
     "checkpoint_lm_config",
     "load_lm_state_dict",
     "load_lm_weights",
@@ -61,15 +62,34 @@ def _describe(config: LMConfig) -> str:
     )
 
 
+def check_finite(state: dict[str, torch.Tensor], source: str | Path = "the state dict") -> None:
+    """Refuse floating tensors holding NaN or Inf (a corrupt file or a diverged training run would
+    otherwise load and generate garbage), naming the first such tensor."""
+    bad = [key for key, value in state.items() if value.is_floating_point() and not value.isfinite().all()]
+    if bad:
+        first = state[bad[0]]
+        count = int((~first.isfinite()).sum())
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise CheckpointError(
+            f"{source}: tensor {bad[0]!r} holds {count} NaN/Inf values of {first.numel()}{more}; the "
+            "weights are corrupt or come from a diverged training run: use an earlier checkpoint"
+        )
+
+
 def load_lm_state_dict(
-    model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    dtype: torch.dtype | None = None,
+    source: str | Path = "the state dict",
 ) -> None:
     """Strictly load ``state`` (official or reference names) into the LM ``model``, replacing its tensors.
 
-    Raises :class:`CheckpointError` listing every missing, unexpected and mis-shaped key."""
+    Raises :class:`CheckpointError` listing every missing, unexpected and mis-shaped key, or naming
+    a tensor that holds NaN or Inf (``source`` names the file in the message)."""
     state = canonical_state_dict(state)
     expected = {key: value.shape for key, value in model.state_dict().items()}
     check_state_dict(expected, state, f"the LM configuration ({_describe(model.config)})")
+    check_finite(state, source)
     # A copy, cast to ``dtype`` where given: tensors read from a file may map the file's memory.
     state = {
         k: v.to(dtype=dtype if dtype and v.is_floating_point() else v.dtype, copy=True)
@@ -98,7 +118,7 @@ def build_lm(
     state, _ = read_safetensors(weights, device=device or "cpu")
     with torch.device("meta"):
         model = cls(config, numerics=numerics)
-    load_lm_state_dict(model, state, dtype)
+    load_lm_state_dict(model, state, dtype, source=weights)
     if config.model_type == "hibiki":
         # Hibiki sometimes samples EOS too early; embedding EOS like PAD makes it harmless.
         with torch.no_grad():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-DEMO_VERSION = "1"
+DEMO_VERSION = "2"  # bump when the demo changes: the cached copy is rebuilt
 DEMO_SEED = 1234
 TEXT_VOCAB = 64
 MIMI_CODEBOOKS = 4
@@ -52,20 +52,23 @@ def demo_lm_config() -> dict:
     return config.to_dict()
 
 
+def _calibration_audio(sample_rate: int, seconds: int = 8) -> torch.Tensor:
+    """A few seconds of a gliding, pulsing tone with noise ``[1, 1, T]`` (draws from torch's RNG)."""
+    t = torch.arange(seconds * sample_rate) / sample_rate
+    pitch = 120 + 80 * torch.sin(2 * torch.pi * 0.3 * t)
+    tone = 0.3 * torch.sin(2 * torch.pi * torch.cumsum(pitch, 0) / sample_rate)
+    envelope = 0.5 + 0.5 * torch.sin(2 * torch.pi * 2.5 * t).clamp(min=0)
+    return (tone * envelope + 0.05 * torch.randn_like(t))[None, None]
+
+
 @torch.no_grad()
-def _spread_codebooks(mimi) -> None:
+def _spread_codebooks(mimi, audio: torch.Tensor) -> None:
     """Give the random Mimi codebooks that tell sounds apart.
 
     Fresh codebooks are all zeros, so every frame would get code 0 and every code would decode to
     the same sound. Each codebook instead takes its centroids from the (residual) latents of a
     few seconds of synthetic audio, as a k-means initialisation would.
     """
-    seconds = 8
-    t = torch.arange(seconds * mimi.sample_rate) / mimi.sample_rate
-    pitch = 120 + 80 * torch.sin(2 * torch.pi * 0.3 * t)
-    tone = 0.3 * torch.sin(2 * torch.pi * torch.cumsum(pitch, 0) / mimi.sample_rate)
-    envelope = 0.5 + 0.5 * torch.sin(2 * torch.pi * 2.5 * t).clamp(min=0)
-    audio = (tone * envelope + 0.05 * torch.randn_like(t))[None, None]
     latent = mimi.encode_latent(audio)
     for rvq in (mimi.quantizer.rvq_first, mimi.quantizer.rvq_rest):
         residual = rvq.input_proj(latent).transpose(1, 2).reshape(-1, rvq.input_proj.out_channels)
@@ -77,6 +80,60 @@ def _spread_codebooks(mimi) -> None:
             codebook.refresh_centroids()
             nearest = torch.cdist(residual, codebook.centroids).argmin(dim=1)
             residual = residual - codebook.centroids[nearest]
+
+
+def _conv_layers(module: torch.nn.Module, run) -> list[tuple[torch.nn.Module, torch.nn.Module]]:  # noqa: ANN001
+    """(the module that runs it, the convolution) for each convolution ``run()`` goes through, in
+    the order it runs them (duplex's conv modules run their torch conv's weights through kernels)."""
+    holders = {}
+    for holder in module.modules():
+        inner = getattr(holder, "conv", None) or getattr(holder, "convtr", None)
+        if isinstance(inner, torch.nn.Conv1d | torch.nn.ConvTranspose1d):
+            holders[holder] = inner
+    order: list[torch.nn.Module] = []
+
+    def note(holder, inputs, output) -> None:  # noqa: ANN001
+        if holder not in order:
+            order.append(holder)
+
+    hooks = [holder.register_forward_hook(note) for holder in holders]
+    try:
+        run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [(holder, holders[holder]) for holder in order]
+
+
+@torch.no_grad()
+def _unit_variance(module: torch.nn.Module, run) -> None:  # noqa: ANN001
+    """Scale each convolution ``run()`` goes through, in order, so that its output has unit
+    variance on the calibration input, with zero biases (a data-driven init, as LSUV).
+
+    Freshly initialised, the tiny SEANet's 2-channel layers shrink the signal at every layer, so
+    that the decoder's output is its last bias (a DC offset) plus a faint fixed pattern, whatever
+    the codes; scaled like this, what goes in reaches the output."""
+    for holder, conv in _conv_layers(module, run):
+        seen: list[torch.Tensor] = []
+        hook = holder.register_forward_hook(lambda _m, _i, output, seen=seen: seen.append(output))
+        if conv.bias is not None:
+            conv.bias.zero_()
+        run()
+        hook.remove()
+        conv.weight.div_(torch.cat([o.flatten() for o in seen]).std().clamp(min=1e-8))
+
+
+@torch.no_grad()
+def _audible_decoder(mimi, level: float = 0.1) -> None:  # noqa: ANN001
+    """Make the random decoder turn different codes into different sound, at ``level`` RMS and
+    without a DC offset (calibrated on random codes, with a generator of its own)."""
+    generator = torch.Generator().manual_seed(DEMO_SEED)
+    codes = torch.randint(0, mimi.cardinality, (4, mimi.total_codebooks, 25), generator=generator)
+    _unit_variance(mimi, lambda: mimi.decode(codes))
+    _, last = _conv_layers(mimi.decoder, lambda: mimi.decode(codes))[-1]
+    out = mimi.decode(codes)
+    last.weight.mul_(level / out.std())
+    last.bias.sub_(mimi.decode(codes).mean())
 
 
 def build_demo_checkpoint(directory: str | Path, seed: int = DEMO_SEED) -> Path:
@@ -93,8 +150,11 @@ def build_demo_checkpoint(directory: str | Path, seed: int = DEMO_SEED) -> Path:
     try:
         torch.manual_seed(seed)
         mimi_config = MimiConfig.from_preset("tiny")
-        mimi = Mimi(mimi_config)
-        _spread_codebooks(mimi)
+        mimi = Mimi(mimi_config, numerics="reference")
+        audio = _calibration_audio(mimi.sample_rate)
+        _unit_variance(mimi.encoder, lambda: mimi.encode_latent(audio))
+        _spread_codebooks(mimi, audio)
+        _audible_decoder(mimi)
         lm_fields = demo_lm_config()
         lm = LMModel(LMConfig.model_validate(lm_fields))
     finally:
@@ -123,13 +183,15 @@ def build_demo_checkpoint(directory: str | Path, seed: int = DEMO_SEED) -> Path:
     return directory
 
 
+def cache_root() -> Path:
+    """Where duplex keeps what it builds once for the user: ``$XDG_CACHE_HOME/duplex`` (default
+    ``~/.cache/duplex``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "duplex"
+
+
 def default_checkpoint() -> Path:
     """The bundled tiny checkpoint, built once into the user's cache directory."""
-    cache = (
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-        / "duplex"
-        / f"demo-tiny-v{DEMO_VERSION}"
-    )
+    cache = cache_root() / f"demo-tiny-v{DEMO_VERSION}"
     if not (cache / "config.json").is_file():
         partial = cache.with_name(cache.name + f".partial-{os.getpid()}")
         build_demo_checkpoint(partial)

@@ -11,6 +11,12 @@ started, with whichever rows are ready then. Conversations arriving at different
 share steps (the compute of N conversations is one batched call, not N), at the price of at most
 one frame period of waiting for the earliest arrivals. A slot with no audio never holds the
 others back; see :mod:`duplex.stream.slots` for the late / too-fast policy.
+
+Failures stay with their row: a conversation whose reset raises is evicted (its slot freed, its
+``failure`` set) and the step goes on with the others; when a batched step raises, the rows that
+stepped in it are evicted (their state may be half advanced, and the step cannot tell which row
+caused it) and the engine carries on with the next step. :class:`AsyncEngine` tells each evicted
+conversation's listener. :meth:`DuplexEngine.recent_step_p95` gives the server its admission signal.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ class DuplexEngine:
         )
         self.step_seconds = Histogram("duplex_step_seconds", "Compute time of one batched engine step.")
         self.step_times: deque[float] = deque(maxlen=keep_step_times)
+        self._recent_steps: deque[tuple[float, float]] = deque(maxlen=4096)  # (finished at, seconds)
+        self.evicted: deque[Conversation] = deque()  # drained by the driver (AsyncEngine)
         self.steps = 0
         self._step_lock = threading.Lock()
         pipeline.start(max_conversations)
@@ -99,23 +107,30 @@ class DuplexEngine:
             pcm = np.zeros((n, self.frame_size), dtype=np.float32)
             active = np.zeros(n, dtype=bool)
             for row, (occupant, frame) in enumerate(zip(occupants, frames, strict=True)):
-                if occupant is not None and occupant.needs_reset:
-                    self.pipeline.reset(row, occupant.params)
-                    occupant.needs_reset = False
-                if frame is not None:
+                if occupant is not None and occupant.needs_reset and not self._reset(row, occupant):
+                    occupants[row] = None
+                    continue
+                if occupant is not None and frame is not None:
                     pcm[row] = frame.pcm
                     active[row] = True
             if not active.any():
                 return []
             start = time.perf_counter()
-            out = self.pipeline.step(pcm, active)
+            try:
+                out = self.pipeline.step(pcm, active)
+            except Exception as error:
+                log.exception("engine step failed; evicting the %d conversations in it", int(active.sum()))
+                for row in np.flatnonzero(active):
+                    self._evict(occupants[row], f"the engine step failed: {error}")
+                return []
             elapsed = time.perf_counter() - start
             self.step_seconds.observe(elapsed)
             self.step_times.append(elapsed)
+            self._recent_steps.append((time.monotonic(), elapsed))
             self.steps += 1
             replies = []
             for row, (occupant, frame) in enumerate(zip(occupants, frames, strict=True)):
-                if frame is None or occupant is None:
+                if frame is None or occupant is None or not active[row]:
                     continue
                 occupant.frames_stepped += 1
                 if out.has_reply[row]:
@@ -131,6 +146,31 @@ class DuplexEngine:
                         )
                     )
             return replies
+
+    def _reset(self, row: int, occupant: Conversation) -> bool:
+        """Reset ``row`` for its new occupant; on failure evict the occupant (the others step on)."""
+        try:
+            self.pipeline.reset(row, occupant.params)
+        except Exception as error:
+            log.exception("resetting row %d for conversation %d failed; evicting it", row, occupant.id)
+            self._evict(occupant, f"the engine could not start this conversation: {error}")
+            return False
+        occupant.needs_reset = False
+        return True
+
+    def _evict(self, occupant: Conversation | None, reason: str) -> None:
+        if occupant is None or occupant.closed:
+            return
+        self.slots.evict(occupant, reason)
+        self.evicted.append(occupant)
+
+    def recent_step_p95(self, window_s: float = 5.0, min_steps: int = 10) -> float | None:
+        """The 95th percentile of the step times of the last ``window_s`` seconds (None: too few)."""
+        since = time.monotonic() - window_s
+        recent = [seconds for finished, seconds in list(self._recent_steps) if finished >= since]
+        if len(recent) < min_steps:
+            return None
+        return float(np.percentile(recent, 95))
 
     def warmup(self, steps: int = 4) -> None:
         """Run a few steps of silence on every row (first calls are slow: lazy imports, allocations).
@@ -151,6 +191,7 @@ class DuplexEngine:
 
 
 ReplyListener = Callable[[Reply], None]
+EvictionListener = Callable[[str], None]
 
 
 class AsyncEngine:
@@ -159,17 +200,27 @@ class AsyncEngine:
     def __init__(self, engine: DuplexEngine) -> None:
         self.engine = engine
         self._listeners: dict[int, ReplyListener] = {}
+        self._on_evicted: dict[int, EvictionListener] = {}
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duplex-engine")
         self._task: asyncio.Task | None = None
 
-    def join(self, params: SamplingParams | None, listener: ReplyListener) -> Conversation:
+    def join(
+        self,
+        params: SamplingParams | None,
+        listener: ReplyListener,
+        on_evicted: EvictionListener | None = None,
+    ) -> Conversation:
+        """Take a slot; ``listener`` gets its replies, ``on_evicted`` the reason if the engine evicts it."""
         conversation = self.engine.join(params)
         self._listeners[conversation.id] = listener
+        if on_evicted is not None:
+            self._on_evicted[conversation.id] = on_evicted
         return conversation
 
     def leave(self, conversation: Conversation) -> None:
         self._listeners.pop(conversation.id, None)
+        self._on_evicted.pop(conversation.id, None)
         self.engine.leave(conversation)
 
     def push(self, conversation: Conversation, pcm: np.ndarray) -> None:
@@ -215,8 +266,17 @@ class AsyncEngine:
                 replies = await loop.run_in_executor(self._executor, self.engine.step)
             except Exception:
                 log.exception("engine step failed")
-                continue
+                replies = []
+            self._tell_evicted()
             for reply in replies:
                 listener = self._listeners.get(reply.conversation.id)
                 if listener is not None and not reply.conversation.closed:
                     listener(reply)
+
+    def _tell_evicted(self) -> None:
+        while self.engine.evicted:
+            conversation = self.engine.evicted.popleft()
+            self._listeners.pop(conversation.id, None)
+            on_evicted = self._on_evicted.pop(conversation.id, None)
+            if on_evicted is not None:
+                on_evicted(conversation.failure or "evicted by the engine")

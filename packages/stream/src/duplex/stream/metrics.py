@@ -46,6 +46,39 @@ class Gauge:
         return f"# HELP {self.name} {self.help}\n# TYPE {self.name} {self.kind}\n{self.name} {value}\n"
 
 
+class LabeledGauge:
+    """One metric with a label, one value per label value, each read when rendered (running totals
+    kept elsewhere: ``kind="counter"``)."""
+
+    def __init__(
+        self, name: str, help: str, label: str, reads: dict[str, Callable[[], float]], kind: str = "gauge"
+    ) -> None:
+        self.name, self.help, self.label, self._reads, self.kind = name, help, label, reads, kind
+
+    def render(self) -> str:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+        for value, read in self._reads.items():
+            lines.append(f'{self.name}{{{self.label}="{value}"}} {_number(read())}')
+        return "\n".join(lines) + "\n"
+
+
+class LabeledCounter:
+    """A counter per label value; the values are declared up front, so every series renders from 0."""
+
+    def __init__(self, name: str, help: str, label: str, values: Sequence[str]) -> None:
+        self.name, self.help, self.label = name, help, label
+        self._counters = {value: Counter(name, help) for value in values}
+
+    def labels(self, value: str) -> Counter:
+        return self._counters[value]
+
+    def render(self) -> str:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        for value, counter in self._counters.items():
+            lines.append(f'{self.name}{{{self.label}="{value}"}} {_number(counter.value)}')
+        return "\n".join(lines) + "\n"
+
+
 class Histogram:
     def __init__(self, name: str, help: str, buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
         self.name, self.help = name, help
@@ -74,6 +107,33 @@ class Histogram:
             lines.append(f"{self.name}_count {cumulative}")
         return "\n".join(lines) + "\n"
 
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile, interpolated within its bucket as Prometheus does (None when empty)."""
+        with self._lock:
+            counts = list(self._counts)
+        return bucket_quantile(q, self.buckets, counts)
 
-def render(metrics: Sequence[Counter | Gauge | Histogram]) -> str:
+
+def bucket_quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float | None:
+    """``q`` quantile of a histogram given per-bucket counts (``len(bounds) + 1`` of them, the last one
+    above every bound): linear within the bucket; the top bound when it falls in the overflow bucket."""
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = q * total
+    below = 0.0
+    for index, count in enumerate(counts):
+        if count > 0 and below + count >= rank:
+            if index == len(bounds):
+                return float(bounds[-1])
+            low = 0.0 if index == 0 else float(bounds[index - 1])
+            return low + (float(bounds[index]) - low) * (rank - below) / count
+        below += count
+    return float(bounds[-1])
+
+
+Metric = Counter | Gauge | Histogram | LabeledGauge | LabeledCounter
+
+
+def render(metrics: Sequence[Metric]) -> str:
     return "".join(metric.render() for metric in metrics)

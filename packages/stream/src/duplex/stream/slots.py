@@ -14,6 +14,9 @@ Pacing policy, per slot:
 * **Audio too fast.** At most ``max_backlog_frames`` frames wait per slot; beyond that the oldest
   audio is dropped (and counted), so a client that sends faster than real time can neither grow
   memory nor make its replies lag further and further behind.
+
+A conversation whose row the engine cannot reset or step is evicted (:meth:`SlotTable.evict`): its
+slot is freed at once and ``Conversation.failure`` says why, so one bad row never stalls the others.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class Conversation:
     schedule_start: float | None = None
     needs_reset: bool = True
     closed: bool = False
+    failure: str | None = None  # why the engine evicted this conversation, if it did
 
 
 class SlotTable:
@@ -115,6 +119,15 @@ class SlotTable:
     def leave(self, conversation: Conversation) -> None:
         with self._lock:
             conversation.closed = True
+            if self._slots[conversation.slot] is conversation:
+                self._slots[conversation.slot] = None
+
+    def evict(self, conversation: Conversation, reason: str) -> None:
+        """Free the slot of a conversation the engine cannot serve; its waiting frames are discarded."""
+        with self._lock:
+            conversation.failure = reason
+            conversation.closed = True
+            conversation.frames.clear()
             if self._slots[conversation.slot] is conversation:
                 self._slots[conversation.slot] = None
 

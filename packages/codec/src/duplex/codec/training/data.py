@@ -22,14 +22,24 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 def audio_files(data: str | Path) -> list[Path]:
     data = Path(data)
     if not data.exists():
-        raise FileNotFoundError(f"codec training data {data} does not exist")
+        raise FileNotFoundError(
+            f"codec training data {data} does not exist: pass --data a folder of audio files or a "
+            "moshi-finetune dataset (`duplex data synth DIR` writes one)"
+        )
     indexes = [data] if data.suffix == ".jsonl" else sorted(data.glob("*.jsonl"))
     if indexes:
         root = indexes[0].parent
         files = []
-        for line in indexes[0].read_text().splitlines():
+        for number, line in enumerate(indexes[0].read_text().splitlines(), start=1):
             if line.strip():
-                path = Path(json.loads(line)["path"])
+                try:
+                    record = json.loads(line)
+                    path = Path(record["path"])
+                except (json.JSONDecodeError, KeyError, TypeError) as error:
+                    raise ValueError(
+                        f'{indexes[0]}:{number}: each line must be a JSON object with a "path" '
+                        f"({type(error).__name__}: {error})"
+                    ) from None
                 files.append(path if path.is_absolute() else root / path)
     else:
         files = sorted(p for p in data.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)

@@ -9,7 +9,12 @@ import lightning as L
 from duplex.codec.training.config import CodecTrainingConfig
 from duplex.codec.training.data import AudioSegments
 from duplex.codec.training.module import CodecTrainingModule
-from duplex.codec.training.trainer import StepBatchSampler, build_trainer, last_checkpoint
+from duplex.codec.training.trainer import (
+    KEEP_CHECKPOINTS,
+    StepBatchSampler,
+    build_trainer,
+    last_checkpoint,
+)
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 
@@ -61,6 +66,7 @@ def train_codec(
     precision: str | None = None,
     callbacks: Sequence[Callback] = (),
     progress_bar: bool = True,
+    keep_checkpoints: int = KEEP_CHECKPOINTS,
 ) -> CodecTrainingModule:
     """Train (or resume, when ``output`` holds a checkpoint) and export ``output/mimi.safetensors``."""
     output = Path(output)
@@ -89,6 +95,7 @@ def train_codec(
         precision=precision,
         callbacks=callbacks,
         progress_bar=progress_bar,
+        keep_checkpoints=keep_checkpoints,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=last_checkpoint(output))
     if trainer.is_global_zero:

@@ -8,6 +8,10 @@ run sees the very batches the interrupted one would have.
 
 from __future__ import annotations
 
+import logging
+import re
+import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -78,10 +82,36 @@ def checkpoint_dir(output: str | Path) -> Path:
     return Path(output) / "checkpoints"
 
 
+def _readable(path: Path) -> bool:
+    """Whether ``path`` is a whole checkpoint (torch's zip format, every member's CRC checked): a
+    crash or a full disk while Lightning writes one leaves it truncated."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return False
+
+
+def _checkpoint_step(path: Path) -> int:
+    match = re.fullmatch(r"step-(?:step=)?(\d+)\.ckpt", path.name)
+    return int(match[1]) if match else -1
+
+
 def last_checkpoint(output: str | Path) -> Path | None:
-    """The checkpoint a run in ``output`` resumes from, if one was written."""
-    path = checkpoint_dir(output) / "last.ckpt"
-    return path if path.is_file() else None
+    """The checkpoint a run in ``output`` resumes from, if one was written: ``last.ckpt``, or when
+    that one is corrupt (a crash while writing it), the newest readable ``step-N.ckpt``, with a
+    warning."""
+    directory = checkpoint_dir(output)
+    last = directory / "last.ckpt"
+    if not last.is_file():
+        return None
+    if _readable(last):
+        return last
+    steps = sorted(directory.glob("step-*.ckpt"), key=_checkpoint_step, reverse=True)
+    fallback = next((path for path in steps if _readable(path)), None)
+    instead = f"resuming from {fallback.name}" if fallback else "no readable checkpoint: starting afresh"
+    warnings.warn(f"{last} is corrupt (an interrupted write?); {instead}", stacklevel=2)
+    return fallback
 
 
 def read_metrics(output: str | Path) -> list[dict[str, float]]:
@@ -104,6 +134,78 @@ def check_strategy(strategy: str) -> str:
     return strategy
 
 
+KEEP_CHECKPOINTS = 3
+"""How many ``step-N.ckpt`` files a run keeps by default (the newest; ``last.ckpt`` besides)."""
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """``step-N.ckpt`` every epoch, N counted in batches (generator steps for the codec, whose two
+    optimizers Lightning counts twice), keeping the newest ``keep`` (0: all) and ``last.ckpt``."""
+
+    def __init__(self, dirpath: Path, optimizer_steps_per_batch: int = 1, keep: int = KEEP_CHECKPOINTS):
+        super().__init__(
+            dirpath=dirpath,
+            filename="step-{step}",
+            auto_insert_metric_name=False,
+            every_n_epochs=1,
+            save_on_train_epoch_end=True,
+            save_last=True,
+            save_top_k=keep if keep > 0 else -1,
+            monitor="step" if keep > 0 else None,  # the newest `keep` are the "best" by step
+            mode="max",
+        )
+        self.optimizer_steps_per_batch = optimizer_steps_per_batch
+
+    def _monitor_candidates(self, trainer: L.Trainer) -> dict[str, torch.Tensor]:
+        candidates = super()._monitor_candidates(trainer)
+        candidates["step"] = torch.tensor(trainer.global_step // self.optimizer_steps_per_batch)
+        return candidates
+
+
+class StepProgressBar(TQDMProgressBar):
+    """One bar for the whole run, from the step it resumes at to ``max_steps``, in batches."""
+
+    def __init__(self, max_steps: int, optimizer_steps_per_batch: int = 1) -> None:
+        super().__init__(refresh_rate=1)
+        self.max_steps = max_steps
+        self.optimizer_steps_per_batch = optimizer_steps_per_batch
+
+    def _steps(self, trainer: L.Trainer) -> int:
+        return trainer.global_step // self.optimizer_steps_per_batch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: object) -> None:
+        bar = self.train_progress_bar
+        if bar.total != self.max_steps:
+            bar.reset(total=self.max_steps)
+        bar.n = self._steps(trainer)
+        bar.set_description("train step")
+        bar.refresh()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *_: object) -> None:
+        steps = self._steps(trainer)
+        if self._should_update(steps, self.max_steps):
+            self.train_progress_bar.n = steps
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, module))
+            self.train_progress_bar.refresh()
+
+
+class _StepReport(logging.Filter):
+    """Lightning reports ``max_steps`` in its own count (both optimizers); say it in batches."""
+
+    optimizer_steps_per_batch = 1
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if self.optimizer_steps_per_batch > 1 and message.startswith("`Trainer.fit` stopped: `max_steps="):
+            steps = int(re.sub(r"\D", "", message.split("max_steps=")[1])) // self.optimizer_steps_per_batch
+            record.msg, record.args = f"`Trainer.fit` stopped: `max_steps={steps}` reached.", ()
+        return True
+
+
+_STEP_REPORT = _StepReport()
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_STEP_REPORT)
+
+
 def build_trainer(
     output: str | Path,
     max_steps: int,
@@ -116,24 +218,21 @@ def build_trainer(
     log_every: int = 1,
     callbacks: Sequence[Callback] = (),
     progress_bar: bool = True,
+    keep_checkpoints: int = KEEP_CHECKPOINTS,
 ) -> L.Trainer:
     """A Trainer writing checkpoints and CSV logs under ``output``.
 
-    ``max_steps`` counts batches; adversarial training steps two optimizers per batch, which
-    Lightning counts twice, hence ``optimizer_steps_per_batch``.
+    ``max_steps`` counts batches, everywhere (checkpoint names, the progress bar, the final report);
+    adversarial training steps two optimizers per batch, which Lightning counts twice, hence
+    ``optimizer_steps_per_batch``. ``keep_checkpoints``: how many ``step-N.ckpt`` to keep (0: all).
     """
     output = Path(output)
-    checkpoints = ModelCheckpoint(
-        dirpath=checkpoint_dir(output),
-        filename="step-{step}",
-        every_n_epochs=1,
-        save_on_train_epoch_end=True,
-        save_last=True,
-        save_top_k=-1,
-    )
-    extra: list[Callback] = [checkpoints]
+    _STEP_REPORT.optimizer_steps_per_batch = optimizer_steps_per_batch
+    extra: list[Callback] = [
+        StepCheckpoint(checkpoint_dir(output), optimizer_steps_per_batch, keep_checkpoints)
+    ]
     if progress_bar:
-        extra.append(TQDMProgressBar(refresh_rate=1))
+        extra.append(StepProgressBar(max_steps, optimizer_steps_per_batch))
     return L.Trainer(
         default_root_dir=output,
         max_steps=max_steps * optimizer_steps_per_batch,

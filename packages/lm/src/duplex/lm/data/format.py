@@ -21,6 +21,10 @@ import soundfile
 MAIN_SPEAKER = "SPEAKER_MAIN"
 # Words may end this much after the audio (timings are rounded by aligners).
 TIMING_TOLERANCE_S = 0.05
+# The index's duration may differ from the audio's by this much (or this fraction of it): indexes
+# round durations, but one that is far off describes another file (or a corrupt one).
+DURATION_TOLERANCE_S = 0.5
+DURATION_TOLERANCE_FRACTION = 0.02
 
 
 class DatasetError(ValueError):
@@ -149,12 +153,19 @@ class Dialogue:
 
 
 def load_dialogue(entry: DialogueEntry, require_stereo: bool = True) -> Dialogue:
-    """Check one entry end to end: audio exists and is stereo, alignments parse and fit the audio."""
+    """Check one entry end to end: audio exists, is stereo and lasts what the index says, alignments
+    parse and fit the audio."""
     info = audio_info(entry.audio_path)
     if require_stereo and info.channels != 2:
         raise DatasetError(
             f"{entry.audio_path}: expected stereo audio (model left, user right), "
             f"got {info.channels} channel(s)"
+        )
+    tolerance = max(DURATION_TOLERANCE_S, DURATION_TOLERANCE_FRACTION * info.duration)
+    if abs(entry.duration - info.duration) > tolerance:
+        raise DatasetError(
+            f"{entry.audio_path}: the index says {entry.duration:g} s but the audio lasts "
+            f"{info.duration:.3f} s; fix the duration in the .jsonl index (or the file it names)"
         )
     words = read_alignments(entry.alignment_path)
     for word in words:

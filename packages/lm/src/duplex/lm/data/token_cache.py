@@ -8,6 +8,8 @@ new key, and the stale entry is never read again.
 from __future__ import annotations
 
 import hashlib
+import time
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -16,7 +18,11 @@ import soundfile
 import torch
 from duplex.codec.audio import resample
 from duplex.lm.data.format import DatasetError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+ORPHAN_AGE_S = 600.0
+"""A ``.partial`` cache file this old is an orphan of a crash: no entry takes that long to write."""
 
 
 class AudioTokenizer(Protocol):
@@ -53,6 +59,20 @@ class TokenCache:
         self.sample_rate = sample_rate or int(codec.sample_rate)
         self.fingerprint = codec_fingerprint(codec)  # type: ignore[arg-type]
         self.encoded_files = 0  # how many files the codec actually ran on
+        self.clean_orphans()
+
+    def clean_orphans(self, older_than_s: float = ORPHAN_AGE_S) -> int:
+        """Delete the ``.partial`` files a crash left behind (those older than ``older_than_s``: a
+        younger one may be another process's write in progress); returns how many."""
+        now, removed = time.time(), 0
+        for orphan in self.root.glob("*.partial") if self.root.is_dir() else ():
+            try:
+                if now - orphan.stat().st_mtime > older_than_s:
+                    orphan.unlink()
+                    removed += 1
+            except FileNotFoundError:  # another process cleaned or finished it
+                pass
+        return removed
 
     def path_for(self, audio_path: str | Path) -> Path:
         return self.root / f"{file_digest(audio_path)[:24]}-{self.fingerprint[:16]}.safetensors"
@@ -60,7 +80,10 @@ class TokenCache:
     def codes(self, audio_path: str | Path) -> torch.Tensor:
         cached = self.path_for(audio_path)
         if cached.is_file():
-            return load_file(str(cached))["codes"].long()
+            try:
+                return load_file(str(cached))["codes"].long()
+            except (SafetensorError, OSError, KeyError) as error:
+                warnings.warn(f"{cached} is corrupt ({error}); encoding {audio_path} again", stacklevel=2)
         codes = self._encode(Path(audio_path))
         self.root.mkdir(parents=True, exist_ok=True)
         partial = cached.with_suffix(".partial")

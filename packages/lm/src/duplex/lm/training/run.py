@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from duplex.codec.mimi import Mimi
 from duplex.codec.training.run import StepDataModule, validation_subset
-from duplex.codec.training.trainer import build_trainer, last_checkpoint
+from duplex.codec.training.trainer import KEEP_CHECKPOINTS, build_trainer, last_checkpoint
 from duplex.lm.checkpoint import CheckpointError, load_checkpoint
 from duplex.lm.config import LMConfig
 from duplex.lm.data import MultistreamDataset, TokenCache
@@ -47,8 +47,14 @@ def initialise(
     the checkpoint's own.
     """
     if init.startswith(PRESET_PREFIX):
+        name = init.removeprefix(PRESET_PREFIX)
+        if name not in LMConfig.preset_names():
+            LMConfig.from_preset(name)  # the unknown name is the mistake to report, not a missing --codec
         if codec is None or tokenizer is None:
-            raise ValueError(f"--init {init} starts from random weights: pass --codec and --tokenizer too")
+            raise ValueError(
+                f"--init {init} starts from random weights, so it needs the codec and the tokenizer to "
+                "train with: pass --codec and --tokenizer (Mimi weights, a SentencePiece model)"
+            )
         mimi = Mimi.from_pretrained(codec)
         text = TextTokenizer.from_file(tokenizer)
         config = LMConfig.from_preset(
@@ -128,7 +134,11 @@ def export_checkpoint(module: LMTrainingModule, init: Initialisation, directory:
     else:
         model.config = config
         model.save_pretrained(directory)
-    codec = Mimi.from_pretrained(init.codec_path, num_codebooks=init.codec.total_codebooks)
+    # The codec as it was loaded (with its checkpoint's mimi_config.json, which a weights file
+    # written by the reference does not carry), at all its codebooks.
+    codec = Mimi.from_pretrained(
+        init.codec_path, num_codebooks=init.codec.total_codebooks, config=init.codec.config
+    )
     codec.save_pretrained(directory / "mimi.safetensors")
     (directory / "mimi_config.json").write_text(json.dumps(codec.config.to_dict(), indent=2))
     shutil.copyfile(init.tokenizer_path, directory / "tokenizer.model")
@@ -151,6 +161,7 @@ def train_lm(
     precision: str | None = None,
     callbacks: Sequence[Callback] = (),
     progress_bar: bool = True,
+    keep_checkpoints: int = KEEP_CHECKPOINTS,
 ) -> LMTrainingModule:
     """Train (or resume, when ``output`` holds a checkpoint) and export ``output/checkpoint``."""
     output = Path(output)
@@ -185,6 +196,7 @@ def train_lm(
         precision=precision,
         callbacks=callbacks,
         progress_bar=progress_bar,
+        keep_checkpoints=keep_checkpoints,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=last_checkpoint(output))
     if trainer.is_global_zero:

@@ -19,10 +19,16 @@ const stats = (window.duplexStats = {
   replyPeak: 0,
   text: "",
   error: null,
+  droppedFrames: 0, // user frames the server said it dropped (it was overloaded, or we sent too fast)
 });
 
 const $ = (id) => document.getElementById(id);
 let session = null;
+
+function showWarning(text) {
+  $("warning").textContent = text;
+  $("warning").hidden = !text;
+}
 
 function setState(state, detail = "") {
   stats.state = state;
@@ -162,9 +168,26 @@ class Session {
       case KIND.error:
         this.fail(new TextDecoder().decode(payload));
         break;
+      case KIND.metadata:
+        this.onMetadata(payload);
+        break;
       default:
-        break; // metadata and anything newer: nothing to show
+        break; // anything newer: nothing to show
     }
+  }
+
+  onMetadata(payload) {
+    let fields;
+    try {
+      fields = JSON.parse(new TextDecoder().decode(payload));
+    } catch {
+      return; // not ours to read
+    }
+    if (!fields || !fields.dropping_audio) return;
+    const dropped = Object.values(fields.frames_dropped || {}).reduce((sum, n) => sum + Number(n || 0), 0);
+    stats.droppedFrames = dropped;
+    const why = fields.overloaded ? "the server is overloaded" : "audio arrived faster than it is used";
+    showWarning(`the server is dropping your audio (${dropped.toFixed(0)} frames so far): ${why}`);
   }
 
   play(data) {
@@ -211,6 +234,8 @@ $("toggle").addEventListener("click", async () => {
     return;
   }
   $("transcript").textContent = "";
+  showWarning("");
+  stats.droppedFrames = 0;
   stats.text = "";
   stats.error = null;
   session = new Session();
