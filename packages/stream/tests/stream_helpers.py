@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from duplex.stream.engine import DuplexEngine
 from duplex.stream.pipeline import MoshiPipeline, StepOutput
@@ -101,3 +103,28 @@ class EchoPipeline:
         self.previous[active] = pcm[active]
         self.count[active] += 1
         return StepOutput(out, has_reply, text)
+
+
+def chromium(fake_microphone_wav):
+    """Headless Chromium (selenium) whose fake microphone plays ``fake_microphone_wav`` in a loop."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if binary is None or driver is None:
+        pytest.fail("the browser test needs Debian's chromium and chromium-driver (apt install them)")
+    options = Options()
+    options.binary_location = binary
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={fake_microphone_wav}",
+        "--autoplay-policy=no-user-gesture-required",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(driver))

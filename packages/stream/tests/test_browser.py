@@ -1,12 +1,10 @@
 """The web page in real headless Chromium, with a fake microphone playing a wav file."""
 
-import shutil
 import time
 
 import numpy as np
-import pytest
 from duplex.stream.engine import DuplexEngine
-from stream_helpers import RunningServer, make_pipeline
+from stream_helpers import RunningServer, chromium, make_pipeline
 
 
 class RecordingPipeline:
@@ -23,30 +21,6 @@ class RecordingPipeline:
         if active.any():
             self.user_peak = max(self.user_peak, float(np.abs(pcm[active]).max()))
         return self.inner.step(pcm, active)
-
-
-def chromium(fake_microphone_wav):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if binary is None or driver is None:
-        pytest.fail("the browser test needs Debian's chromium and chromium-driver (apt install them)")
-    options = Options()
-    options.binary_location = binary
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={fake_microphone_wav}",
-        "--autoplay-policy=no-user-gesture-required",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(options=options, service=Service(driver))
 
 
 def test_the_page_talks_plays_the_reply_and_shows_the_text(demo_checkpoint, speech_wav):
