@@ -594,3 +594,65 @@ def test_overload_refuses_newcomers_counts_drops_and_tells_the_talker():
     assert metric(metrics, 'duplex_dropped_frames_total{reason="backlog"}') > 0
     assert metric(metrics, "duplex_overloaded") == 1
     assert notes and '"dropping_audio": true' in notes[-1] and '"backlog"' in notes[-1]
+
+
+LOW_FD_SERVER_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys
+    resource.setrlimit(resource.RLIMIT_NOFILE, (96, 96))
+    sys.path.insert(0, {tests!r})
+    from stream_helpers import EchoPipeline
+    from duplex.stream.engine import DuplexEngine
+    from duplex.stream.server import DuplexServer, ServerConfig, serve_forever
+
+    config = ServerConfig(port=0, header_timeout_s=1.0)
+    server = DuplexServer(DuplexEngine(EchoPipeline(), 2), config)
+    serve_forever(server, on_listening=lambda port: print("port", port, flush=True))
+    """
+)
+
+
+def test_idle_sockets_under_a_low_descriptor_limit_neither_lock_out_clients_nor_flood_the_log():
+    """``ulimit -n 96`` and 150 idle connections: the cap (lowered to the limit) answers the surplus
+    at once, the header timeout frees the rest, then a client gets through; the log stays short."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", LOW_FD_SERVER_SCRIPT.format(tests=str(TESTS))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("port "), (line, process.stderr.read() if process.poll() is not None else "")
+        port = int(line.split()[1])
+
+        async def scenario() -> tuple[int, float]:
+            idle = []
+            for _ in range(150):  # open and say nothing
+                try:
+                    idle.append(await asyncio.open_connection("127.0.0.1", port))
+                except OSError:
+                    break
+            started = time.monotonic()
+            status = 0
+            while time.monotonic() - started < 8 and status != 200:
+                try:
+                    status, _ = await asyncio.wait_for(fetch(f"http://127.0.0.1:{port}/health"), 2)
+                except (TimeoutError, aiohttp.ClientError, OSError):
+                    await asyncio.sleep(0.1)
+            for _, writer in idle:
+                writer.close()
+            return status, time.monotonic() - started
+
+        status, elapsed = asyncio.run(scenario())
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            _, err = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, err = process.communicate()
+    assert status == 200 and elapsed < 5, (status, elapsed)
+    assert "lowered to" in err  # the cap follows the descriptor limit
+    assert err.count("Traceback") == 0 and len(err.splitlines()) < 40, err[-3000:]
