@@ -73,6 +73,14 @@ def files(tmp_path_factory) -> dict[str, Path]:
     state = load_file(str(demo / "model.safetensors"))
     state["transformer.layers.0.gating.linear_out.weight"][0, 0] = float("nan")
     save_file(state, str(paths["nan_lm"] / "model.safetensors"), metadata={"format": "pt"})
+    paths["typo_config"] = root / "typo.yaml"
+    paths["typo_config"].write_text("codec:\n  seanet:\n    nfilters: 8\n")
+    paths["negative_config"] = root / "negative.json"
+    paths["negative_config"].write_text('{"mel_weight": -1}')
+    paths["broken_yaml"] = root / "broken.yml"
+    paths["broken_yaml"].write_text("codec: [1, 2\n")
+    paths["list_yaml"] = root / "list.yaml"
+    paths["list_yaml"].write_text("- mel_weight: 1\n")
     paths["text"] = root / "notes.wav"
     paths["text"].write_text("not audio")
     paths["codes"] = root / "not_codes.safetensors"
@@ -171,6 +179,19 @@ MISTAKES = [
     (CODEC_TRAIN + ["--data", "{data}", "--preset", "huge"], 2, "unknown training preset 'huge'"),
     (CODEC_TRAIN + ["--data", "{data}", "--strategy", "nope"], 2, "unknown strategy 'nope'"),
     (CODEC_TRAIN + ["--data", "{data}", "--max-steps", "0"], 2, "--max-steps"),
+    (
+        CODEC_TRAIN + ["--data", "{data}", "--config", "{typo_config}"],
+        1,
+        "invalid CodecTrainingConfig (from {typo_config}): codec.seanet.nfilters: Extra inputs",
+    ),
+    (
+        CODEC_TRAIN + ["--data", "{data}", "--config", "{negative_config}"],
+        1,
+        "mel_weight: Input should be greater than or equal to 0",
+    ),
+    (CODEC_TRAIN + ["--data", "{data}", "--config", "{broken_yaml}"], 1, "broken.yml is not valid YAML"),
+    (CODEC_TRAIN + ["--data", "{data}", "--config", "{list_yaml}"], 1, "must hold a mapping of training"),
+    (CODEC_TRAIN + ["--data", "{data}", "--config", "{root}/none.json"], 1, "{root}/none.json does not"),
     (
         ["train", "lm", "--data", "{data}", "--output", "{root}/o", "--init", "preset:small"],
         2,

@@ -64,6 +64,37 @@ def test_train_codec_command(dataset, tmp_path):
     assert codec.config == MimiConfig.from_preset("tiny")
 
 
+def test_train_codec_takes_model_size_and_loss_weights_from_a_config_file(dataset, tmp_path):
+    config = tmp_path / "codec.yaml"
+    config.write_text(
+        "codec:\n  seanet:\n    n_filters: 4\n"  # one field of the preset's codec; the rest stays
+        "waveform_weight: 0\nmel_weight: 2.5\nadversarial: false\nbatch_size: 4\nseed: 3\n"
+    )
+    args = ["train", "codec", "--data", str(dataset / "data"), "--output", str(tmp_path / "run")]
+    args += ["--preset", "tiny", "--config", str(config), "--max-steps", "1", "--batch-size", "2"]
+    result = runner.invoke(app, [*args, "--segment-seconds", "0.16", "--accelerator", "cpu"])
+    assert result.exit_code == 0, result.output
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    used = saved["hyper_parameters"]["config"]
+    assert used["codec"]["seanet"]["n_filters"] == 4 and used["codec"]["seanet"]["dimension"] == 16
+    assert (used["mel_weight"], used["waveform_weight"], used["adversarial"]) == (2.5, 0.0, False)
+    assert used["seed"] == 3 and used["batch_size"] == 2  # the command line wins over the file
+    assert not any(k.startswith("discriminator.") for k in saved["state_dict"])
+    assert Mimi.from_pretrained(tmp_path / "run" / "mimi.safetensors").config.seanet.n_filters == 4
+
+
+def test_small_codec_preset_is_about_4m_parameters():
+    from duplex.codec.training.config import CodecTrainingConfig
+
+    config = CodecTrainingConfig.from_preset("small")
+    assert config.codec == MimiConfig.from_preset("small")
+    seanet, q = config.codec.seanet, config.codec.quantizer
+    assert (seanet.n_filters, seanet.dimension, q.n_q, q.bins) == (16, 256, 16, 1024)
+    assert config.codec.transformer.num_layers == 2
+    parameters = sum(p.numel() for p in Mimi(config.codec).parameters())
+    assert 3e6 < parameters < 4.5e6, parameters
+
+
 def test_train_lm_command_with_bad_strategy(dataset, tmp_path):
     args = [
         "train",

@@ -16,7 +16,7 @@ from duplex.codec.training.losses import (
     feature_matching_loss,
     generator_hinge_loss,
 )
-from duplex.codec.training.metrics import SISDR, CodebookUsage, MelDistance
+from duplex.codec.training.metrics import SISDR, CodebookUsage, MelDistance, code_perplexity
 from duplex.codec.training.module import CodecTrainingModule
 from duplex.codec.training.run import train_codec
 from duplex.codec.training.teachers import MelProjectionTeacher
@@ -99,6 +99,56 @@ def test_codebook_usage_and_perplexity():
     assert result["usage"].tolist() == [0.75, 0.25]  # the unused third codebook is left out
     torch.testing.assert_close(result["perplexity"][0], _compute_entropy(counts).exp())
     torch.testing.assert_close(result["perplexity"][1], torch.tensor(1.0))
+    assert result["codebook"].tolist() == [0, 1]
+
+
+def test_code_perplexity_is_1_when_codes_collapse_and_the_cardinality_when_uniform():
+    collapsed = torch.full((4, 3, 16), 5)  # [B, K, T]: every codebook emits code 5 only
+    torch.testing.assert_close(code_perplexity(collapsed, 64), torch.ones(3))
+    uniform = torch.arange(64).repeat(2, 3, 1)  # every code twice per codebook
+    torch.testing.assert_close(code_perplexity(uniform, 64), torch.full((3,), 64.0))
+    mixed = torch.stack([collapsed[:2, 0], uniform[:, 0, :16] % 4], dim=1)  # 1 code; 4 codes equally
+    torch.testing.assert_close(code_perplexity(mixed, 64), torch.tensor([1.0, 4.0]))
+
+
+def test_training_logs_the_perplexity_of_the_codes_used(monkeypatch):
+    """A codec whose codes all collapse to one logs perplexity 1 (train and per codebook in
+    validation), however healthy the EMA usage entropy looks."""
+    from duplex.codec.training import module as module_file
+
+    torch.manual_seed(0)
+    module = CodecTrainingModule(_tiny_config(adversarial=False))
+    logged: dict[str, torch.Tensor] = {}
+    monkeypatch.setattr(module, "log_dict", lambda values, **_: logged.update(values))
+    monkeypatch.setattr(module, "log", lambda name, value, **_: logged.update({name: value}))
+    monkeypatch.setattr(module, "optimizers", lambda: [torch.optim.SGD(module.parameters(), lr=0.0)])
+    monkeypatch.setattr(module, "manual_backward", lambda loss: loss.backward())
+    monkeypatch.setattr(module, "_clip", lambda optimizer: None)
+    module.train()
+    real_quantizer = module.quantizer_trainer
+
+    def collapsed(*args, **kwargs):
+        result = real_quantizer(*args, **kwargs)
+        result.codes = torch.zeros_like(result.codes)
+        return result
+
+    monkeypatch.setattr(module, "quantizer_trainer", collapsed)
+    module.training_step(torch.randn(2, 1, 1920 * 2) * 0.1, 0)
+    assert logged["train/code_perplexity"].item() == pytest.approx(1.0)
+
+    monkeypatch.setattr(module_file.Mimi, "encode", lambda self, wav: torch.zeros(2, 8, 2, dtype=torch.long))
+    module.eval()
+    module.validation_step(torch.randn(2, 1, 1920 * 2) * 0.1, 0)
+    module.on_validation_epoch_end()
+    assert logged["val/code_perplexity"].item() == pytest.approx(1.0)
+    assert [logged[f"val/code_perplexity/{k}"].item() for k in range(8)] == pytest.approx([1.0] * 8)
+
+    uniform = torch.arange(32).view(1, 1, 32).expand(2, 8, 32)  # every code of every codebook
+    monkeypatch.setattr(module_file.Mimi, "encode", lambda self, wav: uniform)
+    monkeypatch.setattr(module_file.Mimi, "decode", lambda self, codes: torch.zeros(2, 1, 1920 * 2))
+    module.validation_step(torch.randn(2, 1, 1920 * 2) * 0.1, 0)
+    module.on_validation_epoch_end()
+    assert logged["val/code_perplexity/7"].item() == pytest.approx(32.0)
 
 
 def test_mel_distance_and_losses():
@@ -156,7 +206,7 @@ def test_short_run_learns_logs_and_exports(speech_dir, tmp_path):
     val = [r for r in rows if "val/si_sdr" in r]
     assert len(train) == 8 and len(val) == 2
     assert train[-1]["train/waveform_l1"] < train[0]["train/waveform_l1"]
-    for key in ("val/mel_distance", "val/codebook_usage", "val/codebook_perplexity", "train/discriminator"):
+    for key in ("val/mel_distance", "val/codebook_usage", "val/code_perplexity", "train/discriminator"):
         assert all(math.isfinite(r[key]) for r in (val if key.startswith("val") else train))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "last.ckpt",
@@ -165,3 +215,74 @@ def test_short_run_learns_logs_and_exports(speech_dir, tmp_path):
     ]
     exported = Mimi.from_pretrained(tmp_path / "mimi.safetensors")
     assert exported.config == config.codec
+
+
+def test_logged_validation_matches_a_fresh_evaluation_of_the_saved_checkpoints(speech_dir, tmp_path):
+    """Every validation, not only the first, logs what the weights it validated really score:
+    the same numbers as an independent evaluation of the checkpoint written at that step."""
+    from duplex.codec.training.data import AudioSegments
+    from duplex.codec.training.evaluate import evaluate_codec
+    from duplex.codec.training.run import validation_subset
+
+    config = _tiny_config(adversarial=False)
+    train_codec(speech_dir, tmp_path, config, max_steps=6, checkpoint_every=2, progress_bar=False,
+                accelerator="cpu", keep_checkpoints=0)  # fmt: skip
+    val = [r for r in read_metrics(tmp_path) if "val/mel_distance" in r]
+    assert len(val) == 3
+    dataset = AudioSegments.from_folder(speech_dir, config.codec.sample_rate, config.segment_samples)
+    segments = validation_subset(dataset, config.validation_segments)
+    keys = ("si_sdr", "mel_distance", "codebook_usage", "code_perplexity")
+
+    def assert_matches(logged: dict[str, float], codec: Mimi) -> None:
+        fresh = evaluate_codec(codec, segments, per_codebook=True)
+        for key in (*keys, *(k for k in fresh if k.startswith("code_perplexity/"))):
+            assert logged[f"val/{key}"] == pytest.approx(fresh[key], rel=1e-3, abs=1e-3), key
+
+    # The exported codec (weight norm folded) scores what the last validation logged ...
+    assert_matches(val[-1], Mimi.from_pretrained(tmp_path / "mimi.safetensors"))
+    # ... and each step checkpoint, loaded fresh into a training module (live weight norm), what
+    # the validation at its step logged; the metrics do change between validations.
+    for row, step in zip(val, (2, 4, 6), strict=True):
+        module = CodecTrainingModule(config)
+        module.load_state_dict(torch.load(tmp_path / "checkpoints" / f"step-{step}.ckpt")["state_dict"])
+        assert_matches(row, module.codec)
+    assert val[0]["val/mel_distance"] != val[-1]["val/mel_distance"]
+
+
+def test_validation_under_inference_mode_uses_the_current_weights():
+    """Validation runs under ``torch.inference_mode`` (Lightning's default) with weight norm live;
+    weights changed in place in between (an optimizer step, ``load_state_dict``) are the ones used."""
+    from duplex.codec.training.evaluate import evaluate_codec
+
+    torch.manual_seed(0)
+    module = CodecTrainingModule(_tiny_config(adversarial=False))
+    other = CodecTrainingModule(_tiny_config(adversarial=False))
+    wav = torch.randn(2, 1, 1920 * 3) * 0.1
+    module.train()
+    other.train()
+    for step in range(2):  # initialise the codebooks of both
+        module.reconstruct(wav, torch.Generator().manual_seed(step), step)
+        other.reconstruct(wav * 0.5, torch.Generator().manual_seed(step + 7), step)
+    module.eval()
+    other.eval()
+
+    def validate(m: CodecTrainingModule) -> float:
+        with torch.inference_mode():
+            m.validation_step(wav, 0)
+            value = m.val_mel.compute().item()
+        for metric in (m.val_si_sdr, m.val_mel, m.val_usage):
+            metric.reset()
+        return value
+
+    first = validate(module)
+    with torch.no_grad():  # in place, as an optimizer step does
+        for p in module.codec.decoder.parameters():
+            p.mul_(0.5)
+    halved = validate(module)
+    assert halved != first
+    module.load_state_dict(other.state_dict())  # in place again
+    assert validate(module) == pytest.approx(validate(other), rel=1e-6)
+    reference = Mimi(module.codec.config)
+    reference.load_state_dict(module.codec.state_dict())  # folds weight norm: a fresh model
+    fresh = evaluate_codec(reference, list(wav))["mel_distance"]
+    assert validate(module) == pytest.approx(fresh, rel=1e-5)

@@ -34,6 +34,7 @@ def _devices(devices: str) -> int | str:
 # --max-steps when not given: what a CPU does in minutes for the tiny presets, a real run otherwise.
 DEFAULT_MAX_STEPS = {("codec", "tiny"): 150, ("lm", "tiny"): 300}
 FULL_SIZE_MAX_STEPS = 1000
+CPU_PRESETS = ("tiny", "small")  # sized for a CPU: no warning
 KEEP_HELP = "How many step-N.ckpt files to keep, the newest (0: all); last.ckpt is kept besides."
 MAX_STEPS_HELP = (
     "Training steps (batches; generator steps for the codec). Default: 150 (codec) / 300 (LM) with "
@@ -46,7 +47,7 @@ def _max_steps(kind: str, preset: str, max_steps: int | None, accelerator: str) 
     import torch
 
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    if on_cpu and preset != "tiny":
+    if on_cpu and preset not in CPU_PRESETS:
         typer.echo(
             f"warning: the full-size {preset!r} preset on a CPU takes seconds to minutes per step; "
             "use --preset tiny to try things out, or a GPU for a real run",
@@ -81,6 +82,54 @@ def _from_preset(config_class, preset: str, **overrides):  # noqa: ANN001, ANN20
     return config_class.from_preset(preset, **overrides)
 
 
+def _read_config_file(path: Path) -> dict:
+    """The settings of a training config file (JSON, or YAML for ``.yaml`` / ``.yml``): a mapping of
+    training config fields, nested as the config is (``codec: {seanet: {n_filters: 16}}``)."""
+    if not path.is_file():
+        raise RuntimeProblem(f"config file {path} does not exist: pass --config a JSON or YAML file")
+    kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
+    text = path.read_text()
+    try:
+        if kind == "YAML":
+            import yaml
+
+            settings = yaml.safe_load(text)
+        else:
+            import json
+
+            settings = json.loads(text)
+    except Exception as error:  # json's JSONDecodeError (a ValueError) or a yaml.YAMLError
+        if not (isinstance(error, ValueError) or type(error).__module__.startswith("yaml")):
+            raise
+        mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+        if mark is not None and problem:  # yaml's "MarkedYAMLError": the problem and where
+            where = f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+        else:
+            where = " ".join(str(error).split())
+        raise RuntimeProblem(f"config file {path} is not valid {kind}: {where}") from None
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise RuntimeProblem(
+            f"config file {path} must hold a mapping of training config fields, "
+            f"not a {type(settings).__name__}"
+        )
+    return settings
+
+
+def _config_from(config_class, preset: str, config_file: Path | None, **overrides):  # noqa: ANN001, ANN202
+    """The preset, with the config file's settings merged in, then the command-line overrides."""
+    if config_file is None:
+        return _from_preset(config_class, preset, **overrides)
+    _from_preset(config_class, preset)  # an unknown preset is a usage error
+    settings = _read_config_file(config_file)
+    try:
+        return config_class.from_preset_with(preset, settings, **overrides)
+    except ValueError as error:  # pydantic's ValidationError: one line naming the fields at fault
+        error.add_note(f"from {config_file}")
+        raise
+
+
 def _check_init(init: str, codec: Path | None, tokenizer: Path | None) -> None:
     if not init.startswith(PRESET_PREFIX):
         return
@@ -104,7 +153,19 @@ def codec(
     data: Path = typer.Option(..., help="Folder of audio files or of a moshi-finetune dataset."),
     output: Path = typer.Option(..., help="Run folder: checkpoints, logs, the exported mimi.safetensors."),
     max_steps: int = typer.Option(None, min=1, help=MAX_STEPS_HELP),
-    preset: str = typer.Option("mimi", help="Training preset: mimi (the official size) or tiny."),
+    preset: str = typer.Option(
+        "mimi",
+        help="Training preset: mimi (the official size, 79 M parameters), small (about 4 M, trains on a CPU) "
+        "or tiny (for tests).",
+    ),
+    config_file: Path = typer.Option(
+        None,
+        "--config",
+        help="JSON or YAML file of training config fields merged into the preset's, nested as the config "
+        "is: model size (codec: {seanet: {n_filters: 16}}), loss weights (mel_weight, waveform_weight, "
+        "...), the discriminator (adversarial, adversarial_weight, ...). Options given on the "
+        "command line take precedence.",
+    ),
     keep_checkpoints: int = typer.Option(3, min=0, help=KEEP_HELP),
     init: str = typer.Option(None, help="Start from these Mimi weights instead of random ones."),
     checkpoint_every: int = typer.Option(50, min=1, help="Write a checkpoint every N steps."),
@@ -114,7 +175,7 @@ def codec(
     devices: str = typer.Option("1", help="Devices (processes) to use, or 'auto'."),
     accelerator: str = typer.Option("auto", help="cpu, gpu or auto."),
     precision: str = typer.Option(None, help="Lightning precision (default: bf16-mixed on GPU, 32 on CPU)."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(None, help="Random seed (default: the config file's, or 0)."),
 ) -> None:
     """Train a Mimi codec; rerunning the same command resumes from the last checkpoint."""
     _check_data(data)
@@ -122,14 +183,16 @@ def codec(
     from duplex.codec.training.config import CodecTrainingConfig
     from duplex.codec.training.run import train_codec
 
-    overrides = {"seed": seed}
+    overrides = {}
+    if seed is not None:
+        overrides["seed"] = seed
     if init:
         overrides["init"] = init
     if batch_size:
         overrides["batch_size"] = batch_size
     if segment_seconds:
         overrides["segment_seconds"] = segment_seconds
-    config = _from_preset(CodecTrainingConfig, preset, **overrides)
+    config = _config_from(CodecTrainingConfig, preset, config_file, **overrides)
     train_codec(
         data,
         output,

@@ -204,3 +204,29 @@ def _tiny() -> dict[str, Any]:
             "output_dimensions": [dim],
         },
     }
+
+
+@MimiConfig.preset("small")
+def _small() -> dict[str, Any]:
+    """The official frame grid and architecture at about 4 M parameters (16 codebooks x 1024 bins),
+    sized to train on a CPU in hours."""
+    dim = 256
+    return {
+        "seanet": {"dimension": dim, "n_filters": 16},
+        "quantizer": {
+            "dimension": 64,
+            "n_q": 16,
+            "bins": 1024,
+            "input_dimension": dim,
+            "output_dimension": dim,
+        },
+        "transformer": {
+            "d_model": dim,
+            "num_heads": 4,
+            "num_layers": 2,
+            "dim_feedforward": 256,
+            "context": 250,
+            "input_dimension": dim,
+            "output_dimensions": [dim],
+        },
+    }

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import logging
 import math
@@ -926,12 +927,48 @@ def bound_port(runner: web.AppRunner) -> int:
     raise RuntimeError("the server is not listening")
 
 
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class AcceptErrorReporter:
+    """The event loop's exception handler: an ``accept()`` that fails for lack of file descriptors
+    (asyncio retries it a second later) becomes one warning line per ``interval_s``, counted, not a
+    traceback per attempt; anything else goes to the default handler."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self.interval_s = interval_s
+        self.failures = 0
+        self._last_report = float("-inf")
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        error = context.get("exception")
+        if isinstance(error, OSError) and error.errno in (
+            errno.EMFILE,
+            errno.ENFILE,
+            errno.ENOBUFS,
+            errno.ENOMEM,
+        ):
+            self.failures += 1
+            now = time.monotonic()
+            if now - self._last_report >= self.interval_s:
+                self._last_report = now
+                log.warning(
+                    "out of file descriptors (%s): %d refused connections so far; raise `ulimit -n` or lower "
+                    "--max-connections",
+                    error.strerror,
+                    self.failures,
+                )
+            return
+        loop.default_exception_handler(context)
+
+
 def serve_forever(server: DuplexServer, on_listening: Callable[[int], None] | None = None) -> None:
     """Serve until SIGINT or SIGTERM; both close every conversation with 1001 and stop the engine."""
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(AcceptErrorReporter())
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         runner = await start_server(server)

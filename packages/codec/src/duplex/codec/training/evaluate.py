@@ -10,8 +10,14 @@ from duplex.codec.training.metrics import SISDR, CodebookUsage, MelDistance
 
 
 @torch.no_grad()
-def evaluate_codec(codec: Mimi, segments: Sequence[torch.Tensor], batch_size: int = 8) -> dict[str, float]:
-    """Round-trip every ``[1, T]`` segment through ``codec`` (its active codebooks)."""
+def evaluate_codec(
+    codec: Mimi, segments: Sequence[torch.Tensor], batch_size: int = 8, per_codebook: bool = False
+) -> dict[str, float]:
+    """Round-trip every ``[1, T]`` segment through ``codec`` (its active codebooks).
+
+    The keys are those of the training run's validation, less the ``val/`` prefix:
+    ``code_perplexity`` is the perplexity of the codes used, averaged over codebooks, and with
+    ``per_codebook`` each codebook's is ``code_perplexity/K`` too."""
     codec = codec.eval()
     si_sdr, mel = SISDR(), MelDistance(codec.sample_rate)
     usage = CodebookUsage(codec.num_codebooks, codec.cardinality)
@@ -23,9 +29,13 @@ def evaluate_codec(codec: Mimi, segments: Sequence[torch.Tensor], batch_size: in
         mel.update(estimate, batch)
         usage.update(codes)
     books = usage.compute()
-    return {
+    results = {
         "si_sdr": si_sdr.compute().item(),
         "mel_distance": mel.compute().item(),
         "codebook_usage": books["usage"].mean().item(),
-        "codebook_perplexity": books["perplexity"].mean().item(),
+        "code_perplexity": books["perplexity"].mean().item(),
     }
+    if per_codebook:
+        for k, value in zip(books["codebook"].tolist(), books["perplexity"].tolist(), strict=True):
+            results[f"code_perplexity/{k}"] = value
+    return results

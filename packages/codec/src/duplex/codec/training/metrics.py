@@ -63,8 +63,31 @@ class MelDistance(Metric):
         return (self.total / self.count.clamp(min=1)).float()
 
 
+def code_histograms(codes: torch.Tensor, cardinality: int) -> torch.Tensor:
+    """Per-codebook code counts ``[K, cardinality]`` of ``codes [B, K, T]``."""
+    k = codes.shape[1]
+    flat = codes.transpose(0, 1).reshape(k, -1)
+    offsets = torch.arange(k, device=codes.device)[:, None] * cardinality
+    histogram = torch.bincount((flat + offsets).reshape(-1), minlength=k * cardinality)
+    return histogram.view(k, cardinality)
+
+
+def perplexity(counts: torch.Tensor) -> torch.Tensor:
+    """``exp(entropy)`` of each row's empirical distribution (``counts [..., cardinality]``): the
+    number of codes a row uses, weighted by use; 1 when one code takes everything."""
+    counts = counts.float()
+    p = counts / counts.sum(dim=-1, keepdim=True).clamp(min=1)
+    return (-(p * torch.log(p.clamp(min=1e-30))).sum(dim=-1)).exp()
+
+
+def code_perplexity(codes: torch.Tensor, cardinality: int) -> torch.Tensor:
+    """Perplexity ``[K]`` of the codes each codebook actually emitted in ``codes [B, K, T]``."""
+    return perplexity(code_histograms(codes, cardinality))
+
+
 class CodebookUsage(Metric):
-    """Per-codebook code histograms; ``compute`` gives the used fraction and perplexity of each.
+    """Per-codebook code histograms; ``compute`` gives the used fraction and perplexity of each
+    codebook that emitted any code (``codebook``: their indices).
 
     Perplexity is ``exp(entropy)`` of the empirical code distribution: ``cardinality`` when every
     code is equally used, 1 when a single code is.
@@ -83,10 +106,7 @@ class CodebookUsage(Metric):
         k = codes.shape[1]
         if k > self.num_codebooks:
             raise ValueError(f"got {k} codebooks, the metric tracks {self.num_codebooks}")
-        flat = codes.transpose(0, 1).reshape(k, -1)
-        offsets = torch.arange(k, device=codes.device)[:, None] * self.cardinality
-        histogram = torch.bincount((flat + offsets).reshape(-1), minlength=k * self.cardinality)
-        self.counts[:k] += histogram.view(k, self.cardinality).to(self.counts.dtype)
+        self.counts[:k] += code_histograms(codes, self.cardinality).to(self.counts.dtype)
 
     def compute(self) -> dict[str, torch.Tensor]:
         counts = self.counts
@@ -98,4 +118,5 @@ class CodebookUsage(Metric):
             "usage": ((counts > 0).float().mean(dim=1))[seen],
             "perplexity": entropy.exp()[seen],
             "normalized_entropy": (entropy / math.log(self.cardinality))[seen],
+            "codebook": torch.nonzero(seen)[:, 0],  # which codebook each value above is of
         }

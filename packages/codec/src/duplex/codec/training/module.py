@@ -17,7 +17,7 @@ from duplex.codec.training.losses import (
     feature_matching_loss,
     generator_hinge_loss,
 )
-from duplex.codec.training.metrics import SISDR, CodebookUsage, MelDistance, si_sdr
+from duplex.codec.training.metrics import SISDR, CodebookUsage, MelDistance, code_perplexity, si_sdr
 from duplex.codec.training.quantizer import CodebookTrainingConfig, QuantizerStepResult, SplitQuantizerTrainer
 from duplex.codec.training.teachers import build_teacher
 from duplex.codec.training.weight_norm import add_weight_norm, fold_weight_norm, has_weight_norm
@@ -133,6 +133,10 @@ class CodecTrainingModule(L.LightningModule):
         logs["train/loss"] = loss.detach()
         logs["train/si_sdr"] = si_sdr(estimate.detach(), wav).mean()
         logs["train/codebooks"] = torch.tensor(float(quantized.codes.shape[1]))
+        # What the codebooks did emit: perplexity of this batch's codes, averaged over codebooks (1 when
+        # each codebook emits one code). ``codebook_entropy`` is of the EMA usage statistics instead,
+        # which dead-code replacement keeps looking healthy even while the codes used collapse.
+        logs["train/code_perplexity"] = code_perplexity(quantized.codes, self.codec.cardinality).mean()
         entropies = [v for k, v in quantized.metrics.items() if k.startswith("entropy_")]
         if entropies:
             logs["train/codebook_entropy"] = torch.stack(entropies).mean()
@@ -169,16 +173,20 @@ class CodecTrainingModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         usage = self.val_usage.compute()
+        # Perplexity of the codes used over the validation set, per codebook and averaged.
+        pairs = zip(usage["codebook"].tolist(), usage["perplexity"], strict=True)
+        per_codebook = {f"val/code_perplexity/{k}": value for k, value in pairs}
         self.log_dict(
             {
                 "val/si_sdr": self.val_si_sdr.compute(),
                 "val/mel_distance": self.val_mel.compute(),
                 "val/codebook_usage": usage["usage"].mean(),
-                "val/codebook_perplexity": usage["perplexity"].mean(),
+                "val/code_perplexity": usage["perplexity"].mean(),
             },
             prog_bar=True,
             sync_dist=True,  # already reduced by torchmetrics: averaging equal values changes nothing
         )
+        self.log_dict(per_codebook, sync_dist=True)  # in the logs, not the progress bar
         for metric in (self.val_si_sdr, self.val_mel, self.val_usage):
             metric.reset()
 
