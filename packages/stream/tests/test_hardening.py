@@ -220,19 +220,26 @@ SERVER_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_sigint_close_conversations_with_1001_and_stop_the_engine(sig):
+def start_script_server(script: str) -> tuple[subprocess.Popen, int]:
+    """A server process running ``script`` (which prints ``port N`` once listening), and its port."""
     process = subprocess.Popen(
-        [sys.executable, "-c", SERVER_SCRIPT.format(tests=str(TESTS))],
+        [sys.executable, "-c", script.format(tests=str(TESTS))],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    line = process.stdout.readline()
+    if not line.startswith("port "):
+        process.kill()
+        raise AssertionError((line, process.communicate()[1]))
+    return process, int(line.split()[1])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_close_conversations_with_1001_and_stop_the_engine(sig):
+    process, port = start_script_server(SERVER_SCRIPT)
     try:
-        line = process.stdout.readline()
-        assert line.startswith("port "), (line, process.stderr.read() if process.poll() is not None else "")
-        port = int(line.split()[1])
 
         async def scenario():
             async with aiohttp.ClientSession() as session:
@@ -616,17 +623,8 @@ def test_idle_sockets_under_a_low_descriptor_limit_neither_lock_out_clients_nor_
     """``ulimit -n 96`` and 150 idle connections: the cap (lowered to the limit) answers the surplus
     at once, the header timeout frees the rest, then a client gets through (the unpatched server
     stayed unreachable and logged a traceback per refused accept); the log stays short."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", LOW_FD_SERVER_SCRIPT.format(tests=str(TESTS))],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process, port = start_script_server(LOW_FD_SERVER_SCRIPT)
     try:
-        line = process.stdout.readline()
-        assert line.startswith("port "), (line, process.stderr.read() if process.poll() is not None else "")
-        port = int(line.split()[1])
 
         async def scenario() -> tuple[int, float]:
             idle = []
