@@ -16,6 +16,13 @@ def _number(value: float) -> str:
     return repr(float(value)) if not float(value).is_integer() else str(int(value))
 
 
+def _labeled(name: str, help: str, kind: str, label: str, values: dict[str, float]) -> str:
+    """One metric with one series per value of ``label``."""
+    lines = [f"# HELP {name} {help}", f"# TYPE {name} {kind}"]
+    lines += [f'{name}{{{label}="{value}"}} {_number(number)}' for value, number in values.items()]
+    return "\n".join(lines) + "\n"
+
+
 class Counter:
     def __init__(self, name: str, help: str) -> None:
         self.name, self.help = name, help
@@ -56,10 +63,8 @@ class LabeledGauge:
         self.name, self.help, self.label, self._reads, self.kind = name, help, label, reads, kind
 
     def render(self) -> str:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-        for value, read in self._reads.items():
-            lines.append(f'{self.name}{{{self.label}="{value}"}} {_number(read())}')
-        return "\n".join(lines) + "\n"
+        values = {value: read() for value, read in self._reads.items()}
+        return _labeled(self.name, self.help, self.kind, self.label, values)
 
 
 class LabeledCounter:
@@ -73,10 +78,8 @@ class LabeledCounter:
         return self._counters[value]
 
     def render(self) -> str:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        for value, counter in self._counters.items():
-            lines.append(f'{self.name}{{{self.label}="{value}"}} {_number(counter.value)}')
-        return "\n".join(lines) + "\n"
+        values = {value: counter.value for value, counter in self._counters.items()}
+        return _labeled(self.name, self.help, "counter", self.label, values)
 
 
 class Histogram:
