@@ -91,7 +91,7 @@ def test_stt_config_without_depformer():
     assert outs[0].shape == (1, 1, 1)  # no delays: no frame to wait for
 
 
-def test_dev_2b_config_validates_but_conditioning_is_refused():
+def test_dev_2b_config_validates_with_its_description_table():
     data = {
         **json.loads(MOSHI_7B_JSON),
         "dim": 2560,
@@ -108,8 +108,17 @@ def test_dev_2b_config_validates_but_conditioning_is_refused():
     }
     config = LMConfig.model_validate(data)
     assert config.mimi_num_codebooks == 16
-    with pytest.raises(NotImplementedError, match="conditioners"):
-        LMModel(config)
+    assert config.conditioners["description"].settings.n_bins == 31
+    assert config.to_dict()["fuser"] == {"sum": ["description"]}  # written back as given
+    for change, message in (
+        ({"fuser": {"sum": ["speaker"]}}, "not in conditioners"),
+        ({"fuser": {"sum": ["description"], "prepend": ["description"]}}, "prepend"),
+        ({"fuser": None}, "need a fuser"),
+        ({"cross_attention": True}, "cross_attention and fuser.cross"),
+        ({"conditioners": {"description": {"type": "lut", "tensor": {"dim": 4}}}}, "needs its"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            LMConfig.model_validate({**data, **change})
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,11 @@
 """Temporal backbones, registered by name in :data:`duplex.lm.registry.BACKBONES`.
 
-A backbone is a streaming module built from a :class:`duplex.codec.nn.TransformerConfig` that
-maps ``x [B, T, dim]`` to ``[B, T, dim]`` causally; in streaming it keeps its own per-slot state
-(``reset_streaming(slots)``, ``set_exec_mask``). ``LMConfig.backbone`` picks one by name; a
-plugin package adds its own through the ``duplex.backbones`` entry-point group.
+A backbone is a streaming module built from a :class:`duplex.codec.nn.TransformerConfig` that maps
+``x [B, T, dim]`` to ``[B, T, dim]`` causally; in streaming it keeps its own per-slot state
+(``reset_streaming(slots)``, ``set_exec_mask``). A backbone for cross-attention models (TTS) also
+takes ``forward(x, cross_source=...)`` and ``set_cross_source(source, slots)``.
+``LMConfig.backbone`` picks one by name; a plugin package adds its own through the
+``duplex.backbones`` entry-point group.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from duplex.codec.presets import PresetConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 NormKind = Literal["layer_norm", "layer_norm_f32", "rms_norm", "rms_norm_f32"]
-PositionalKind = Literal["sin", "rope", "none"]
+PositionalKind = Literal["sin", "rope", "rope_concat", "none"]
 Gating = Literal[
     "none", "silu", "gelu", "relu", "sigmoid", "tanh", "elu", "leaky_relu", "mish", "softsign", "identity"
 ]
@@ -61,6 +61,80 @@ class GenerationConfig(BaseModel):
     support_out_of_sync: bool = False
     cfg_is_masked_until: list[int] | None = None
     cfg_is_no_text: bool = False
+    # The published TTS config carries it, but it is no LMGen argument: the reference ignores it.
+    text_temp: float | None = None
+
+
+class _ConditionerBase(BaseModel):
+    """The keyword arguments every conditioner of the official configs accepts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dim: int = Field(ge=1)
+    force_linear: bool = True
+    pad_empty: bool = True
+    output_bias: Literal[False] = False
+    learn_padding: bool = True
+
+
+class LUTConditionerConfig(_ConditionerBase):
+    """A table of learnt vectors, one per value of ``possible_values`` (docs/architecture.md §3.10)."""
+
+    n_bins: int = Field(ge=1)
+    tokenizer: Literal["noop"] = "noop"
+    possible_values: list[str] | None = None
+    init_scale: float = 1.0
+
+    @model_validator(mode="after")
+    def _enough_bins(self) -> Self:
+        if self.possible_values is not None and len(self.possible_values) > self.n_bins:
+            raise ValueError(
+                f"possible_values has {len(self.possible_values)} entries but n_bins is {self.n_bins}"
+            )
+        return self
+
+
+class TensorConditionerConfig(_ConditionerBase):
+    """A given tensor ``[T, dim]`` projected to the model's width (the TTS voice)."""
+
+
+class ConditionerConfig(BaseModel):
+    """One entry of ``conditioners``: ``{"type": "lut", "lut": {...}}`` or ``{"type": "tensor", ...}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["lut", "tensor"]
+    lut: LUTConditionerConfig | None = None
+    tensor: TensorConditionerConfig | None = None
+
+    @model_validator(mode="after")
+    def _has_its_settings(self) -> Self:
+        if getattr(self, self.type) is None:
+            raise ValueError(f'a conditioner of type "{self.type}" needs its "{self.type}" settings')
+        return self
+
+    @property
+    def settings(self) -> LUTConditionerConfig | TensorConditionerConfig:
+        return getattr(self, self.type)
+
+
+class FuserConfig(BaseModel):
+    """``fuser``: which conditions are summed into every step's input and which are the
+    cross-attention source (docs/architecture.md §3.10)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sum: list[str] = Field(default_factory=list)
+    cross: list[str] = Field(default_factory=list)
+    prepend: list[str] = Field(default_factory=list)
+    cross_attention_pos_emb: bool = False
+    cross_attention_pos_emb_scale: float = 1.0
+
+    @model_validator(mode="after")
+    def _supported(self) -> Self:
+        if self.prepend:
+            raise ValueError("fuser.prepend: prepended conditions are not supported (nor by the reference)")
+        return self
 
 
 class LMConfig(PresetConfig):
@@ -121,8 +195,8 @@ class LMConfig(PresetConfig):
     depformer_causal: bool | None = None
 
     # -- conditioning and LoRA ------------------------------------------------------------------
-    conditioners: dict[str, Any] | None = None
-    fuser: dict[str, Any] | None = None
+    conditioners: dict[str, ConditionerConfig] | None = None
+    fuser: FuserConfig | None = None
     lora: bool = False
     lora_rank: int = Field(128, ge=1)
     lora_scaling: float = 2.0
@@ -172,10 +246,7 @@ class LMConfig(PresetConfig):
             )
         if self.gradient_checkpointing:
             raise ValueError("gradient_checkpointing: not supported by the duplex backbones yet")
-        if self.cross_attention:
-            raise ValueError("cross_attention: cross-attention conditioning (TTS) is not supported")
-        if self.fuser is not None and self.fuser.get("cross"):
-            raise ValueError("fuser.cross: cross-attention conditioning (TTS) is not supported")
+        self._check_conditioning()
         if self.gating == "none" and self.weights_per_step:
             raise ValueError("weights_per_step needs a gated feed-forward (gating != 'none')")
         if self.dep_q > 0:
@@ -200,6 +271,27 @@ class LMConfig(PresetConfig):
             if self._depformer("gating") == "none" and self.depformer_weights_per_step:
                 raise ValueError("depformer_weights_per_step needs a gated feed-forward (depformer_gating)")
         return self
+
+    def _check_conditioning(self) -> None:
+        conditioners = self.conditioners or {}
+        fuser = self.fuser
+        if fuser is None:
+            if conditioners:
+                raise ValueError("conditioners need a fuser saying how each condition enters the model")
+            if self.cross_attention:
+                raise ValueError("cross_attention needs a fuser with a cross condition")
+            return
+        for method in ("sum", "cross"):
+            for name in getattr(fuser, method):
+                if name not in conditioners:
+                    raise ValueError(f"fuser.{method} names {name!r}, which is not in conditioners")
+        if bool(fuser.cross) != self.cross_attention:
+            raise ValueError(
+                "cross_attention and fuser.cross must go together (the cross conditions are what the "
+                "cross-attention layers attend to)"
+            )
+        if self.cross_attention and self.kv_repeat != 1:
+            raise ValueError("cross_attention needs kv_repeat=1")
 
     # -- derived quantities ---------------------------------------------------------------------
     @property
@@ -270,6 +362,7 @@ class LMConfig(PresetConfig):
             weights_per_step=self.weights_per_step,
             weights_per_step_schedule=self.weights_per_step_schedule,
             kv_repeat=self.kv_repeat,
+            cross_attention=self.cross_attention,
         )
 
     def depformer_transformer_config(self) -> Any:
@@ -425,4 +518,192 @@ def _reference_test() -> dict[str, Any]:
         "depformer_num_heads": 1,
         "depformer_gating": "silu",
         "context": 4,
+    }
+
+
+def _stt_1b() -> dict[str, Any]:
+    """Kyutai's streaming speech recognition model stt-1b-en_fr (docs/architecture.md §5.2): the
+    text stream lags the audio by 0.5 s; every audio codebook is input, no depformer."""
+    return {
+        "model_type": "stt",
+        "card": 2048,
+        "n_q": 32,
+        "dep_q": 0,
+        "delays": [0] * 33,
+        "dim": 2048,
+        "num_layers": 16,
+        "num_heads": 16,
+        "hidden_scale": 4.125,
+        "context": 750,
+        "max_period": 100_000,
+        "norm": "rms_norm_f32",
+        "positional_embedding": "rope",
+        "gating": "silu",
+        "causal": True,
+        "text_card": 8000,
+        "existing_text_padding_id": 3,
+        "extra_heads_num_heads": 4,
+        "extra_heads_dim": 6,
+        "conditioners": {},
+        "lm_gen_config": {"temp": 0.0, "temp_text": 0.0, "top_k": 250, "top_k_text": 50},
+        "stt_config": {"audio_delay_seconds": 0.5, "audio_silence_prefix_seconds": 0.0},
+        "mimi_name": "mimi-pytorch-e351c8d8@125.safetensors",
+        "tokenizer_name": "tokenizer_en_fr_audio_8000.model",
+    }
+
+
+LMConfig.preset("stt-1b")(_stt_1b)
+
+
+@LMConfig.preset("tiny-stt")
+def _tiny_stt() -> dict[str, Any]:
+    """The stt-1b structure at toy size (tests); 8 audio codebooks."""
+    return {
+        **_stt_1b(),
+        "card": 40,
+        "n_q": 8,
+        "delays": [0] * 9,
+        "dim": 32,
+        "num_layers": 2,
+        "num_heads": 4,
+        "context": 20,
+        "text_card": 60,
+        "stt_config": {"audio_delay_seconds": 0.32, "audio_silence_prefix_seconds": 0.16},
+    }
+
+
+def _tts_1_6b() -> dict[str, Any]:
+    """Kyutai's text-to-speech model tts-1.6b-en_fr (docs/architecture.md §5.3): the audio lags the
+    text by 1.28 s; voices by cross-attention, guidance strength by a distilled ``cfg`` table."""
+    return {
+        "model_type": "tts",
+        "card": 2048,
+        "n_q": 32,
+        "dep_q": 32,
+        "delays": [0, 0] + [2] * 31,
+        "dim": 2048,
+        "num_layers": 16,
+        "num_heads": 16,
+        "hidden_scale": 4.125,
+        "context": 500,
+        "max_period": 10_000,
+        "norm": "rms_norm_f32",
+        "positional_embedding": "rope",
+        "gating": "silu",
+        "causal": True,
+        "text_card": 8000,
+        "existing_text_padding_id": 3,
+        "demux_second_stream": True,
+        "cross_attention": True,
+        "depformer_dim": 1024,
+        "depformer_num_heads": 16,
+        "depformer_num_layers": 4,
+        "depformer_dim_feedforward": 3072,
+        "depformer_multi_linear": True,
+        "depformer_pos_emb": "none",
+        "depformer_weights_per_step": True,
+        "depformer_weights_per_step_schedule": list(range(8)) + [8] * 8 + [9] * 8 + [10] * 8,
+        "depformer_low_rank_embeddings": 128,
+        "conditioners": {
+            "speaker_wavs": {"type": "tensor", "tensor": {"dim": 512}},
+            "cfg": {
+                "type": "lut",
+                "lut": {
+                    "n_bins": 7,
+                    "dim": 16,
+                    "tokenizer": "noop",
+                    "possible_values": ["1.0", "1.5", "2.0", "2.5", "3.0", "3.5", "4.0"],
+                },
+            },
+            "control": {
+                "type": "lut",
+                "lut": {"n_bins": 1, "dim": 2048, "tokenizer": "noop", "possible_values": ["ok"]},
+            },
+        },
+        "fuser": {
+            "cross_attention_pos_emb": True,
+            "cross_attention_pos_emb_scale": 1,
+            "sum": ["control", "cfg"],
+            "prepend": [],
+            "cross": ["speaker_wavs"],
+        },
+        "tts_config": {"audio_delay": 1.28, "second_stream_ahead": 2},
+        "lm_gen_config": {"temp": 0.6, "text_temp": 0.6},
+        "model_id": {"sig": "1e68beda", "epoch": 240},
+        "moshi_name": "dsm_tts_1e68beda@240.safetensors",
+        "tokenizer_name": "tokenizer_spm_8k_en_fr_audio.model",
+    }
+
+
+LMConfig.preset("tts-1.6b")(_tts_1_6b)
+
+
+@LMConfig.preset("tiny-tts")
+def _tiny_tts() -> dict[str, Any]:
+    """The tts-1.6b structure at toy size (tests): cross-attention to a voice, the demuxed second
+    text stream, low-rank depformer embeddings, the weight schedule and the cfg table."""
+    config = _tts_1_6b()
+    config["conditioners"]["speaker_wavs"]["tensor"]["dim"] = 12
+    config["conditioners"]["control"]["lut"]["dim"] = 8
+    return {
+        **config,
+        "card": 40,
+        "n_q": 6,
+        "dep_q": 6,
+        "delays": [0, 0] + [2] * 5,
+        "dim": 32,
+        "num_layers": 2,
+        "num_heads": 4,
+        "context": 30,
+        "text_card": 60,
+        "depformer_dim": 16,
+        "depformer_num_heads": 2,
+        "depformer_num_layers": 2,
+        "depformer_dim_feedforward": 48,
+        "depformer_weights_per_step_schedule": [0, 1, 2, 3, 3, 4],
+        "depformer_low_rank_embeddings": 8,
+        "tts_config": {"audio_delay": 0.32, "second_stream_ahead": 2},
+    }
+
+
+@LMConfig.preset("tiny-hibiki")
+def _tiny_hibiki() -> dict[str, Any]:
+    """Hibiki's structure (speech translation, docs/architecture.md §5.4) at toy size: a summed
+    ``description`` table, Moshi's two audio streams with acoustic delays."""
+    return {
+        **_moshi_7b(),
+        "model_type": "hibiki",
+        "dim": 32,
+        "text_card": 60,
+        "card": 40,
+        "n_q": 8,
+        "dep_q": 4,
+        "num_heads": 4,
+        "num_layers": 2,
+        "context": 20,
+        "depformer_dim": 16,
+        "depformer_dim_feedforward": 48,
+        "depformer_num_heads": 2,
+        "depformer_num_layers": 2,
+        "depformer_low_rank_embeddings": 8,
+        "delays": [0, 0, 2, 2, 2, 0, 2, 2, 2],
+        "conditioners": {
+            "description": {
+                "type": "lut",
+                "lut": {
+                    "n_bins": 31,
+                    "dim": 16,
+                    "tokenizer": "noop",
+                    "possible_values": ["very_bad", "bad", "neutral", "good", "very_good"],
+                },
+            }
+        },
+        "fuser": {
+            "cross_attention_pos_emb": False,
+            "cross_attention_pos_emb_scale": 1,
+            "sum": ["description"],
+            "prepend": [],
+            "cross": [],
+        },
+        "lm_gen_config": {"temp": 0.8, "temp_text": 0.8, "top_k": 250, "top_k_text": 50},
     }

@@ -42,17 +42,35 @@ their values are checked by :meth:`LMGen.check_user_codes`, which callers with c
 (files, the network) should call; codes from Mimi need no check.
 
 ``use_sampling=False`` (or a temperature of 0) is greedy decoding.
+
+Conditioned models (TTS, Hibiki; docs/architecture.md §3.10) take ``conditions``: one mapping of
+attributes for every slot, or one list with a mapping per slot; ``set_conditions(slot, ...)``
+swaps a slot's own (a voice, a description) at once. ``cfg_coef != 1`` is classifier-free
+guidance by batch doubling: the model runs each slot twice, with its conditions and with
+``cfg_null`` (default: every condition dropped), and the logits become
+``null + cfg_coef * (cond - null)``; ``cfg_is_no_text`` hides the text stream from the null half
+and takes the text logits from the conditioned half alone (docs/architecture.md §4.4).
+
+Extra heads (the STT models' pause prediction): :meth:`LMGen.step_with_extra_heads` also returns
+their probabilities. Host hooks (the TTS state machine, docs/architecture.md §5.3): ``on_text``
+maps the sampled text tokens ``[B]`` to the ones fed back, before the depformer sees them;
+``on_audio`` maps the generated audio tokens ``[B, dep_q]`` before they are stored; a step's
+``depformer_tokens [B, dep_q, 1]`` replace the depformer altogether. A step with hooks is not
+recorded in a CUDA graph.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from duplex.codec.graphs import StepGraph
-from duplex.codec.streaming import StreamingModule, StreamingState
+from duplex.codec.streaming import StreamingModule, StreamingState, select_slots
+from duplex.lm.conditioners import Attributes, dropped_attributes
 from duplex.lm.config import GenerationConfig
+from duplex.lm.embedding import ZERO_TOKEN
 from duplex.lm.model import UNGENERATED_TOKEN, LMModel
 from duplex.lm.sampling import counter_keys, random_seeds, sample_token, seed_to_int64
 
@@ -75,6 +93,7 @@ class LMGenState(StreamingState):
     seeded: torch.Tensor = field(init=False)
     calls: int = 0
     graph: StepGraph | None = None  # the steady-state step, replayed from a CUDA graph
+    condition_sum: torch.Tensor | None = None  # [halves * B, 1, dim]: summed conditions, per model row
 
     @property
     def num_codebooks(self) -> int:
@@ -116,17 +135,31 @@ class LMGen(StreamingModule[LMGenState]):
         cfg_coef: float = 1.0,
         rng: Literal["counter", "global"] = "counter",
         cuda_graph: bool | None = None,
+        conditions: Attributes | Sequence[Attributes] | None = None,
+        cfg_null: Attributes | None = None,
+        cfg_is_no_text: bool = False,
+        on_text: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        on_audio: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         """``rng``: ``"counter"`` (per-slot seeds, graph-capturable) or ``"global"`` (torch's global
         generator in the reference's order); see the module docstring. ``cuda_graph``: replay the
-        steady-state step from a CUDA graph (default: on a CUDA device with ``rng="counter"``)."""
+        steady-state step from a CUDA graph (default: on a CUDA device with ``rng="counter"`` and
+        no hooks). ``conditions``, ``cfg_*``, ``on_text``, ``on_audio``: see the module docstring."""
         super().__init__()
         if model.training:
             raise RuntimeError("LMGen needs the model in eval mode: call model.eval() first")
-        if cfg_coef != 1.0:
+        if cfg_coef <= 0:
+            raise ValueError(f"cfg_coef must be > 0, got {cfg_coef}")
+        if cfg_coef != 1.0 and not model.is_conditioned:
             raise ValueError(
-                f"cfg_coef={cfg_coef}: classifier-free guidance needs a conditioned model (unsupported)"
+                f"cfg_coef={cfg_coef}: classifier-free guidance needs a conditioned model; this one has "
+                "no conditioners"
             )
+        if model.is_conditioned and conditions is None:
+            names = sorted(model.condition_provider.conditioners)
+            raise ValueError(f"this model is conditioned: pass conditions= (attributes among {names})")
+        if not model.is_conditioned and conditions:
+            raise ValueError("conditions= given, but this model takes no conditions")
         if temp < 0 or temp_text < 0:
             raise ValueError(f"temperatures must be >= 0, got temp={temp}, temp_text={temp_text}")
         if top_k < 0 or top_k_text < 0:
@@ -143,7 +176,18 @@ class LMGen(StreamingModule[LMGenState]):
         self.rng = rng
         if cuda_graph and rng != "counter":
             raise ValueError("cuda_graph needs rng='counter' (torch's global generator is not replayable)")
+        if cuda_graph and (on_text is not None or on_audio is not None):
+            raise ValueError("cuda_graph cannot replay a step with host hooks (on_text, on_audio)")
         self.cuda_graph = cuda_graph
+        self.halves = 2 if cfg_coef != 1.0 else 1  # model rows per slot
+        self.cfg_null = cfg_null
+        self.cfg_is_no_text = cfg_is_no_text
+        self.on_text = on_text
+        self.on_audio = on_audio
+        self._conditions = conditions
+        self._slot_attributes: list[Attributes] = []
+        # The model streams with ``halves`` rows per slot, so LMGen drives its streaming itself.
+        model.streaming_detached = True
         config = model.config
         self.max_delay = config.max_delay
         self.num_user_codebooks = config.num_user_codebooks
@@ -161,6 +205,7 @@ class LMGen(StreamingModule[LMGenState]):
     def _init_streaming_state(self, batch_size: int) -> LMGenState:
         device = self.model.device
         graphed = self.cuda_graph if self.cuda_graph is not None else device.type == "cuda"
+        graphed = graphed and self.on_text is None and self.on_audio is None
         return LMGenState(
             batch_size,
             device,
@@ -173,13 +218,81 @@ class LMGen(StreamingModule[LMGenState]):
 
     def _start_streaming(self, batch_size: int) -> None:
         super()._start_streaming(batch_size)
-        if self.model.depformer is not None:
-            self.model.depformer._start_streaming(batch_size)
+        rows = batch_size * self.halves
+        try:
+            self.model._start_streaming(rows)
+            if self.model.depformer is not None:
+                self.model.depformer._start_streaming(rows)
+            if self.model.is_conditioned:
+                self._slot_attributes = self._attributes_per_slot(self._conditions, batch_size)
+                self._apply_conditions(torch.ones(batch_size, dtype=torch.bool))
+        except BaseException:
+            self._stop_streaming()
+            raise
 
     def _stop_streaming(self) -> None:
-        if self.model.depformer is not None and self.model.depformer.is_streaming:
-            self.model.depformer._stop_streaming()
+        for module in (self.model.depformer, self.model):
+            if module is not None and module.is_streaming:
+                module._stop_streaming()
         super()._stop_streaming()
+
+    def reset_streaming(self, slots: torch.Tensor | None = None) -> None:
+        super().reset_streaming(slots)
+        mask = select_slots(slots, self.streaming_state.batch_size, self.streaming_state.device)
+        self.model.reset_streaming(mask.repeat(self.halves))
+
+    def set_exec_mask(self, exec_mask: torch.Tensor) -> None:
+        super().set_exec_mask(exec_mask)
+        mask = self.streaming_state.exec_mask.repeat(self.halves)
+        self.model.set_exec_mask(mask)
+        if self.model.depformer is not None:
+            self.model.depformer.set_exec_mask(mask)
+
+    # -- conditions -----------------------------------------------------------------------------
+    @staticmethod
+    def _attributes_per_slot(
+        conditions: Attributes | Sequence[Attributes], batch_size: int
+    ) -> list[Attributes]:
+        if isinstance(conditions, dict) or not isinstance(conditions, Sequence):
+            return [conditions] * batch_size
+        if len(conditions) != batch_size:
+            raise ValueError(f"conditions: got {len(conditions)} mappings for a batch of {batch_size} slots")
+        return list(conditions)
+
+    def set_conditions(self, slot: int, attributes: Attributes) -> None:
+        """Give ``slot`` its own conditions (a voice, a description); they take effect at its next
+        step and stay across resets until replaced."""
+        state = self.streaming_state
+        if not self.model.is_conditioned:
+            raise ValueError("this model takes no conditions")
+        if not 0 <= slot < state.batch_size:
+            raise IndexError(f"slot {slot} out of range for a batch of {state.batch_size}")
+        self._slot_attributes[slot] = attributes
+        chosen = torch.zeros(state.batch_size, dtype=torch.bool)
+        chosen[slot] = True
+        self._apply_conditions(chosen)
+
+    @torch.no_grad()
+    def _apply_conditions(self, chosen: torch.Tensor) -> None:
+        """Fuse the conditions of every slot (the conditioned rows, then the null rows with CFG) and
+        write those of the ``chosen`` slots into the state, in place."""
+        state = self.streaming_state
+        attributes = list(self._slot_attributes)
+        if self.halves == 2:
+            attributes += [
+                self.cfg_null if self.cfg_null is not None else dropped_attributes(a) for a in attributes
+            ]
+        conditioning = self.model.conditioning(attributes)
+        rows = chosen.to(state.device).repeat(self.halves)
+        if conditioning.sum is not None:
+            if state.condition_sum is None:
+                state.condition_sum = conditioning.sum.clone()
+            else:
+                state.condition_sum.copy_(
+                    torch.where(rows[:, None, None], conditioning.sum, state.condition_sum)
+                )
+        if conditioning.cross is not None:
+            self.model.transformer.set_cross_source(conditioning.cross, rows)
 
     def set_seed(self, slot: int, seed: int | None) -> None:
         """Fix ``slot``'s seed (any int, taken modulo 2**64); its samples then depend only on the seed,
@@ -235,20 +348,46 @@ class LMGen(StreamingModule[LMGenState]):
                 )
 
     @torch.no_grad()
-    def step(self, user_codes: torch.Tensor) -> torch.Tensor | None:
-        """Advance every executing slot by one frame; see the module docstring for the timing."""
+    def step(
+        self, user_codes: torch.Tensor, depformer_tokens: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Advance every executing slot by one frame; see the module docstring for the timing.
+        ``depformer_tokens [B, dep_q, 1]``: this frame's audio tokens, instead of running the
+        depformer."""
+        out = self.step_with_extra_heads(user_codes, depformer_tokens)
+        return None if out is None else out[0]
+
+    @torch.no_grad()
+    def step_with_extra_heads(
+        self, user_codes: torch.Tensor, depformer_tokens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """:meth:`step`, and the extra heads' probabilities of this step ``[B, heads, extra_heads_dim]``
+        (computed from the frame the model just read, so with the step's own timing)."""
         state = self.streaming_state
         self._check_user_codes(user_codes, state.batch_size)
         user_codes = user_codes.to(state.cache.device)
+        if depformer_tokens is not None:
+            expected = [state.batch_size, self.model.dep_q, 1]
+            if list(depformer_tokens.shape) != expected:
+                raise ValueError(
+                    f"depformer_tokens must have shape {expected}, got {list(depformer_tokens.shape)}"
+                )
+            depformer_tokens = depformer_tokens.to(state.cache.device)
         steady = state.calls > self.max_delay  # past the delays: the same kernels on every call
-        out = state.graph(user_codes) if steady and state.graph is not None else self._advance(user_codes)
+        if steady and state.graph is not None and depformer_tokens is None:
+            out = state.graph(user_codes)
+        else:
+            out = self._advance(user_codes, depformer_tokens)
         if state.calls <= self.max_delay:  # counts up to the delay only: a constant in steady state
             state.calls += 1
         return out if state.calls > self.max_delay else None
 
-    def _advance(self, user_codes: torch.Tensor) -> torch.Tensor:
+    def _advance(
+        self, user_codes: torch.Tensor, depformer_tokens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The tensor work of one step: every executing slot advances by one frame; returns the
-        un-delayed frame ``[B, 1 + dep_q, 1]`` (``-2`` where not ready)."""
+        un-delayed frame ``[B, 1 + dep_q, 1]`` (``-2`` where not ready) and the extra heads'
+        probabilities ``[B, heads, extra_heads_dim]``."""
         state = self.streaming_state
         model = self.model
         cache, width = state.cache, state.width
@@ -275,7 +414,17 @@ class LMGen(StreamingModule[LMGenState]):
             draws = torch.arange(1 + model.dep_q, dtype=torch.long, device=cache.device)
             keys = counter_keys(state.seeds[:, None], state.offsets[:, None], draws[None, :])  # [B, D]
 
-        hidden, text_logits = model.forward_text(tokens)
+        model_tokens = tokens
+        if self.halves == 2:
+            null_tokens = tokens
+            if self.cfg_is_no_text:  # the null half sees no text once past the initial token
+                text_in = torch.where(use_initial[:, :1], tokens[:, :1], ZERO_TOKEN)
+                null_tokens = torch.cat([text_in, tokens[:, 1:]], dim=1)
+            model_tokens = torch.cat([tokens, null_tokens], dim=0)
+        hidden, text_logits = model.forward_text(model_tokens, state.condition_sum)
+        if self.halves == 2:
+            cond, null = text_logits.chunk(2)
+            text_logits = cond if self.cfg_is_no_text else null + (cond - null) * self.cfg_coef
         text = sample_token(
             text_logits.float(),
             self.use_sampling,
@@ -283,7 +432,16 @@ class LMGen(StreamingModule[LMGenState]):
             self.top_k_text,
             keys=None if keys is None else keys[:, 0],
         )[:, 0, 0]
-        audio = self._depformer_step(text, hidden, keys) if model.depformer is not None else None
+        if self.on_text is not None:
+            text = self.on_text(text)
+        audio = None
+        if depformer_tokens is not None:
+            audio = depformer_tokens[:, :, 0]
+        elif model.depformer is not None:
+            audio = self._depformer_step(text, hidden, keys)
+        if audio is not None and self.on_audio is not None:
+            audio = self.on_audio(audio)
+        extra = model.extra_head_probs(hidden[: state.batch_size])[:, 0]
 
         # Write the generated frame at the new offset (in place: the state's tensors keep their storage).
         state.offsets.add_(executing.long())
@@ -296,7 +454,7 @@ class LMGen(StreamingModule[LMGenState]):
         read = (state.offsets[:, None] - self.max_delay + state.delays[None, : 1 + model.dep_q]) % width
         out = cache[:, : 1 + model.dep_q].gather(2, read[..., None])
         not_ready = (state.offsets <= self.max_delay) | ~executing
-        return out.masked_fill(not_ready[:, None, None], UNGENERATED_TOKEN)
+        return out.masked_fill(not_ready[:, None, None], UNGENERATED_TOKEN), extra
 
     def _depformer_step(
         self, text: torch.Tensor, hidden: torch.Tensor, keys: torch.Tensor | None
@@ -308,9 +466,13 @@ class LMGen(StreamingModule[LMGenState]):
         token = text
         tokens = []
         for k in range(model.dep_q):
-            x = model.depformer_input(k, token[:, None], hidden)
+            token_in = token if self.halves == 1 else token.repeat(self.halves)
+            x = model.depformer_input(k, token_in[:, None], hidden)
             out = depformer(x)
             logits = model.depformer_logits(k, out)[:, None]  # [B, 1, 1, card]
+            if self.halves == 2:
+                cond, null = logits.chunk(2)
+                logits = null + (cond - null) * self.cfg_coef
             token = sample_token(
                 logits.float(),
                 self.use_sampling,

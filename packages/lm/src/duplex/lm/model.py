@@ -21,6 +21,7 @@ Generation goes through :class:`duplex.lm.generate.LMGen`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import torch
 from duplex.codec.kernels import Numerics, NumericsPolicy
 from duplex.codec.nn import Linear, make_norm
 from duplex.codec.streaming import StreamingModule, StreamingState
+from duplex.lm.conditioners import Attributes, Conditioning, ConditionProvider, Fuser
 from duplex.lm.config import LMConfig
 from duplex.lm.depformer import Depformer
 from duplex.lm.embedding import ZERO_TOKEN, StreamEmbedding
@@ -106,10 +108,6 @@ class LMModel(StreamingModule[StreamingState], NumericsPolicy):
     def __init__(self, config: LMConfig, numerics: Numerics = "fast") -> None:
         super().__init__()
         self.numerics = numerics
-        if config.conditioners or (config.fuser and config.fuser.get("sum")):
-            raise NotImplementedError(
-                "conditioners / fuser: conditioned models (Hibiki, the 2B dev model) are not supported yet"
-            )
         self.config = config
         dim = config.dim
         self.emb = nn.ModuleList(
@@ -127,11 +125,12 @@ class LMModel(StreamingModule[StreamingState], NumericsPolicy):
 
         depformer_config = config.depformer_transformer_config()
         self.depformer: Depformer | None = None
+        dep_dim = config.depformer_dim
+        # Present even without a depformer (dep_q = 0, the STT models): the official files hold it.
+        self.depformer_in = nn.ModuleList(
+            [Linear(dim, dep_dim, bias=False) for _ in range(config.num_depformer_inputs)]
+        )
         if depformer_config is not None:
-            dep_dim = config.depformer_dim
-            self.depformer_in = nn.ModuleList(
-                [Linear(dim, dep_dim, bias=False) for _ in range(config.num_depformer_inputs)]
-            )
             low_rank = config.depformer_low_rank_embeddings
             self.depformer_emb = nn.ModuleList(
                 [
@@ -161,6 +160,11 @@ class LMModel(StreamingModule[StreamingState], NumericsPolicy):
         self.extra_heads = nn.ModuleList(
             [Linear(dim, config.extra_heads_dim, bias=False) for _ in range(config.extra_heads_num_heads)]
         )
+        self.condition_provider: ConditionProvider | None = None
+        self.fuser: Fuser | None = None
+        if config.fuser is not None:
+            self.condition_provider = ConditionProvider(config.conditioners or {}, dim)
+            self.fuser = Fuser(config.fuser)
         self.init_weights()
 
     # -- construction ---------------------------------------------------------------------------
@@ -253,6 +257,29 @@ class LMModel(StreamingModule[StreamingState], NumericsPolicy):
                     f"(-1 = zero token, {top} = initial token), got values in [{low}, {high}]"
                 )
 
+    # -- conditioning ---------------------------------------------------------------------------
+    @property
+    def is_conditioned(self) -> bool:
+        return self.fuser is not None
+
+    def conditioning(self, attributes: Sequence[Attributes]) -> Conditioning:
+        """The fused conditions of a batch, one mapping of attributes per item (docs/architecture.md
+        §3.10); in the model's dtype."""
+        if self.condition_provider is None or self.fuser is None:
+            raise ValueError("this model takes no conditions (its config has no fuser)")
+        fused = self.fuser(self.condition_provider(attributes))
+        return Conditioning(
+            None if fused.sum is None else fused.sum.to(self.dtype),
+            None if fused.cross is None else fused.cross.to(self.dtype),
+        )
+
+    def extra_head_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden [B, S, dim]`` (after ``out_norm``) -> the extra heads' class probabilities
+        ``[B, S, heads, extra_heads_dim]`` (the STT models' pause prediction, docs/architecture.md §5.2)."""
+        if not len(self.extra_heads):
+            return hidden.new_zeros(*hidden.shape[:2], 0, self.config.extra_heads_dim)
+        return torch.stack([torch.softmax(head(hidden), dim=-1) for head in self.extra_heads], dim=2)
+
     # -- forward passes -------------------------------------------------------------------------
     def embed(self, sequence: torch.Tensor) -> torch.Tensor:
         """Sum of the stream embeddings of ``sequence [B, 1 + n_q, S]`` -> ``[B, S, dim]``.
@@ -265,14 +292,26 @@ class LMModel(StreamingModule[StreamingState], NumericsPolicy):
         text = self.text_emb(sequence[:, 0])
         return text if total is None else total + text
 
-    def forward_text(self, sequence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Temporal pass over (delayed) ``sequence [B, 1 + n_q, S]``.
+    def forward_text(
+        self,
+        sequence: torch.Tensor,
+        condition_sum: torch.Tensor | None = None,
+        cross_source: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Temporal pass over (delayed) ``sequence [B, 1 + n_q, S]``; ``condition_sum [B, 1, dim]`` is
+        added to every step's input, ``cross_source [B, S', dim]`` is what cross-attention attends to
+        (in streaming it is set once, see ``StreamingTransformer.set_cross_source``).
 
         Returns the normalised hidden state ``[B, S, dim]`` (the depformer's input) and the text
         logits ``[B, 1, S, text_card_out]``."""
         if not self.is_streaming:
             self.select_kernels()
-        hidden = self.out_norm(self.transformer(self.embed(sequence)))
+        x = self.embed(sequence)
+        if condition_sum is not None:
+            x = x + condition_sum.to(x.dtype)
+        hidden = self.out_norm(
+            self.transformer(x) if cross_source is None else self.transformer(x, cross_source=cross_source)
+        )
         return hidden, self.text_linear(hidden)[:, None]
 
     def depformer_input(self, step: int, token: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -298,13 +337,19 @@ class LMModel(StreamingModule[StreamingState], NumericsPolicy):
         logits = [self.depformer_logits(k, out[:, k]).view(batch, length, -1) for k in range(self.dep_q)]
         return torch.stack(logits, dim=1)
 
-    def forward(self, codes: torch.Tensor) -> LMOutput:
+    def forward(self, codes: torch.Tensor, conditioning: Conditioning | None = None) -> LMOutput:
+        """Teacher forcing over ``codes [B, 1 + n_q, T]``; a conditioned model needs ``conditioning``
+        (from :meth:`conditioning`)."""
+        if self.is_conditioned and conditioning is None:
+            raise ValueError("this model is conditioned: pass conditioning=model.conditioning(attributes)")
+        if conditioning is None:
+            conditioning = Conditioning(None, None)
         self.check_tokens(codes)
         self.select_kernels()
         batch, _, length = codes.shape
         initial = self.initial_tokens(batch)
         delayed = torch.cat([initial, delay_codes(codes, self.delays, initial)], dim=2)
-        hidden, text_logits = self.forward_text(delayed[:, :, :-1])
+        hidden, text_logits = self.forward_text(delayed[:, :, :-1], conditioning.sum, conditioning.cross)
         audio_delays = self.delays[1 : 1 + self.dep_q]
         if self.depformer is not None:
             logits = self.forward_depformer_training(delayed[:, :, 1:], hidden)

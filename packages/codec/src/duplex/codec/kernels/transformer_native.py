@@ -136,6 +136,10 @@ def _feedforward(layer: nn.Module, weight_set: int) -> tuple[int, Tensor, Tensor
 def _fill(spec: LayerSpec, layer: nn.Module, weight_set: int, keep: list[Tensor]) -> None:
     """``spec`` <- ``layer``'s weights (set ``weight_set``) and its attention's ring cache."""
     attn = layer.self_attn
+    if layer.cross_attention is not None:
+        raise Unsupported("cross-attention")
+    if attn.rope is not None and not attn.rope.interleave:
+        raise Unsupported("non-interleaved rotary embedding")
     (kind, eps, w1, b1), (kind2, eps2, w2, b2) = _norm(layer.norm1), _norm(layer.norm2)
     if kind != kind2 or eps != eps2:
         raise Unsupported("different norms in one layer")

@@ -2,6 +2,7 @@
 
 from duplex.codec.nn.attention import AttentionState, SharedStep, StreamingMultiheadAttention
 from duplex.codec.nn.conv import StreamingConv1d, StreamingConvTranspose1d
+from duplex.codec.nn.cross_attention import CrossAttention, CrossAttentionState
 from duplex.codec.nn.elu import ELU
 from duplex.codec.nn.feedforward import ActivationGating, PerStepGating, gated_hidden_size, make_feedforward
 from duplex.codec.nn.kv_cache import RingKVCache
@@ -20,6 +21,8 @@ from duplex.codec.nn.transformer import (
 __all__ = [
     "ActivationGating",
     "AttentionState",
+    "CrossAttention",
+    "CrossAttentionState",
     "ELU",
     "LayerNormF32",
     "LayerScale",

@@ -50,6 +50,7 @@ class SharedStep:
 
     positions: torch.Tensor  # [B, T] absolute positions of this call
     rotation: torch.Tensor | None = None  # RoPE rotation at those positions
+    cross_source: torch.Tensor | None = None  # [B, S, D] what cross-attention layers attend to
     scratch: dict = field(default_factory=dict)  # what the attention op shares across layers
 
 
@@ -92,7 +93,7 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState], UsesKernels):
             torch.empty(self.mult * self.proj_dim, embed_dim).uniform_(-bound, bound)
         )
         self.out_proj = Linear(embed_dim, self.mult * embed_dim, bias=False)
-        self.register_load_state_dict_pre_hook(_accept_reference_names)
+        self.register_load_state_dict_pre_hook(accept_reference_names)
 
     # -- streaming state --------------------------------------------------------------------------
     def _init_streaming_state(self, batch_size: int) -> AttentionState:
@@ -183,9 +184,9 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState], UsesKernels):
         )
 
 
-def _accept_reference_names(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
-    """Fuse the reference's per-set names into ours before loading (in place on ``state_dict``)."""
-    assert isinstance(module, StreamingMultiheadAttention)
+def accept_reference_names(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Fuse the reference's per-set names into ours before loading (in place on ``state_dict``), for
+    any attention with ``mult`` weight sets, ``in_proj_weight`` and ``out_proj``."""
     if prefix + "in_proj.weight" in state_dict:
         state_dict[prefix + "in_proj_weight"] = state_dict.pop(prefix + "in_proj.weight")
     for split, fused in (("in_projs", "in_proj_weight"), ("out_projs", "out_proj.weight")):

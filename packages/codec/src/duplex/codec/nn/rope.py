@@ -1,9 +1,10 @@
-"""Interleaved rotary position embedding (docs/architecture.md §2.6).
+"""Rotary position embedding (docs/architecture.md §2.6).
 
-Pair ``i`` of a head is the adjacent element pair ``(x[2i], x[2i+1])``, rotated by the angle
-``position * max_period ** (-2i / Dh)``; angles and products are computed in float32 and the
-result is cast back to the input dtype. A pair is treated as one complex number, so the
-rotation is one complex product with ``exp(i * angle)``.
+Pair ``i`` of a head is the adjacent element pair ``(x[2i], x[2i+1])`` (interleaved, Moshi's layout)
+or the halves' pair ``(x[i], x[i + Dh/2])`` (``interleave=False``, "rope_concat"), rotated by the
+angle ``position * max_period ** (-2i / Dh)``; angles and products are computed in float32 and the
+result is cast back to the input dtype. A pair is treated as one complex number, so the rotation is
+one complex product with ``exp(i * angle)``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ class RotaryEmbedding:
     """Parameter-free, so a plain object (not a module): casting a model to bf16 leaves the
     float32 frequencies alone."""
 
-    def __init__(self, max_period: float = 10_000) -> None:
+    def __init__(self, max_period: float = 10_000, interleave: bool = True) -> None:
         self.max_period = max_period
+        self.interleave = interleave
         self._frequencies: dict[tuple[torch.device, int], torch.Tensor] = {}
 
     def frequencies(self, head_dim: int, device: torch.device) -> torch.Tensor:
@@ -41,7 +43,12 @@ class RotaryEmbedding:
 
     def rotate(self, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
         """Rotate ``x [B, T, H, Dh]`` (time before heads) by a :meth:`rotation`."""
-        pairs = torch.view_as_complex(x.float().unflatten(-1, (x.shape[-1] // 2, 2)))
+        half = x.shape[-1] // 2
+        if not self.interleave:
+            real, imag = x.float().unflatten(-1, (2, half)).unbind(-2)
+            rotated = torch.complex(real, imag) * rotation
+            return torch.cat([rotated.real, rotated.imag], dim=-1).to(x.dtype)
+        pairs = torch.view_as_complex(x.float().unflatten(-1, (half, 2)))
         return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)
 
     def apply(
@@ -55,4 +62,4 @@ class RotaryEmbedding:
         )
 
     def __repr__(self) -> str:
-        return f"RotaryEmbedding(max_period={self.max_period})"
+        return f"RotaryEmbedding(max_period={self.max_period}, interleave={self.interleave})"

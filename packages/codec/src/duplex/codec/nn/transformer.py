@@ -1,10 +1,11 @@
 """The one pre-norm streaming transformer of duplex: Mimi's two, the LM's temporal transformer
 and its depformer are all made of :class:`StreamingTransformerLayer` (docs/architecture.md §1.7, §2).
 
-Each layer computes ``x += ls1 * attn(norm1(x))`` then ``x += ls2 * ff(norm2(x))``; there is no
-final norm. Positions continue across streaming calls, per batch item. A streaming call goes
-through the selected ``transformer_step`` op where the kernel set has one (the whole step in one
-C call on the CPU), else through the layers one by one (:meth:`StreamingTransformer.run_layers`).
+Each layer computes ``x += ls1 * attn(norm1(x))``, with ``cross_attention`` then ``x += ls_cross *
+cross(norm_cross(x), source)`` (docs/architecture.md §3.11), then ``x += ls2 * ff(norm2(x))``; there
+is no final norm. Positions continue across streaming calls, per batch item. A streaming call goes
+through the selected ``transformer_step`` op where the kernel set has one (the whole step in one C
+call on the CPU), else through the layers one by one (:meth:`StreamingTransformer.run_layers`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Literal
 import torch
 from duplex.codec.kernels import UsesKernels
 from duplex.codec.nn.attention import SharedStep, StreamingMultiheadAttention
+from duplex.codec.nn.cross_attention import CrossAttention
 from duplex.codec.nn.feedforward import GATINGS, PerStepGating, make_feedforward
 from duplex.codec.nn.linear import Linear
 from duplex.codec.nn.norms import NormKind, make_norm
@@ -37,11 +39,12 @@ class TransformerConfig(PresetConfig):
     max_period: float = 10_000
     gating: str = "none"
     norm: NormKind = "layer_norm"
-    positional_embedding: Literal["rope", "sin", "none"] = "rope"
+    positional_embedding: Literal["rope", "rope_concat", "sin", "none"] = "rope"
     layer_scale: float | None = None
     weights_per_step: int = 0
     weights_per_step_schedule: list[int] | None = None
     kv_repeat: int = 1
+    cross_attention: bool = False
 
     @field_validator("gating")
     @classmethod
@@ -56,6 +59,8 @@ class TransformerConfig(PresetConfig):
             raise ValueError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
         if self.num_heads % self.kv_repeat != 0:
             raise ValueError(f"num_heads {self.num_heads} is not divisible by kv_repeat {self.kv_repeat}")
+        if self.cross_attention and self.kv_repeat != 1:
+            raise ValueError("cross_attention needs kv_repeat=1 (its keys and values have every head)")
         if self.weights_per_step and self.gating == "none":
             raise ValueError("weights_per_step needs a gated feed-forward (gating != 'none')")
         if (
@@ -87,10 +92,10 @@ class LayerScale(nn.Module):
 
 class StreamingTransformerLayer(nn.Module):
     """One layer, for every transformer of duplex: self-attention over the ring KV cache (with
-    RoPE, grouped KV heads, per-step weights), then a plain or gated feed-forward, each pre-normed
-    and optionally layer-scaled. Its streaming state is its attention's. A new sublayer (such as
-    cross-attention) goes into this one ``forward``, and the native ``transformer_step`` declines
-    layers it does not cover (they then run here)."""
+    RoPE, grouped KV heads, per-step weights), optionally cross-attention to a conditioning
+    source, then a plain or gated feed-forward, each pre-normed and optionally layer-scaled. Its
+    streaming state is its attentions'. The native ``transformer_step`` declines layers it does not
+    cover (cross-attention among them): they then run here."""
 
     def __init__(self, config: TransformerConfig, rope: RotaryEmbedding | None) -> None:
         super().__init__()
@@ -118,11 +123,18 @@ class StreamingTransformerLayer(nn.Module):
             config.weights_per_step_schedule,
         ).items():
             setattr(self, name, module)
+        self.cross_attention: CrossAttention | None = None
+        if config.cross_attention:
+            self.cross_attention = CrossAttention(d, config.num_heads)
+            self.norm_cross = nn.LayerNorm(d, eps=1e-5)  # a LayerNorm whatever ``norm`` is, as trained
         self.layer_scale_1: nn.Module = nn.Identity()
         self.layer_scale_2: nn.Module = nn.Identity()
+        self.layer_scale_cross: nn.Module = nn.Identity()
         if config.layer_scale is not None:
             self.layer_scale_1 = LayerScale(d, config.layer_scale)
             self.layer_scale_2 = LayerScale(d, config.layer_scale)
+            if config.cross_attention:
+                self.layer_scale_cross = LayerScale(d, config.layer_scale)
 
     def _feedforward(self, x: torch.Tensor, first_step: int) -> torch.Tensor:
         if self.gating is None:
@@ -138,6 +150,9 @@ class StreamingTransformerLayer(nn.Module):
         first_step = state.step if state is not None else 0  # advanced by the attention below
         update = self.self_attn(self.norm1(x), shared)
         x = x.to(update.dtype) + self.layer_scale_1(update)
+        if self.cross_attention is not None:
+            source = None if shared is None else shared.cross_source
+            x = x + self.layer_scale_cross(self.cross_attention(self.norm_cross(x), source))
         update = self._feedforward(self.norm2(x), first_step)
         return x.to(update.dtype) + self.layer_scale_2(update)
 
@@ -156,7 +171,9 @@ class StreamingTransformer(StreamingModule[TransformerState], UsesKernels):
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.config = config
-        self.rope = RotaryEmbedding(config.max_period) if config.positional_embedding == "rope" else None
+        self.rope = None
+        if config.positional_embedding in ("rope", "rope_concat"):
+            self.rope = RotaryEmbedding(config.max_period, interleave=config.positional_embedding == "rope")
         self.layers = nn.ModuleList(
             [StreamingTransformerLayer(config, self.rope) for _ in range(config.num_layers)]
         )
@@ -166,8 +183,9 @@ class StreamingTransformer(StreamingModule[TransformerState], UsesKernels):
         offset = torch.zeros(batch_size, dtype=torch.long, device=device)
         return TransformerState(batch_size=batch_size, device=device, offset=offset)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [B, T, D]`` -> ``[B, T, D]`` in the input dtype."""
+    def forward(self, x: torch.Tensor, cross_source: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [B, T, D]`` -> ``[B, T, D]`` in the input dtype. ``cross_source [B, S, D]``: what the
+        cross-attention layers attend to (in streaming, :meth:`set_cross_source` instead)."""
         if x.dim() != 3 or x.shape[-1] != self.config.d_model:
             raise ValueError(f"expected input [B, T, {self.config.d_model}], got shape {list(x.shape)}")
         batch, length, dim = x.shape
@@ -179,20 +197,30 @@ class StreamingTransformer(StreamingModule[TransformerState], UsesKernels):
         if self.config.positional_embedding == "sin":
             x = x + sinusoidal_embedding(positions, dim, self.config.max_period, dtype=x.dtype)
         step = self.kernels.transformer_step
-        if state is not None and step is not None:
+        if state is not None and step is not None and cross_source is None:
             x = step(self, x, positions)
         else:
-            x = self.run_layers(x, positions)
+            x = self.run_layers(x, positions, cross_source)
         if state is not None:
             state.offset.add_(state.exec_mask, alpha=length)
         return x.to(input_dtype)
 
-    def run_layers(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def run_layers(
+        self, x: torch.Tensor, positions: torch.Tensor, cross_source: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The layers one after another over ``x [B, T, D]`` at ``positions [B, T]``."""
-        shared = SharedStep(positions)
+        shared = SharedStep(positions, cross_source=cross_source)
         for layer in self.layers:
             x = layer(x, shared)
         return x
+
+    def set_cross_source(self, source: torch.Tensor, slots: torch.Tensor | None = None) -> None:
+        """In streaming, give the cross-attention layers their source ``[B, S, D]`` for the items
+        where ``slots`` (bool ``[B]``, all when None) is true; it stays until replaced."""
+        if not self.config.cross_attention:
+            raise ValueError("this transformer has no cross-attention layers")
+        for layer in self.layers:
+            layer.cross_attention.set_source(source, slots)
 
     def advance_layers(self, length: int) -> None:
         """After a ``transformer_step`` kernel wrote the caches and moved the attention offsets,
