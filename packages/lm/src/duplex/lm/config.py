@@ -567,7 +567,7 @@ def _tiny_stt() -> dict[str, Any]:
         "num_layers": 2,
         "num_heads": 4,
         "context": 20,
-        "text_card": 60,
+        "text_card": 64,
         "stt_config": {"audio_delay_seconds": 0.32, "audio_silence_prefix_seconds": 0.16},
     }
 
@@ -655,7 +655,7 @@ def _tiny_tts() -> dict[str, Any]:
         "num_layers": 2,
         "num_heads": 4,
         "context": 30,
-        "text_card": 60,
+        "text_card": 64,
         "depformer_dim": 16,
         "depformer_num_heads": 2,
         "depformer_num_layers": 2,

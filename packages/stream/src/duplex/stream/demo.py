@@ -52,93 +52,10 @@ def demo_lm_config() -> dict:
     return config.to_dict()
 
 
-def _calibration_audio(sample_rate: int, seconds: int = 8) -> torch.Tensor:
-    """A few seconds of a gliding, pulsing tone with noise ``[1, 1, T]`` (draws from torch's RNG)."""
-    t = torch.arange(seconds * sample_rate) / sample_rate
-    pitch = 120 + 80 * torch.sin(2 * torch.pi * 0.3 * t)
-    tone = 0.3 * torch.sin(2 * torch.pi * torch.cumsum(pitch, 0) / sample_rate)
-    envelope = 0.5 + 0.5 * torch.sin(2 * torch.pi * 2.5 * t).clamp(min=0)
-    return (tone * envelope + 0.05 * torch.randn_like(t))[None, None]
-
-
-@torch.no_grad()
-def _spread_codebooks(mimi, audio: torch.Tensor) -> None:
-    """Give the random Mimi codebooks that tell sounds apart.
-
-    Fresh codebooks are all zeros, so every frame would get code 0 and every code would decode to
-    the same sound. Each codebook instead takes its centroids from the (residual) latents of a
-    few seconds of synthetic audio, as a k-means initialisation would.
-    """
-    latent = mimi.encode_latent(audio)
-    for rvq in (mimi.quantizer.rvq_first, mimi.quantizer.rvq_rest):
-        residual = rvq.input_proj(latent).transpose(1, 2).reshape(-1, rvq.input_proj.out_channels)
-        for codebook in rvq.codebooks():
-            chosen = torch.randperm(residual.shape[0])[: codebook.size]
-            codebook.embedding_sum.copy_(residual[chosen])
-            codebook.cluster_usage.fill_(1.0)
-            codebook._initialized.fill_(1.0)
-            codebook.refresh_centroids()
-            nearest = torch.cdist(residual, codebook.centroids).argmin(dim=1)
-            residual = residual - codebook.centroids[nearest]
-
-
-def _conv_layers(module: torch.nn.Module, run) -> list[tuple[torch.nn.Module, torch.nn.Module]]:  # noqa: ANN001
-    """(the module that runs it, the convolution) for each convolution ``run()`` goes through, in
-    the order it runs them (duplex's conv modules run their torch conv's weights through kernels)."""
-    holders = {}
-    for holder in module.modules():
-        inner = getattr(holder, "conv", None) or getattr(holder, "convtr", None)
-        if isinstance(inner, torch.nn.Conv1d | torch.nn.ConvTranspose1d):
-            holders[holder] = inner
-    order: list[torch.nn.Module] = []
-
-    def note(holder, inputs, output) -> None:  # noqa: ANN001
-        if holder not in order:
-            order.append(holder)
-
-    hooks = [holder.register_forward_hook(note) for holder in holders]
-    try:
-        run()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return [(holder, holders[holder]) for holder in order]
-
-
-@torch.no_grad()
-def _unit_variance(module: torch.nn.Module, run) -> None:  # noqa: ANN001
-    """Scale each convolution ``run()`` goes through, in order, so that its output has unit
-    variance on the calibration input, with zero biases (a data-driven init, as LSUV).
-
-    Freshly initialised, the tiny SEANet's 2-channel layers shrink the signal at every layer, so
-    that the decoder's output is its last bias (a DC offset) plus a faint fixed pattern, whatever
-    the codes; scaled like this, what goes in reaches the output."""
-    for holder, conv in _conv_layers(module, run):
-        seen: list[torch.Tensor] = []
-        hook = holder.register_forward_hook(lambda _m, _i, output, seen=seen: seen.append(output))
-        if conv.bias is not None:
-            conv.bias.zero_()
-        run()
-        hook.remove()
-        conv.weight.div_(torch.cat([o.flatten() for o in seen]).std().clamp(min=1e-8))
-
-
-@torch.no_grad()
-def _audible_decoder(mimi, level: float = 0.1) -> None:  # noqa: ANN001
-    """Make the random decoder turn different codes into different sound, at ``level`` RMS and
-    without a DC offset (calibrated on random codes, with a generator of its own)."""
-    generator = torch.Generator().manual_seed(DEMO_SEED)
-    codes = torch.randint(0, mimi.cardinality, (4, mimi.total_codebooks, 25), generator=generator)
-    _unit_variance(mimi, lambda: mimi.decode(codes))
-    _, last = _conv_layers(mimi.decoder, lambda: mimi.decode(codes))[-1]
-    out = mimi.decode(codes)
-    last.weight.mul_(level / out.std())
-    last.bias.sub_(mimi.decode(codes).mean())
-
-
 def build_demo_checkpoint(directory: str | Path, seed: int = DEMO_SEED) -> Path:
     """Write the tiny checkpoint to ``directory`` (same seed, same files); returns the directory."""
     from duplex.codec import Mimi, MimiConfig
+    from duplex.codec.calibration import calibrate_untrained
     from duplex.lm.config import LMConfig
     from duplex.lm.data.text_tokenizer import train_tokenizer
     from duplex.lm.model import LMModel
@@ -151,10 +68,7 @@ def build_demo_checkpoint(directory: str | Path, seed: int = DEMO_SEED) -> Path:
         torch.manual_seed(seed)
         mimi_config = MimiConfig.from_preset("tiny")
         mimi = Mimi(mimi_config, numerics="reference")
-        audio = _calibration_audio(mimi.sample_rate)
-        _unit_variance(mimi.encoder, lambda: mimi.encode_latent(audio))
-        _spread_codebooks(mimi, audio)
-        _audible_decoder(mimi)
+        calibrate_untrained(mimi, seed=seed)
         lm_fields = demo_lm_config()
         lm = LMModel(LMConfig.model_validate(lm_fields))
     finally:
