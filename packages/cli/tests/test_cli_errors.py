@@ -165,6 +165,11 @@ MISTAKES = [
         "mimi_config.json must hold a JSON object",
     ),
     (["run", "--dtype", "float8", "{wav}"], 2, "--dtype must be one of"),
+    # duplex asr: the inputs are read before the model loads
+    (["asr", "{root}/missing.wav", "-c", "{demo}"], 1, "missing.wav"),
+    (["asr", "{wav}", "-c", "{demo}"], 1, "a 'moshi' checkpoint, not speech recognition; use `duplex run`"),
+    (["asr", "{wav}", "-c", "{demo}", "--format", "doc"], 2, "must be one of txt, json, srt"),
+    (["asr", "{wav}", "{wav}", "-c", "{demo}", "-o", "{text}"], 2, "with 2 inputs, give a folder"),
     # duplex serve and client
     (["serve", "--port", "{busy_port}"], 1, "port {busy_port} on 127.0.0.1 is already in use"),
     (["serve", "--port", "http"], 2, "Invalid value for '--port'"),

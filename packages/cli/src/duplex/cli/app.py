@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import typer
-from duplex.cli import client, codec, data, info, loadtest, run, serve, train
+from duplex.cli import asr, client, codec, data, info, loadtest, run, serve, train
 from duplex.cli.errors import DuplexGroup, port_checked, set_debug, url_checked
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.command("serve", help="Serve live conversations over the official websocket 
     port_checked(serve.serve)
 )
 app.command("client", help="Talk to a server from a wav file.")(url_checked(client.client))
+app.command("asr", help="Transcribe audio files with a speech recognition (STT) model.")(asr.asr)
 app.command("info", help="Versions, device and every registered component.")(info.info)
 app.command("loadtest", help="Many real-time conversations against a server.")(url_checked(loadtest.loadtest))
 

@@ -29,7 +29,7 @@ step: ``pauses[:, 2]`` above 0.5 is the models' "the speaker has finished".
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +123,10 @@ class Transcriber:
             )
         lm = bundle.lm(device=device, dtype=dtype, numerics=numerics)
         return cls(bundle.mimi(device=device, numerics=numerics), lm, bundle.text_tokenizer())
+
+    def steps_for(self, samples: int) -> int:
+        """The steps a recording of ``samples`` takes (silence prefix and flush included)."""
+        return self.prefix_frames + math.ceil(samples / self.frame_size) + self.flush_frames
 
     @property
     def offset(self) -> float:
@@ -248,9 +252,13 @@ class Transcriber:
 
     # -- whole files ----------------------------------------------------------------------------
     def transcribe(
-        self, audios: Sequence[np.ndarray | torch.Tensor], batch_size: int = 8
+        self,
+        audios: Sequence[np.ndarray | torch.Tensor],
+        batch_size: int = 8,
+        on_step: Callable[[int], None] | None = None,
     ) -> list[list[Word]]:
-        """Words of each mono 24 kHz recording, ``batch_size`` streams at a time."""
+        """Words of each mono 24 kHz recording, ``batch_size`` streams at a time; ``on_step(n)`` is
+        called after each batched step with the number of rows it advanced."""
         results: list[list[Word]] = [[] for _ in audios]
         with self.streaming(min(batch_size, max(len(audios), 1))):
             queue = list(enumerate(audios))
@@ -263,7 +271,10 @@ class Transcriber:
                         self.push(row, audio)
                         self.finish(row)
                         running[row] = index
-                for update in self.process(max_steps=1):  # a finished row takes the next file at once
+                updates = self.process(max_steps=1)  # a finished row takes the next file at once
+                if on_step is not None:
+                    on_step(len(updates))
+                for update in updates:
                     results[running[update.row]] += update.words
                     if update.finished:
                         del running[update.row]
