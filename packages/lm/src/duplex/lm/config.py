@@ -560,7 +560,7 @@ def _tiny_stt() -> dict[str, Any]:
     """The stt-1b structure at toy size (tests); 8 audio codebooks."""
     return {
         **_stt_1b(),
-        "card": 40,
+        "card": 32,  # the tiny Mimi's bins
         "n_q": 8,
         "delays": [0] * 9,
         "dim": 32,
@@ -647,7 +647,7 @@ def _tiny_tts() -> dict[str, Any]:
     config["conditioners"]["control"]["lut"]["dim"] = 8
     return {
         **config,
-        "card": 40,
+        "card": 32,  # the tiny Mimi's bins
         "n_q": 6,
         "dep_q": 6,
         "delays": [0, 0] + [2] * 5,

@@ -1,0 +1,388 @@
+"""Text-to-speech with Kyutai's TTS models (docs/architecture.md §5.3).
+
+::
+
+    synth = Synthesizer.from_checkpoint("kyutai/tts-1.6b-en_fr", voice_dirs=["voices/"])
+    speech = synth.generate(["Hello there.", "Hi! <break time=\\"1s\\"/> How are you?"],
+                            voices=[["alice", "bob"]], cfg=2.0, temperature=0.6, seed=1)[0]
+    speech.audio, speech.words                       # 24 kHz float32, words with their times
+
+    with synth.stream(voices=["alice"], seed=1) as session:   # text that arrives word by word
+        session.add_text("Hello")
+        pcm = session.step()                                 # one 80 ms frame of audio, or None
+        session.add_text("there.")
+        session.close()                                      # no more text: it finishes
+
+The LM reads the text ``audio_delay`` seconds ahead of the audio it generates: a word is fed
+when the model asks for it (see :mod:`duplex.lm.tts_machine`), and its audio comes out that many
+steps later. The first steps (before any audio is due) skip the depformer, and each audio
+codebook stays silent (the "zero" token) until its own delay has passed. The audio starts two
+frames after the delay (the codec's first frames are a click), so a word said at text step ``s``
+sounds at ``(s - 2) / 12.5`` seconds. Generation ends a few steps after the last word.
+
+Guidance: models trained with distilled guidance (the ``cfg`` table, as tts-1.6b) take the
+strength as a condition (1.0 to 4.0 by 0.5); others run classifier-free guidance by batch
+doubling, the null rows without voice and without text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from duplex.codec.kernels import Numerics
+from duplex.codec.mimi import Mimi
+from duplex.lm.conditioners import Attributes, LUTConditioner
+from duplex.lm.generate import LMGen
+from duplex.lm.model import LMModel
+from duplex.lm.tokenizer import TextTokenizer
+from duplex.lm.tts_machine import PAD, ZERO, State, TTSMachine
+from duplex.lm.tts_script import Entry, parse_turns, script_entries
+from duplex.lm.voices import DEFAULT_MAX_SPEAKERS, find_voice, load_voice, voice_condition
+from duplex.lm.words import Word
+
+CLICK_FRAMES = 2  # decoded frames dropped at the start of the audio
+FINAL_PADDING = 4  # steps generated past the last word's audio delay
+MAX_STEPS = 30_000
+
+
+@dataclass
+class Speech:
+    audio: np.ndarray  # [samples] float32 in [-1, 1]
+    sample_rate: int
+    words: list[Word]
+
+
+@dataclass
+class Generation:
+    """The raw result of :meth:`Synthesizer.run`: the generated frames ``[B, 1 + dep_q, 1]`` of every
+    step (un-delayed, as LMGen returns them), and per row its end step and ``(word, step)`` pairs."""
+
+    frames: list[torch.Tensor]
+    end_steps: list[int | None]
+    transcripts: list[list[tuple[str, int]]]
+
+
+class Synthesizer:
+    def __init__(
+        self,
+        mimi: Mimi,
+        lm: LMModel,
+        tokenizer: TextTokenizer,
+        voice_dirs: Sequence[str | Path] = (),
+        initial_padding: int = 2,
+        max_padding: int = 8,
+    ) -> None:
+        config = lm.config
+        if config.model_type != "tts":
+            raise ValueError(
+                f"this is a {config.model_type!r} checkpoint: text-to-speech needs a TTS model (model_type "
+                f"'tts'); {_command_for(config.model_type)}"
+            )
+        self.mimi, self.lm, self.tokenizer = mimi, lm, tokenizer
+        self.voice_dirs = [Path(d) for d in voice_dirs]
+        self.sample_rate = int(mimi.sample_rate)
+        self.frame_rate = float(mimi.frame_rate)
+        tts = config.tts_config
+        self.delay_steps = int(tts.get("audio_delay", 0.0) * self.frame_rate)
+        self.max_speakers = int(tts.get("max_speakers", DEFAULT_MAX_SPEAKERS))
+        self.machine = TTSMachine(
+            card=config.text_card + 1,
+            second_stream_ahead=int(tts.get("second_stream_ahead", 0)),
+            max_padding=max_padding,
+            initial_padding=initial_padding,
+        )
+        conditioners = lm.condition_provider.conditioners if lm.condition_provider is not None else {}
+        self.voice_dim = conditioners["speaker_wavs"].dim if "speaker_wavs" in conditioners else None
+        self.has_control = "control" in conditioners
+        cfg_table = conditioners["cfg"] if "cfg" in conditioners else None
+        self.cfg_values: list[float] | None = None  # distilled guidance: the strengths it was trained on
+        if isinstance(cfg_table, LUTConditioner) and cfg_table.possible_values is not None:
+            self.cfg_values = [float(v) for v in cfg_table.possible_values]
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        source: str | Path,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        numerics: Numerics = "fast",
+        voice_dirs: Sequence[str | Path] = (),
+    ) -> Synthesizer:
+        """Load a TTS checkpoint; voices are looked up in ``voice_dirs`` and its ``voices/`` folder."""
+        from duplex.lm.checkpoint import load_checkpoint
+
+        bundle = load_checkpoint(source)
+        if bundle.config.model_type != "tts":
+            raise ValueError(
+                f"{source} is a {bundle.config.model_type!r} checkpoint, not text-to-speech; "
+                f"{_command_for(bundle.config.model_type)}"
+            )
+        dirs = [*voice_dirs, bundle.lm_weights.parent / "voices"]
+        lm = bundle.lm(device=device, dtype=dtype, numerics=numerics)
+        return cls(bundle.mimi(device=device, numerics=numerics), lm, bundle.text_tokenizer(), dirs)
+
+    # -- inputs ---------------------------------------------------------------------------------
+    @property
+    def multi_speaker(self) -> bool:
+        return self.voice_dim is not None
+
+    def entries(self, text: str | Sequence[str], padding_between: int = 1) -> list[Entry]:
+        """The word entries of a text (``[S1]``/``[S2]`` tags make turns) or of a list of turns."""
+        turns = parse_turns(text) if isinstance(text, str) else list(text)
+        entries = script_entries(turns, self.tokenizer, self.frame_rate, self.multi_speaker, padding_between)
+        if not any(entry.tokens for entry in entries):
+            raise ValueError("the text has no words to say")
+        return entries
+
+    def conditions(self, voices: Sequence[str | Path | torch.Tensor], cfg: float) -> Attributes:
+        """The conditions of one row: its voices (names, files or embeddings ``[frames, dim]``) and,
+        for a distilled model, the guidance strength."""
+        attributes: dict = {}
+        if self.voice_dim is not None:
+            embeddings = [
+                v
+                if isinstance(v, torch.Tensor)
+                else load_voice(find_voice(v, self.lm.config, self.voice_dirs), self.voice_dim)
+                for v in voices
+            ]
+            attributes["speaker_wavs"] = voice_condition(embeddings, self.max_speakers)
+        elif voices:
+            raise ValueError("this model takes no voice")
+        if self.has_control:
+            attributes["control"] = "ok"
+        if self.cfg_values is not None:
+            if cfg not in self.cfg_values:
+                allowed = ", ".join(f"{v:.1f}" for v in self.cfg_values)
+                raise ValueError(f"cfg={cfg}: this model was trained for the strengths {allowed}")
+            attributes["cfg"] = f"{cfg:.1f}"
+        return attributes
+
+    # -- generation -----------------------------------------------------------------------------
+    def generate(
+        self,
+        texts: Sequence[str | Sequence[str]],
+        voices: Sequence[Sequence[str | Path | torch.Tensor]],
+        cfg: float = 2.0,
+        temperature: float = 0.6,
+        seed: int | None = None,
+        padding_between: int = 1,
+    ) -> list[Speech]:
+        """Speak each text (row ``i`` in ``voices[i]``, or ``voices[0]`` for every row)."""
+        entries = [self.entries(text, padding_between) for text in texts]
+        if len(voices) == 1:
+            voices = list(voices) * len(texts)
+        if len(voices) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(voices)} voice lists")
+        conditions = [self.conditions(v, cfg) for v in voices]
+        result = self.run(entries, conditions, cfg=cfg, temperature=temperature, seed=seed)
+        return self.render(result)
+
+    def _lm_gen(self, conditions: Sequence[Attributes], cfg: float, temperature: float) -> LMGen:
+        _check_sampling(cfg, temperature)
+        real_cfg = self.cfg_values is None and cfg != 1.0
+        return LMGen(
+            self.lm,
+            use_sampling=temperature > 0,
+            temp=temperature,
+            temp_text=temperature,
+            conditions=list(conditions),
+            cfg_coef=cfg if real_cfg else 1.0,
+            cfg_is_no_text=real_cfg,
+        )
+
+    @torch.no_grad()
+    def run(
+        self,
+        entries: Sequence[Sequence[Entry]],
+        conditions: Sequence[Attributes],
+        cfg: float = 2.0,
+        temperature: float = 0.6,
+        seed: int | None = None,
+        max_steps: int = MAX_STEPS,
+    ) -> Generation:
+        """Generate the frames of a batch of entry lists (the step loop, without decoding)."""
+        with self._session(conditions, cfg, temperature, seed) as session:
+            session.states = [self.machine.new_state(e) for e in entries]
+            frames = []
+            for _ in range(max_steps):
+                if session.done():
+                    break
+                frame = session.advance()
+                if frame is not None:
+                    frames.append(frame)
+        return Generation(
+            frames, [s.end_step for s in session.states], [list(s.transcript) for s in session.states]
+        )
+
+    @contextmanager
+    def _session(
+        self, conditions: Sequence[Attributes], cfg: float, temperature: float, seed: int | None
+    ) -> Iterator[_Session]:
+        session = _Session(self, self._lm_gen(conditions, cfg, temperature))
+        with session.gen.streaming(len(conditions)):
+            for row in range(len(conditions)):
+                session.gen.set_seed(row, None if seed is None else seed + row)
+            yield session
+
+    @torch.no_grad()
+    def render(self, result: Generation) -> list[Speech]:
+        """Decode a generation's audio frames and time its words."""
+        audio_frames = result.frames[self.delay_steps :]
+        batch = result.frames[0].shape[0] if result.frames else 0
+        decoded = []
+        with self.mimi.streaming(batch):
+            for frame in audio_frames:
+                decoded.append(self.mimi.decode(frame[:, 1:]).clamp(-1, 1)[:, 0].cpu().numpy())
+        decoded = decoded[CLICK_FRAMES:]
+        speeches = []
+        for row in range(batch):
+            end = result.end_steps[row]
+            chunks = [pcm[row] for pcm in (decoded if end is None else decoded[:end])]
+            audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+            words = self._timed_words(result.transcripts[row], len(audio) / self.sample_rate)
+            speeches.append(Speech(audio.astype(np.float32, copy=False), self.sample_rate, words))
+        return speeches
+
+    def _timed_words(self, transcript: list[tuple[str, int]], duration: float) -> list[Word]:
+        starts = [max(0.0, (step - CLICK_FRAMES) / self.frame_rate) for _, step in transcript]
+        ends = [*starts[1:], duration]
+        return [
+            Word(text, start, max(start, end))
+            for (text, _), start, end in zip(transcript, starts, ends, strict=True)
+        ]
+
+    # -- streamed text --------------------------------------------------------------------------
+    @contextmanager
+    def stream(
+        self,
+        voices: Sequence[str | Path | torch.Tensor] = (),
+        cfg: float = 2.0,
+        temperature: float = 0.6,
+        seed: int | None = None,
+        padding_between: int = 1,
+    ) -> Iterator[TextStream]:
+        """One voice session whose text arrives word by word (see :class:`TextStream`)."""
+        conditions = [self.conditions(voices, cfg)]
+        with ExitStack() as stack:
+            session = stack.enter_context(self._session(conditions, cfg, temperature, seed))
+            stack.enter_context(self.mimi.streaming(1))
+            session.states = [self.machine.new_state([], open=True)]
+            yield TextStream(self, session, padding_between)
+
+
+class _Session:
+    """One streaming generation: the LMGen, the rows' machine states, the step counter."""
+
+    def __init__(self, synth: Synthesizer, gen: LMGen) -> None:
+        self.synth = synth
+        self.gen = gen
+        self.states: list[State] = []
+        self.offset = 0
+        gen.on_text = self._feed_text
+        gen.on_audio = self._silence_early_codebooks
+        lm = synth.lm
+        self.codebook_delays = torch.tensor(lm.delays[1 : 1 + lm.dep_q], device=lm.device)
+
+    def done(self) -> bool:
+        ends = [s.end_step for s in self.states]
+        if any(end is None for end in ends):
+            return False
+        return self.offset >= max(ends) + self.synth.delay_steps + FINAL_PADDING
+
+    def advance(self) -> torch.Tensor | None:
+        """One step for every row; returns the next un-delayed frame ``[B, 1 + dep_q, 1]`` (None
+        while the acoustic delays fill: frame ``k`` comes out of step ``k + max_delay``)."""
+        lm = self.synth.lm
+        batch = len(self.states)
+        user = torch.zeros(batch, lm.config.num_user_codebooks, 1, dtype=torch.long, device=lm.device)
+        skip = None
+        if self.offset < self.synth.delay_steps:  # no audio is due yet: no depformer
+            skip = torch.full((batch, lm.dep_q, 1), ZERO, dtype=torch.long, device=lm.device)
+        frame = self.gen.step(user, depformer_tokens=skip)
+        self.offset += 1
+        return frame
+
+    def _feed_text(self, predicted: torch.Tensor) -> torch.Tensor:
+        tokens = [
+            self.synth.machine.next_token(self.offset, state, token)
+            for state, token in zip(self.states, predicted.tolist(), strict=True)
+        ]
+        return torch.tensor(tokens, dtype=predicted.dtype, device=predicted.device)
+
+    def _silence_early_codebooks(self, audio: torch.Tensor) -> torch.Tensor:
+        early = self.offset < self.codebook_delays + self.synth.delay_steps  # [dep_q]
+        return audio.masked_fill(early[None], ZERO)
+
+
+class TextStream:
+    """A voice session fed word by word: :meth:`add_text` as the text comes, :meth:`step` for each
+    80 ms of audio (None until audio is due), :meth:`close` when the text is complete; ``words``
+    holds the timed words spoken so far and ``finished`` turns true after the last one."""
+
+    def __init__(self, synth: Synthesizer, session: _Session, padding_between: int) -> None:
+        self.synth, self.session, self.padding_between = synth, session, padding_between
+        self.state = session.states[0]
+        self.frames = 0  # frames generated so far (frame k holds the audio of text step k - delay)
+        self.words: list[Word] = []
+        self._first_turn = True
+
+    def add_text(self, text: str) -> None:
+        if not self.state.open:
+            raise RuntimeError("the stream is closed: no more text can be added")
+        turns = parse_turns(text)
+        entries = script_entries(
+            turns,
+            self.synth.tokenizer,
+            self.synth.frame_rate,
+            self.synth.multi_speaker and self._first_turn,
+            self.padding_between,
+        )
+        if entries:
+            self._first_turn = False
+        self.state.add(entries)
+
+    def close(self) -> None:
+        self.state.open = False
+
+    @property
+    def finished(self) -> bool:
+        return self.session.done()
+
+    @torch.no_grad()
+    def step(self) -> np.ndarray | None:
+        """Advance one step; the next 80 ms of audio once the delay has passed (None before)."""
+        if self.finished:
+            return None
+        frame = self.session.advance()
+        if frame is None:
+            return None
+        index, self.frames = self.frames, self.frames + 1
+        if index < self.synth.delay_steps:
+            return None
+        pcm = self.synth.mimi.decode(frame[:, 1:]).clamp(-1, 1)[0, 0].cpu().numpy()
+        audio_frame = index - self.synth.delay_steps - CLICK_FRAMES  # its place in the output audio
+        end = self.state.end_step
+        if audio_frame < 0 or (end is not None and audio_frame >= end):
+            return None
+        self.words = self.synth._timed_words(self.state.transcript, (audio_frame + 1) / self.synth.frame_rate)
+        return pcm
+
+
+def _check_sampling(cfg: float, temperature: float) -> None:
+    if not 0.0 <= temperature <= 5.0:
+        raise ValueError(f"temperature must be in [0, 5], got {temperature}")
+    if not 0.0 < cfg <= 10.0:
+        raise ValueError(f"cfg must be in (0, 10], got {cfg}")
+
+
+def _command_for(model_type: str) -> str:
+    commands = {"stt": "duplex asr", "tts": "duplex tts", "hibiki": "duplex translate", "moshi": "duplex run"}
+    return f"use `{commands.get(model_type, 'duplex run')}` for it"
+
+
+__all__ = ["Generation", "Speech", "Synthesizer", "TextStream", "PAD"]
