@@ -167,9 +167,26 @@ MISTAKES = [
     (["run", "--dtype", "float8", "{wav}"], 2, "--dtype must be one of"),
     # duplex asr: the inputs are read before the model loads
     (["asr", "{root}/missing.wav", "-c", "{demo}"], 1, "missing.wav"),
-    (["asr", "{wav}", "-c", "{demo}"], 1, "a 'moshi' checkpoint, not speech recognition; use `duplex run`"),
+    (
+        ["asr", "{wav}", "-c", "{demo}"],
+        1,
+        "a 'moshi' checkpoint, not speech recognition (model_type 'stt'); use `duplex run`",
+    ),
     (["asr", "{wav}", "-c", "{demo}", "--format", "doc"], 2, "must be one of txt, json, srt"),
     (["asr", "{wav}", "{wav}", "-c", "{demo}", "-o", "{text}"], 2, "with 2 inputs, give a folder"),
+    # duplex tts: text and options are checked before the model loads
+    (["tts", "hello", "{root}/t.wav", "-c", "{demo}"], 1, "a 'moshi' checkpoint, not text-to-speech"),
+    (["tts", "{root}/none.txt", "{root}/t.wav", "-c", "{demo}"], 1, "text file {root}/none.txt does not"),
+    (["tts", "hello", "{root}/t.wav", "--temperature", "-1"], 2, "Invalid value for '--temperature'"),
+    (["tts", "hello", "{root}/t.wav", "--cfg", "0"], 2, "Invalid value for '--cfg'"),
+    # duplex translate
+    (["translate", "{root}/missing.wav", "-c", "{demo}"], 1, "missing.wav"),
+    (
+        ["translate", "{wav}", "{root}/t.wav", "-c", "{demo}"],
+        1,
+        "a 'moshi' checkpoint, not speech translation",
+    ),
+    (["translate", "{wav}", "{root}/t.wav", "--cfg", "-2"], 2, "Invalid value for '--cfg'"),
     # duplex serve and client
     (["serve", "--port", "{busy_port}"], 1, "port {busy_port} on 127.0.0.1 is already in use"),
     (["serve", "--port", "http"], 2, "Invalid value for '--port'"),

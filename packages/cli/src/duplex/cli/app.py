@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import typer
-from duplex.cli import asr, client, codec, data, info, loadtest, run, serve, train
+from duplex.cli import asr, client, codec, data, info, loadtest, run, serve, train, translate, tts
 from duplex.cli.errors import DuplexGroup, port_checked, set_debug, url_checked
 
 app = typer.Typer(
@@ -34,6 +34,8 @@ app.command("serve", help="Serve live conversations over the official websocket 
 )
 app.command("client", help="Talk to a server from a wav file.")(url_checked(client.client))
 app.command("asr", help="Transcribe audio files with a speech recognition (STT) model.")(asr.asr)
+app.command("tts", help="Speak a text with a text-to-speech (TTS) model.")(tts.tts)
+app.command("translate", help="Translate speech to speech with a Hibiki model.")(translate.translate)
 app.command("info", help="Versions, device and every registered component.")(info.info)
 app.command("loadtest", help="Many real-time conversations against a server.")(url_checked(loadtest.loadtest))
 

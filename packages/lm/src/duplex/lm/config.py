@@ -32,6 +32,28 @@ MIMI_NAME = "tokenizer-e351c8d8-checkpoint125.safetensors"
 TEXT_TOKENIZER_NAME = "tokenizer_spm_32k_3.model"
 
 
+# What each kind of checkpoint is for, and the command that runs it.
+MODEL_TASKS = {
+    "moshi": ("spoken dialogue", "duplex run"),
+    "stt": ("speech recognition", "duplex asr"),
+    "tts": ("text-to-speech", "duplex tts"),
+    "hibiki": ("speech translation", "duplex translate"),
+}
+
+
+def check_model_type(config: LMConfig, wanted: str, source: object = None) -> None:
+    """Raise a clear error unless ``config`` is a ``wanted`` model (naming the command that fits)."""
+    if config.model_type == wanted:
+        return
+    task, _ = MODEL_TASKS[wanted]
+    _, command = MODEL_TASKS[config.model_type]
+    name = "this" if source is None else str(source)
+    raise ValueError(
+        f"{name} is a {config.model_type!r} checkpoint, not {task} (model_type {wanted!r}); "
+        f"use `{command}` for it"
+    )
+
+
 LOADER_KEYS = (
     "moshi_name",
     "mimi_name",
@@ -674,8 +696,8 @@ def _tiny_hibiki() -> dict[str, Any]:
         **_moshi_7b(),
         "model_type": "hibiki",
         "dim": 32,
-        "text_card": 60,
-        "card": 40,
+        "text_card": 64,
+        "card": 32,  # the tiny Mimi's bins
         "n_q": 8,
         "dep_q": 4,
         "num_heads": 4,

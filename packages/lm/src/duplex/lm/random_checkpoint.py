@@ -9,7 +9,9 @@
 It loads like a downloaded one (``load_checkpoint``, the CLI's ``--checkpoint``, the reference's
 loaders), so every command can be exercised without the official weights. A model with a voice
 conditioner also gets voice files in the official format, ``voices/<name>.<sig>@<epoch>.safetensors``
-holding ``speaker_wavs [1, dim, frames]``.
+holding ``speaker_wavs [1, dim, frames]``. A random STT model is made to mark words: its
+end-of-padding row of the text head copies the row of the token it predicts most, so its text
+stream has word boundaries and pieces between them (words for the read-out to find).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 from duplex.codec import Mimi, MimiConfig
-from duplex.codec.calibration import calibrate_untrained
+from duplex.codec.calibration import calibrate_untrained, calibration_audio
 from duplex.lm.config import LMConfig
 from duplex.lm.data.text_tokenizer import train_tokenizer
 from duplex.lm.model import LMModel
@@ -59,6 +61,8 @@ def write_random_checkpoint(
         mimi = Mimi(mimi_config, numerics="reference")
         calibrate_untrained(mimi, seed=seed)  # so that different sounds get different codes
         lm = LMModel(config)
+        if config.model_type == "stt":
+            _speak_in_words(lm, mimi)
         voices = _random_voices(config)
     finally:
         torch.random.set_rng_state(generator_state)
@@ -90,6 +94,21 @@ def write_random_checkpoint(
             save_file({"speaker_wavs": tensor}, str(path))
     (directory / "config.json").write_text(json.dumps(fields, indent=2) + "\n")
     return directory
+
+
+@torch.no_grad()
+def _speak_in_words(lm: LMModel, mimi: Mimi) -> None:
+    from duplex.lm.generate import LMGen
+
+    audio = calibration_audio(mimi.sample_rate, seconds=4)
+    codes = mimi.encode(audio)[:, : lm.config.num_user_codebooks]
+    gen = LMGen(lm.eval(), use_sampling=False)
+    with gen.streaming(1):
+        tokens = [int(gen.step(codes[:, :, t : t + 1])[0, 0, 0]) for t in range(codes.shape[-1])]
+    counts = torch.bincount(torch.tensor(tokens), minlength=lm.config.text_card)
+    counts[: lm.config.existing_text_padding_id + 1] = 0  # the special tokens
+    most = int(counts.argmax())
+    lm.text_linear.weight[lm.config.existing_text_end_padding_id] = lm.text_linear.weight[most] * 1.001
 
 
 def _random_voices(config: LMConfig) -> dict[str, torch.Tensor]:

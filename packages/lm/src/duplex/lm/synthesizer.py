@@ -37,10 +37,11 @@ import torch
 from duplex.codec.kernels import Numerics
 from duplex.codec.mimi import Mimi
 from duplex.lm.conditioners import Attributes, LUTConditioner
+from duplex.lm.config import check_model_type
 from duplex.lm.generate import LMGen
 from duplex.lm.model import LMModel
 from duplex.lm.tokenizer import TextTokenizer
-from duplex.lm.tts_machine import PAD, ZERO, State, TTSMachine
+from duplex.lm.tts_machine import ZERO, State, TTSMachine
 from duplex.lm.tts_script import Entry, parse_turns, script_entries
 from duplex.lm.voices import DEFAULT_MAX_SPEAKERS, find_voice, load_voice, voice_condition
 from duplex.lm.words import Word
@@ -78,11 +79,7 @@ class Synthesizer:
         max_padding: int = 8,
     ) -> None:
         config = lm.config
-        if config.model_type != "tts":
-            raise ValueError(
-                f"this is a {config.model_type!r} checkpoint: text-to-speech needs a TTS model (model_type "
-                f"'tts'); {_command_for(config.model_type)}"
-            )
+        check_model_type(config, "tts")
         self.mimi, self.lm, self.tokenizer = mimi, lm, tokenizer
         self.voice_dirs = [Path(d) for d in voice_dirs]
         self.sample_rate = int(mimi.sample_rate)
@@ -117,11 +114,7 @@ class Synthesizer:
         from duplex.lm.checkpoint import load_checkpoint
 
         bundle = load_checkpoint(source)
-        if bundle.config.model_type != "tts":
-            raise ValueError(
-                f"{source} is a {bundle.config.model_type!r} checkpoint, not text-to-speech; "
-                f"{_command_for(bundle.config.model_type)}"
-            )
+        check_model_type(bundle.config, "tts", source)
         dirs = [*voice_dirs, bundle.lm_weights.parent / "voices"]
         lm = bundle.lm(device=device, dtype=dtype, numerics=numerics)
         return cls(bundle.mimi(device=device, numerics=numerics), lm, bundle.text_tokenizer(), dirs)
@@ -378,11 +371,3 @@ def _check_sampling(cfg: float, temperature: float) -> None:
         raise ValueError(f"temperature must be in [0, 5], got {temperature}")
     if not 0.0 < cfg <= 10.0:
         raise ValueError(f"cfg must be in (0, 10], got {cfg}")
-
-
-def _command_for(model_type: str) -> str:
-    commands = {"stt": "duplex asr", "tts": "duplex tts", "hibiki": "duplex translate", "moshi": "duplex run"}
-    return f"use `{commands.get(model_type, 'duplex run')}` for it"
-
-
-__all__ = ["Generation", "Speech", "Synthesizer", "TextStream", "PAD"]

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from duplex.codec.kernels import Numerics
 from duplex.codec.mimi import Mimi
+from duplex.lm.config import check_model_type
 from duplex.lm.generate import LMGen
 from duplex.lm.model import LMModel
 from duplex.lm.tokenizer import TextTokenizer
@@ -78,11 +79,7 @@ class Transcriber:
         silence_prefix: float | None = None,
     ) -> None:
         config = lm.config
-        if config.model_type != "stt" or config.dep_q != 0:
-            raise ValueError(
-                f"this is a {config.model_type!r} checkpoint (dep_q={config.dep_q}): speech recognition "
-                f"needs an STT model (model_type 'stt'); {_command_for(config.model_type)}"
-            )
+        check_model_type(config, "stt")
         if mimi.num_codebooks < config.num_user_codebooks:
             raise ValueError(
                 f"the LM reads {config.num_user_codebooks} codebooks but Mimi makes {mimi.num_codebooks}"
@@ -116,11 +113,7 @@ class Transcriber:
         from duplex.lm.checkpoint import load_checkpoint
 
         bundle = load_checkpoint(source)
-        if bundle.config.model_type != "stt":
-            raise ValueError(
-                f"{source} is a {bundle.config.model_type!r} checkpoint, not speech recognition; "
-                f"{_command_for(bundle.config.model_type)}"
-            )
+        check_model_type(bundle.config, "stt", source)
         lm = bundle.lm(device=device, dtype=dtype, numerics=numerics)
         return cls(bundle.mimi(device=device, numerics=numerics), lm, bundle.text_tokenizer())
 
@@ -279,8 +272,3 @@ class Transcriber:
                     if update.finished:
                         del running[update.row]
         return results
-
-
-def _command_for(model_type: str) -> str:
-    commands = {"stt": "duplex asr", "tts": "duplex tts", "hibiki": "duplex translate", "moshi": "duplex run"}
-    return f"use `{commands.get(model_type, 'duplex run')}` for it"

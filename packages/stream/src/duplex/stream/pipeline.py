@@ -93,6 +93,7 @@ class MoshiPipeline:
         ``top_k_text``).
         """
         from duplex.lm.checkpoint import load_checkpoint
+        from duplex.lm.config import check_model_type
         from duplex.lm.generate import LMGen
 
         if source is None:
@@ -100,6 +101,7 @@ class MoshiPipeline:
 
             source = default_checkpoint()
         bundle = load_checkpoint(source)
+        check_model_type(bundle.config, "moshi", source)
         lm_gen = LMGen.from_config(bundle.lm(device=device, dtype=dtype), **sampling)
         return cls(bundle.mimi(device=device), lm_gen, bundle.text_tokenizer())
 
