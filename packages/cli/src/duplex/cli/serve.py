@@ -73,8 +73,8 @@ def serve(
     log_level: str = typer.Option("info", help="Logging level."),
 ) -> None:
     from duplex.stream.engine import DuplexEngine
-    from duplex.stream.pipeline import MoshiPipeline
     from duplex.stream.server import DuplexServer, ServerConfig, serve_forever
+    from duplex.stream.serving import load_pipeline
 
     config = _server_config(
         ServerConfig,
@@ -93,16 +93,19 @@ def serve(
     )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        pipeline = MoshiPipeline.from_checkpoint(
+        pipeline = load_pipeline(
             checkpoint, device=device, dtype=_dtype(dtype), **({"use_sampling": False} if greedy else {})
         )
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=1) from None
-    engine = DuplexEngine(pipeline, max_conversations=max_conversations)
+    # An STT stream may send seconds of audio in one message (read with backpressure, never dropped).
+    backlog = {"max_backlog_frames": 256} if pipeline.kind == "asr" else {}
+    engine = DuplexEngine(pipeline, max_conversations=max_conversations, **backlog)
     engine.warmup()
     server = DuplexServer(engine, config)
-    typer.echo(f"duplex: http://{host}:{port}/ ({max_conversations} conversations at once)")
+    endpoint = {"chat": "/", "asr": "/api/asr-streaming"}[pipeline.kind]
+    typer.echo(f"duplex: http://{host}:{port}{endpoint} ({max_conversations} conversations at once)")
     serve_forever(server)
 
 

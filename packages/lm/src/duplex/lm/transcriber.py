@@ -148,11 +148,7 @@ class Transcriber:
 
     def start(self, row: int) -> None:
         """(Re)start a stream in ``row``: its Mimi and LM state restart, its silence prefix is queued."""
-        self._check_row(row)
-        mask = torch.zeros(self._batch_size, dtype=torch.bool, device=self.lm.device)
-        mask[row] = True
-        self.mimi.reset_streaming(mask)
-        self.gen.reset_streaming(mask)
+        self.reset_row(row)
         state = _Row(WordReader(self.tokenizer, self.frame_rate, self.offset))
         self._rows[row] = state
         self._queue(state, np.zeros(self.prefix_frames * self.frame_size, dtype=np.float32))
@@ -179,6 +175,14 @@ class Transcriber:
         pad = (self.frame_size - partial) % self.frame_size
         self._queue(state, np.zeros(pad + self.flush_frames * self.frame_size, dtype=np.float32))
         state.finishing = True
+
+    def reset_row(self, row: int) -> None:
+        """Restart ``row``'s Mimi and LM state (the other rows go on)."""
+        self._check_row(row)
+        mask = torch.zeros(self._batch_size, dtype=torch.bool, device=self.lm.device)
+        mask[row] = True
+        self.mimi.reset_streaming(mask)
+        self.gen.reset_streaming(mask)
 
     @staticmethod
     def _queue(state: _Row, audio: np.ndarray) -> None:
@@ -209,7 +213,7 @@ class Transcriber:
             batch = np.zeros((self._batch_size, self.frame_size), dtype=np.float32)
             for row in ready:
                 batch[row] = self._take_frame(self._rows[row])
-            tokens, probs = self._step(batch, ready)
+            tokens, probs = self.step_frames(batch, ready)
             for row in ready:
                 state = self._rows[row]
                 update = updates.setdefault(row, RowUpdate(row))
@@ -227,7 +231,12 @@ class Transcriber:
                 del self._rows[row]
         return sorted(updates.values(), key=lambda u: u.row)
 
-    def _step(self, batch: np.ndarray, ready: list[int]) -> tuple[list[int], np.ndarray]:
+    @torch.no_grad()
+    def step_frames(self, batch: np.ndarray, ready: list[int]) -> tuple[list[int], np.ndarray]:
+        """One batched step of the rows ``ready`` over their frames ``batch [N, frame_size]`` (the
+        other rows are frozen): every row's text token and pause probabilities ``[N, heads]``
+        (meaningful for the ready rows). :meth:`process` is built on it; a serving engine calls it
+        directly."""
         device = self.lm.device
         if ready != self._executing:  # walking the module trees costs more than a tiny step
             executing = torch.zeros(self._batch_size, dtype=torch.bool, device=device)

@@ -48,6 +48,7 @@ class Reply:
     frame_index: int
     user_frame_arrived_at: float
     tokens: np.ndarray | None = None  # the generated frame (text token, then audio codes), if known
+    extra: np.ndarray | None = None  # per-step extras of the pipeline (STT: pause probabilities)
 
 
 class DuplexEngine:
@@ -135,6 +136,7 @@ class DuplexEngine:
                 occupant.frames_stepped += 1
                 if out.has_reply[row]:
                     tokens = None if out.tokens is None else out.tokens[row].copy()
+                    extra = None if out.extra is None else out.extra[row].copy()
                     replies.append(
                         Reply(
                             occupant,
@@ -143,6 +145,7 @@ class DuplexEngine:
                             frame.index,
                             frame.arrived_at,
                             tokens,
+                            extra,
                         )
                     )
             return replies

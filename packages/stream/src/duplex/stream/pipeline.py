@@ -31,15 +31,18 @@ from duplex.stream.slots import SamplingParams
 @dataclass
 class StepOutput:
     """One step's output for every row: ``pcm`` [N, frame_size], ``has_reply`` [N], the text
-    pieces and, when the pipeline has them, the generated tokens ``[N, 1 + dep_q]`` (text first)."""
+    pieces and, when the pipeline has them, the generated tokens ``[N, 1 + dep_q]`` (text first)
+    and per-row extras (the STT models' pause probabilities ``[N, heads]``)."""
 
     pcm: np.ndarray
     has_reply: np.ndarray
     text: list[str | None]
     tokens: np.ndarray | None = None
+    extra: np.ndarray | None = None
 
 
 class FramePipeline(Protocol):
+    kind: str  # what the server exposes for it: "chat" (/api/chat) or "asr" (/api/asr-streaming)
     sample_rate: int
     frame_rate: float
     frame_size: int
@@ -59,6 +62,8 @@ class FramePipeline(Protocol):
 
 class MoshiPipeline:
     """Mimi + LMGen + the text tokenizer, batched over rows."""
+
+    kind = "chat"
 
     def __init__(self, mimi, lm_gen, tokenizer) -> None:
         self.mimi = mimi

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import hmac
 import logging
 import math
@@ -58,7 +59,7 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from duplex.stream import protocol
+from duplex.stream import kyutai, protocol
 from duplex.stream.engine import AsyncEngine, DuplexEngine, Reply
 from duplex.stream.metrics import Counter, Gauge, Histogram, LabeledCounter, LabeledGauge, Metric, render
 from duplex.stream.opus import OpusDecoder, OpusEncoder, OpusError
@@ -112,7 +113,7 @@ QUERY_PARAMS: dict[str, QueryParam] = {
     "repetition_penalty": QueryParam(False, 0.0, 10.0),
     "repetition_penalty_context": QueryParam(True, 0, 100_000),
 }
-SECRET_PARAMS = ("auth_token", "worker_auth_id")
+SECRET_PARAMS = ("auth_token", "worker_auth_id", "auth_id")  # auth_id: Kyutai's STT/TTS clients
 MAX_PARAM_CHARS = 40  # any valid number is shorter; longer ones are refused before parsing
 MAX_SECRET_CHARS = 1024
 
@@ -462,7 +463,7 @@ class DuplexServer:
         self.config = config or ServerConfig()
         self.engine = engine
         self.runner = AsyncEngine(engine)
-        self._open_sockets: set[web.WebSocketResponse] = set()
+        self.open_sockets: set[web.WebSocketResponse] = set()
         self._tasks: set[asyncio.Task] = set()
         self.reply_latency = Histogram(
             "duplex_reply_latency_seconds",
@@ -589,10 +590,16 @@ class DuplexServer:
         app = web.Application(
             client_max_size=self.config.max_message_bytes, middlewares=[_mark_request_started]
         )
-        app.router.add_get("/api/chat", self.chat)
+        kind = getattr(self.engine.pipeline, "kind", "chat")
+        if kind == "chat":
+            app.router.add_get("/api/chat", self.chat)
+        elif kind == "asr":
+            app.router.add_get("/api/asr-streaming", functools.partial(kyutai.asr_streaming, self))
+        else:
+            raise ValueError(f"no endpoint serves a {kind!r} pipeline")
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/health", self.health)
-        if self.config.static_dir is not None:
+        if self.config.static_dir is not None and kind == "chat":
             app.router.add_get("/", self.index)
             app.router.add_static("/", self.config.static_dir, show_index=False)
         app.on_startup.append(self._on_startup)
@@ -608,7 +615,7 @@ class DuplexServer:
             asyncio.wait_for(
                 ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down"), self.config.send_timeout_s
             )
-            for ws in list(self._open_sockets)
+            for ws in list(self.open_sockets)
         ]
         await asyncio.gather(*closing, return_exceptions=True)
 
@@ -616,7 +623,7 @@ class DuplexServer:
         await self.runner.stop()
 
     # -- admission ------------------------------------------------------------------------------
-    def _authorized(self, request: web.Request) -> bool:
+    def authorized(self, request: web.Request) -> bool:
         token = self.config.auth_token
         if token is None:
             return True
@@ -634,7 +641,7 @@ class DuplexServer:
         ]
         return any(matches)
 
-    def _origin_allowed(self, request: web.Request) -> bool:
+    def origin_allowed(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")
         if origin is None:  # not a browser: nothing to protect against
             return True
@@ -671,22 +678,26 @@ class DuplexServer:
         )
 
     async def metrics(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
+        if not self.authorized(request):
             self.rejected_auth.inc()
             raise web.HTTPUnauthorized(text="missing or wrong auth token")
         return web.Response(text=render(self._metrics), content_type="text/plain", charset="utf-8")
 
     # -- the conversation websocket ---------------------------------------------------------------
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        if not self._origin_allowed(request):
+    def admit_request(self, request: web.Request) -> None:
+        """Refuse a websocket request from a foreign page (403) or without the token (401)."""
+        if not self.origin_allowed(request):
             self.rejected_origin.inc()
             raise web.HTTPForbidden(
                 text="this page's origin may not open conversations: serve the page from this server "
                 "or allow its origin (duplex serve --allow-origin)"
             )
-        if not self._authorized(request):
+        if not self.authorized(request):
             self.rejected_auth.inc()
             raise web.HTTPUnauthorized(text="missing or wrong auth token")
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.admit_request(request)
         ws = web.WebSocketResponse(
             max_msg_size=self.config.max_message_bytes,
             autoping=False,  # pings are answered here, so they count against the message budget
@@ -694,11 +705,11 @@ class DuplexServer:
             compress=False,
         )
         await ws.prepare(request)
-        self._open_sockets.add(ws)
+        self.open_sockets.add(ws)
         try:
             return await self._converse(ws, request)
         finally:
-            self._open_sockets.discard(ws)
+            self.open_sockets.discard(ws)
 
     async def _converse(self, ws: web.WebSocketResponse, request: web.Request) -> web.WebSocketResponse:
         try:

@@ -1,0 +1,276 @@
+"""Text-to-speech speed at batch 1: real-time factor, first word to first audio, steps per second;
+duplex's Synthesizer vs the reference package's TTSModel on the same checkpoint.
+
+    uv run python benchmarks/bench_tts.py                         # tts-1.6b scaled down, 32 codebooks
+    uv run python benchmarks/bench_tts.py --n-q 16 --repeats 5
+    uv run python benchmarks/bench_tts.py --no-reference
+    uv run python benchmarks/bench_tts.py --smoke                 # tiny-tts: checks the script
+
+The model is the ``tts-1.6b`` preset (Kyutai's tts-1.6b-en_fr structure: cross-attention to a
+voice, the demuxed lookahead text stream, per-step depformer weights with its schedule, low-rank
+depformer embeddings, the distilled ``cfg`` table, 1.28 s audio delay) scaled to what runs here:
+dim 512 / 6 layers / 8 heads, depformer 256 wide / 2 layers / 4 heads / feed-forward 768, and
+``--n-q`` audio codebooks (32 as the official model, 2048 bins; the weight schedule is the
+official one's first ``n_q`` entries). The codec is the official-size Mimi (random weights:
+``write_random_checkpoint`` cannot write it, so this script writes the checkpoint itself; the
+tokenizer is the random tiny-tts one). Weights are random, float32, sampling at temperature 0.6,
+distilled guidance 2.0; both implementations load the same checkpoint files.
+
+* RTF: wall time of ``Synthesizer.generate([text], [[voice]], temperature=0.6, seed=1)`` (the whole
+  text at once, Mimi decode included) / duration of the audio it returns. Below 1 is faster than
+  real time.
+* ms/step: the LM generation loop alone (``Synthesizer.run``; the reference's ``TTSModel.generate``),
+  wall time / steps; steps/s is its inverse (12.5 steps/s is real time).
+* first audio: ``with synth.stream([voice]) as s`` open (its set-up, reported apart, is not counted),
+  the clock starts, ``s.add_text(first_word)``, ``s.step()`` until it returns audio: the clock stops
+  (target <= 0.5 s). The first session then gets the rest of the text and runs to its end; the
+  median over ``--repeats`` sessions is reported.
+* The reference's RTF: its ``generate`` plus decoding the frames with its Mimi in streaming, as its
+  own scripts do, over the same audio duration (its end step).
+
+The reference runs eager (``NO_TORCH_COMPILE=1`` is set unless ``--reference-compile``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from duplex.lm.config import LMConfig
+from duplex.lm.random_checkpoint import write_random_checkpoint
+from duplex.lm.synthesizer import Synthesizer
+from duplex.lm.voices import voice_file_name
+from safetensors.torch import save_file
+
+TEXT = "Hello there, how are you doing today? I would like to talk about the weather."
+VOICE = "alice"
+VOICE_FRAMES = 25
+
+
+def scaled_config(n_q: int) -> LMConfig:
+    """tts-1.6b scaled: dim 512 / 6 layers, depformer 256 / 2 layers, ``n_q`` codebooks."""
+    base = LMConfig.from_preset("tts-1.6b")
+    conditioners = base.model_dump(mode="json", exclude_unset=True)["conditioners"]
+    conditioners["control"]["lut"]["dim"] = 512  # summed into the input: the model's width
+    return LMConfig.from_preset(
+        "tts-1.6b",
+        dim=512,
+        num_layers=6,
+        num_heads=8,
+        n_q=n_q,
+        dep_q=n_q,
+        delays=[0, 0] + [2] * (n_q - 1),
+        depformer_dim=256,
+        depformer_num_layers=2,
+        depformer_num_heads=4,
+        depformer_dim_feedforward=768,
+        depformer_weights_per_step_schedule=base.depformer_weights_per_step_schedule[:n_q],
+        conditioners=conditioners,
+    )
+
+
+def write_scaled_checkpoint(directory: Path, config: LMConfig, tokenizer: Path) -> Path:
+    """The official checkpoint layout with random weights and the official-size Mimi."""
+    from duplex.codec import Mimi, MimiConfig
+    from duplex.lm.model import LMModel
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    mimi_config = MimiConfig.from_preset("mimi")
+    Mimi(mimi_config).save_pretrained(directory / "mimi.safetensors")
+    (directory / "mimi_config.json").write_text(json.dumps(mimi_config.to_dict(), indent=2) + "\n")
+    lm = LMModel(config)
+    weights = {k: v.detach().float().contiguous() for k, v in lm.state_dict().items()}
+    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    shutil.copy(tokenizer, directory / "tokenizer.model")
+    fields = config.to_dict() | {
+        "moshi_name": "model.safetensors",
+        "mimi_name": "mimi.safetensors",
+        "mimi_config_name": "mimi_config.json",
+        "tokenizer_name": "tokenizer.model",
+        "model_id": {"sig": "random", "epoch": 0},
+    }
+    (directory / "config.json").write_text(json.dumps(fields, indent=2) + "\n")
+    config = LMConfig.model_validate(fields)
+    voice = torch.randn(1, config.conditioners["speaker_wavs"].settings.dim, VOICE_FRAMES)
+    (directory / "voices").mkdir(exist_ok=True)
+    save_file({"speaker_wavs": voice}, str(directory / "voices" / voice_file_name(VOICE, config)))
+    return directory
+
+
+def describe(config: LMConfig) -> str:
+    return (
+        f"dim {config.dim} / {config.num_layers} layers / {config.num_heads} heads, depformer "
+        f"{config.depformer_dim} / {config.depformer_num_layers} layers, {config.n_q} codebooks x "
+        f"{config.card} bins"
+    )
+
+
+def bench_ours(synth: Synthesizer, text: str, repeats: int) -> dict:
+    frame_rate = synth.frame_rate
+    synth.generate(["Hello."], [[VOICE]], temperature=0.6, seed=0)  # warm-up
+    start = time.perf_counter()
+    speech = synth.generate([text], [[VOICE]], temperature=0.6, seed=1)[0]
+    wall = time.perf_counter() - start
+    duration = len(speech.audio) / speech.sample_rate
+    print(f"  duplex generate: {wall:.2f} s for {duration:.2f} s of audio", flush=True)
+
+    entries = [synth.entries(text)]
+    conditions = [synth.conditions([VOICE], 2.0)]
+    start = time.perf_counter()
+    result = synth.run(entries, conditions, temperature=0.6, seed=1)
+    run_wall = time.perf_counter() - start
+    steps = len(result.frames) + synth.lm.config.max_delay
+    print(f"  duplex run: {steps} steps in {run_wall:.2f} s", flush=True)
+
+    words = text.split()
+    first_audio, setup, first_steps, stream_rtf = [], [], [], None
+    for repeat in range(repeats):
+        start = time.perf_counter()
+        with synth.stream([VOICE], temperature=0.6, seed=1 + repeat) as stream:
+            opened = time.perf_counter()
+            stream.add_text(words[0])
+            pcm, count = None, 0
+            while pcm is None:
+                pcm = stream.step()
+                count += 1
+            first_audio.append(time.perf_counter() - opened)
+            setup.append(opened - start)
+            first_steps.append(count)
+            if repeat == 0:  # the rest of the text, to the end
+                pieces = [pcm]
+                for word in words[1:]:
+                    stream.add_text(word)
+                stream.close()
+                while not stream.finished:
+                    pcm = stream.step()
+                    if pcm is not None:
+                        pieces.append(pcm)
+                audio_s = sum(len(p) for p in pieces) / synth.sample_rate
+                stream_rtf = (time.perf_counter() - opened) / audio_s
+            else:
+                stream.close()
+        print(f"  duplex stream {repeat}: first audio after {first_audio[-1]:.3f} s", flush=True)
+    return {
+        "rtf": wall / duration,
+        "audio_s": duration,
+        "ms_step": run_wall / steps * 1e3,
+        "steps": steps,
+        "first_audio": statistics.median(first_audio),
+        "first_steps": statistics.median(first_steps),
+        "setup": statistics.median(setup),
+        "stream_rtf": stream_rtf,
+        "frame_rate": frame_rate,
+    }
+
+
+def bench_reference(checkpoint: Path, n_q: int, text: str) -> dict | None:
+    try:
+        from moshi.models import loaders
+        from moshi.models.tts import TTSModel
+    except ImportError:
+        print("reference package (moshi) not installed: timing duplex only")
+        return None
+    info = loaders.CheckpointInfo.from_hf_repo(
+        "unused/unused",
+        moshi_weights=checkpoint / "model.safetensors",
+        mimi_weights=checkpoint / "mimi.safetensors",
+        tokenizer=checkpoint / "tokenizer.model",
+        config_path=checkpoint / "config.json",
+        mimi_config_path=checkpoint / "mimi_config.json",
+    )
+    tts = TTSModel.from_checkpoint_info(info, device="cpu", dtype=torch.float32, n_q=n_q, temp=0.6)
+    voice = next((checkpoint / "voices").glob(f"{VOICE}.*.safetensors"))
+    attributes = [tts.make_condition_attributes([voice], cfg_coef=2.0)]
+    max_delay = max(tts.lm.delays)
+
+    torch.manual_seed(0)
+    tts.generate([tts.prepare_script(["Hello."], padding_between=1)], attributes)  # warm-up
+    torch.manual_seed(1)
+    start = time.perf_counter()
+    result = tts.generate([tts.prepare_script([text], padding_between=1)], attributes)
+    run_wall = time.perf_counter() - start
+    steps = len(result.frames) + max_delay
+    print(f"  reference generate: {steps} steps in {run_wall:.2f} s", flush=True)
+    start = time.perf_counter()
+    with tts.mimi.streaming(1):
+        for frame in result.frames[tts.delay_steps :]:
+            tts.mimi.decode(frame[:, 1:])
+    decode_wall = time.perf_counter() - start
+    end = result.end_steps[0]
+    duration = (end if end is not None else len(result.frames) - tts.delay_steps) / tts.mimi.frame_rate
+    return {
+        "rtf": (run_wall + decode_wall) / duration,
+        "audio_s": duration,
+        "ms_step": run_wall / steps * 1e3,
+        "steps": steps,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n-q", type=int, default=32, help="audio codebooks of the scaled model")
+    parser.add_argument("--text", default=TEXT)
+    parser.add_argument("--repeats", type=int, default=3, help="streaming sessions (first-audio median)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--reference-compile", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny-tts with the tiny Mimi")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    if not args.reference_compile:
+        os.environ.setdefault("NO_TORCH_COMPILE", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        tiny = write_random_checkpoint(Path(tmp) / "tiny", "tiny-tts", seed=0)
+        if args.smoke:
+            checkpoint, config, mimi_name, repeats = tiny, LMConfig.from_preset("tiny-tts"), "tiny", 2
+        else:
+            config = scaled_config(args.n_q)
+            checkpoint = write_scaled_checkpoint(Path(tmp) / "scaled", config, tiny / "tokenizer.model")
+            mimi_name, repeats = "official size", args.repeats
+        synth = Synthesizer.from_checkpoint(checkpoint)
+        params = sum(p.numel() for p in synth.lm.parameters())
+        structure = f"{describe(config)} ({params / 1e6:.1f}M parameters), Mimi {mimi_name}"
+        print(
+            f"TTS: {structure}, float32, {torch.get_num_threads()} threads, batch 1 "
+            f"(checkpoint written and loaded in {time.perf_counter() - start:.0f} s)"
+        )
+        print(f"text ({len(args.text.split())} words): {args.text!r}")
+        ours = bench_ours(synth, args.text, repeats)
+        del synth
+        theirs = None if args.no_reference else bench_reference(checkpoint, config.n_q, args.text)
+
+    print()
+    print(f"structure: {structure}")
+    print()
+    print("| implementation | RTF | audio s | LM steps | ms/step | steps/s | first word -> first audio s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| duplex | {ours['rtf']:.2f} | {ours['audio_s']:.2f} | {ours['steps']} | {ours['ms_step']:.1f} | "
+        f"{1e3 / ours['ms_step']:.1f} | {ours['first_audio']:.3f} ({ours['first_steps']:.0f} steps) |"
+    )
+    if theirs is not None:
+        print(
+            f"| reference | {theirs['rtf']:.2f} | {theirs['audio_s']:.2f} | {theirs['steps']} | "
+            f"{theirs['ms_step']:.1f} | {1e3 / theirs['ms_step']:.1f} | - |"
+        )
+        print(f"\nduplex / reference ms per LM step: {ours['ms_step'] / theirs['ms_step']:.2f}x")
+    print(
+        f"duplex streaming: session set-up {ours['setup']:.3f} s (not counted), whole streamed text "
+        f"RTF {ours['stream_rtf']:.2f}; first audio target <= 0.5 s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The pipeline a checkpoint is served with, by its ``model_type`` (docs/architecture.md §6.3):
+dialogue models (Moshi) behind ``/api/chat``, speech recognition (STT) behind
+``/api/asr-streaming``. Other kinds are refused with the command that runs them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from duplex.stream.pipeline import FramePipeline
+
+SERVED = ("moshi", "stt")
+
+
+def load_pipeline(
+    source: str | Path | None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    **sampling,
+) -> FramePipeline:
+    """The serving pipeline of a checkpoint (None: the bundled dialogue demo); ``sampling``
+    overrides a dialogue model's ``lm_gen_config``."""
+    from duplex.lm.checkpoint import load_checkpoint
+    from duplex.lm.config import MODEL_TASKS
+    from duplex.stream.asr_pipeline import AsrPipeline
+    from duplex.stream.pipeline import MoshiPipeline
+
+    if source is None:
+        return MoshiPipeline.from_checkpoint(None, device=device, dtype=dtype, **sampling)
+    model_type = load_checkpoint(source).config.model_type
+    if model_type == "stt":
+        return AsrPipeline.from_checkpoint(source, device=device, dtype=dtype)
+    if model_type == "moshi":
+        return MoshiPipeline.from_checkpoint(source, device=device, dtype=dtype, **sampling)
+    task, command = MODEL_TASKS[model_type]
+    raise ValueError(
+        f"{source} is a {model_type!r} checkpoint ({task}); duplex serve serves dialogue (moshi) and "
+        f"speech recognition (stt) models; use `{command}` for it"
+    )
