@@ -83,7 +83,9 @@ async def send_messages(websocket, rtf: float):
         await send_audio([0.0] * SAMPLE_RATE)
 
     # Send a marker to indicate the end of the stream.
-    await websocket.send(msgpack.packb({"type": "Marker", "id": 0}, use_single_float=True))
+    await websocket.send(
+        msgpack.packb({"type": "Marker", "id": 0}, use_single_float=True)
+    )
 
     # We'll get back the marker once the corresponding audio has been transcribed,
     # accounting for the delay of the model. That's why we need to send some silence
@@ -128,4 +130,6 @@ if __name__ == "__main__":
     print()
     print()
     for word in transcript:
-        print(f"{word['timestamp'][0]:7.2f} -{word['timestamp'][1]:7.2f}  {word['text']}")
+        print(
+            f"{word['timestamp'][0]:7.2f} -{word['timestamp'][1]:7.2f}  {word['text']}"
+        )

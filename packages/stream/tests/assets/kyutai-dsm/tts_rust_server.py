@@ -106,7 +106,7 @@ async def read_lines_from_file(path: str):
     loop = asyncio.get_running_loop()
 
     def producer():
-        with open(path, encoding="utf-8") as f:
+        with open(path, "r", encoding="utf-8") as f:
             for line in f:
                 asyncio.run_coroutine_threadsafe(queue.put(line), loop)
         asyncio.run_coroutine_threadsafe(queue.put(None), loop)
@@ -131,11 +131,14 @@ async def get_lines(source: str):
 async def websocket_client():
     parser = argparse.ArgumentParser(description="Use the TTS streaming API")
     parser.add_argument("inp", type=str, help="Input file, use - for stdin.")
-    parser.add_argument("out", type=str, help="Output file to generate, use - for playing the audio")
+    parser.add_argument(
+        "out", type=str, help="Output file to generate, use - for playing the audio"
+    )
     parser.add_argument(
         "--voice",
         default="expresso/ex03-ex01_happy_001_channel1_334s.wav",
-        help=f"The voice to use, relative to the voice repo root. See {DEFAULT_DSM_TTS_VOICE_REPO}",
+        help="The voice to use, relative to the voice repo root. "
+        f"See {DEFAULT_DSM_TTS_VOICE_REPO}",
     )
     parser.add_argument(
         "--url",
