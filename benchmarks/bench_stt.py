@@ -206,11 +206,13 @@ def main() -> None:
             "stt-1b", dim=args.streams_dim, num_layers=args.streams_layers, num_heads=args.streams_heads
         )
         mimi_preset, streams_batches, streams_steps = "mimi", args.streams_batch, args.streams_steps
+    print(f"load average before: {os.getloadavg()[0]:.2f} (a busy machine slows both implementations)")
     with torch.no_grad():
         if not args.no_lm:
             bench_lm(config, dtype, batches, steps, warmup, rounds, not args.no_reference)
         if not args.no_streams:
             bench_streams(streams_config, mimi_preset, streams_batches, streams_steps, warmup, args.budget_ms)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from duplex.lm.voices import voice_file_name
 from safetensors.torch import save_file
 
 TEXT = "Hello there, how are you doing today? I would like to talk about the weather."
+SMOKE_TEXT = "Hello there, how are you?"
 VOICE = "alice"
 VOICE_FRAMES = 25
 
@@ -204,6 +205,10 @@ def bench_reference(checkpoint: Path, n_q: int, text: str) -> dict | None:
         for frame in result.frames[tts.delay_steps :]:
             tts.mimi.decode(frame[:, 1:])
     decode_wall = time.perf_counter() - start
+    print(
+        f"  reference Mimi decode: {len(result.frames) - tts.delay_steps} frames in {decode_wall:.2f} s",
+        flush=True,
+    )
     end = result.end_steps[0]
     duration = (end if end is not None else len(result.frames) - tts.delay_steps) / tts.mimi.frame_rate
     return {
@@ -219,7 +224,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--n-q", type=int, default=32, help="audio codebooks of the scaled model")
-    parser.add_argument("--text", default=TEXT)
+    parser.add_argument("--text", default=None, help="default: a 15-word sentence (smoke: 5 words)")
     parser.add_argument("--repeats", type=int, default=3, help="streaming sessions (first-audio median)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-reference", action="store_true")
@@ -230,9 +235,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if not args.reference_compile:
         os.environ.setdefault("NO_TORCH_COMPILE", "1")
+    print(f"load average before: {os.getloadavg()[0]:.2f} (a busy machine slows both implementations)")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         tiny = write_random_checkpoint(Path(tmp) / "tiny", "tiny-tts", seed=0)
+        text = args.text or (SMOKE_TEXT if args.smoke else TEXT)
         if args.smoke:
             checkpoint, config, mimi_name, repeats = tiny, LMConfig.from_preset("tiny-tts"), "tiny", 2
         else:
@@ -246,10 +253,10 @@ def main() -> None:
             f"TTS: {structure}, float32, {torch.get_num_threads()} threads, batch 1 "
             f"(checkpoint written and loaded in {time.perf_counter() - start:.0f} s)"
         )
-        print(f"text ({len(args.text.split())} words): {args.text!r}")
-        ours = bench_ours(synth, args.text, repeats)
+        print(f"text ({len(text.split())} words): {text!r}")
+        ours = bench_ours(synth, text, repeats)
         del synth
-        theirs = None if args.no_reference else bench_reference(checkpoint, config.n_q, args.text)
+        theirs = None if args.no_reference else bench_reference(checkpoint, config.n_q, text)
 
     print()
     print(f"structure: {structure}")
@@ -270,6 +277,7 @@ def main() -> None:
         f"duplex streaming: session set-up {ours['setup']:.3f} s (not counted), whole streamed text "
         f"RTF {ours['stream_rtf']:.2f}; first audio target <= 0.5 s"
     )
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

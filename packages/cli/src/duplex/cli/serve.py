@@ -104,7 +104,7 @@ def serve(
     engine = DuplexEngine(pipeline, max_conversations=max_conversations, **backlog)
     engine.warmup()
     server = DuplexServer(engine, config)
-    endpoint = {"chat": "/", "asr": "/api/asr-streaming"}[pipeline.kind]
+    endpoint = {"chat": "/", "asr": "/api/asr-streaming", "tts": "/api/tts_streaming"}[pipeline.kind]
     typer.echo(f"duplex: http://{host}:{port}{endpoint} ({max_conversations} conversations at once)")
     serve_forever(server)
 

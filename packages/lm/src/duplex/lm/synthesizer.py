@@ -28,7 +28,7 @@ doubling, the null rows without voice and without text.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,28 +199,48 @@ class Synthesizer:
         max_steps: int = MAX_STEPS,
     ) -> Generation:
         """Generate the frames of a batch of entry lists (the step loop, without decoding)."""
-        with self._session(conditions, cfg, temperature, seed) as session:
-            session.states = [self.machine.new_state(e) for e in entries]
+        with self.batch(len(conditions), cfg, temperature, conditions) as batch:
+            for row, row_entries in enumerate(entries):
+                batch.start_row(
+                    row, conditions[row], None if seed is None else seed + row, row_entries, open=False
+                )
+            rows = list(range(len(entries)))
             frames = []
             for _ in range(max_steps):
-                if session.done():
+                if all(batch.done(row) for row in rows):
                     break
-                frame = session.advance()
+                frame = batch.advance(rows)
                 if frame is not None:
                     frames.append(frame)
-        return Generation(
-            frames, [s.end_step for s in session.states], [list(s.transcript) for s in session.states]
-        )
+            states = [batch.states[row] for row in rows]
+        return Generation(frames, [s.end_step for s in states], [list(s.transcript) for s in states])
 
     @contextmanager
-    def _session(
-        self, conditions: Sequence[Attributes], cfg: float, temperature: float, seed: int | None
-    ) -> Iterator[_Session]:
-        session = _Session(self, self._lm_gen(conditions, cfg, temperature))
-        with session.gen.streaming(len(conditions)):
-            for row in range(len(conditions)):
-                session.gen.set_seed(row, None if seed is None else seed + row)
-            yield session
+    def batch(
+        self,
+        size: int,
+        cfg: float = 2.0,
+        temperature: float = 0.6,
+        conditions: Sequence[Attributes] | None = None,
+    ) -> Iterator[SpeechBatch]:
+        """``size`` independent speech streams stepped together (see :class:`SpeechBatch`);
+        ``conditions``: every row's initial conditions (default: the first known voice)."""
+        if conditions is None:
+            conditions = [self.conditions(self.default_voices(), cfg)] * size
+        gen = self._lm_gen(conditions, cfg, temperature)
+        batch = SpeechBatch(self, gen, size)
+        with gen.streaming(size), self.mimi.streaming(size):
+            yield batch
+
+    def default_voices(self) -> list[Path]:
+        """The first voice file found in the voice folders ([] for a model without voices)."""
+        if self.voice_dim is None:
+            return []
+        for directory in self.voice_dirs:
+            found = sorted(directory.glob("*.safetensors"))
+            if found:
+                return [found[0]]
+        raise ValueError("this model speaks in a given voice: pass one (a .safetensors voice file or a name)")
 
     @torch.no_grad()
     def render(self, result: Generation) -> list[Speech]:
@@ -243,7 +263,7 @@ class Synthesizer:
 
     def _timed_words(self, transcript: list[tuple[str, int]], duration: float) -> list[Word]:
         starts = [max(0.0, (step - CLICK_FRAMES) / self.frame_rate) for _, step in transcript]
-        ends = [*starts[1:], duration]
+        ends = [*starts[1:], duration][: len(starts)]
         return [
             Word(text, start, max(start, end))
             for (text, _), start, end in zip(transcript, starts, ends, strict=True)
@@ -260,56 +280,144 @@ class Synthesizer:
         padding_between: int = 1,
     ) -> Iterator[TextStream]:
         """One voice session whose text arrives word by word (see :class:`TextStream`)."""
-        conditions = [self.conditions(voices, cfg)]
-        with ExitStack() as stack:
-            session = stack.enter_context(self._session(conditions, cfg, temperature, seed))
-            stack.enter_context(self.mimi.streaming(1))
-            session.states = [self.machine.new_state([], open=True)]
-            yield TextStream(self, session, padding_between)
+        conditions = self.conditions(voices, cfg)
+        with self.batch(1, cfg, temperature, [conditions]) as batch:
+            batch.start_row(0, conditions, seed, padding_between=padding_between)
+            yield TextStream(batch, 0)
 
 
-class _Session:
-    """One streaming generation: the LMGen, the rows' machine states, the step counter."""
+class SpeechBatch:
+    """Rows of independent speech streams, stepped together (the TTS server's engine).
 
-    def __init__(self, synth: Synthesizer, gen: LMGen) -> None:
-        self.synth = synth
-        self.gen = gen
-        self.states: list[State] = []
-        self.offset = 0
+    A row starts with :meth:`start_row` (its conditions, seed and first entries), takes text as it
+    comes (:meth:`add_text`, :meth:`close_text`), and :meth:`step` advances the chosen rows by one
+    step each, returning the 80 ms of audio each row has ready. Rows do not wait for one another:
+    each counts its own steps, so a row's speech does not depend on its neighbours.
+    """
+
+    def __init__(self, synth: Synthesizer, gen: LMGen, size: int) -> None:
+        self.synth, self.gen, self.size = synth, gen, size
+        lm = synth.lm
+        self.states: list[State | None] = [None] * size
+        self.offsets = [0] * size  # steps taken by each row since its start
+        self.frames_out = [0] * size  # frames each row has had out of the LM
+        self.padding_between = [1] * size
+        self.first_turn = [True] * size
+        self.stepping: list[int] = []  # the rows of the step under way
+        self._executing: list[int] | None = None
+        self.codebook_delays = torch.tensor(lm.delays[1 : 1 + lm.dep_q], device=lm.device)
         gen.on_text = self._feed_text
         gen.on_audio = self._silence_early_codebooks
-        lm = synth.lm
-        self.codebook_delays = torch.tensor(lm.delays[1 : 1 + lm.dep_q], device=lm.device)
 
-    def done(self) -> bool:
-        ends = [s.end_step for s in self.states]
-        if any(end is None for end in ends):
+    # -- rows -----------------------------------------------------------------------------------
+    def start_row(
+        self,
+        row: int,
+        conditions: Attributes,
+        seed: int | None = None,
+        entries: Sequence[Entry] = (),
+        open: bool = True,
+        padding_between: int = 1,
+    ) -> None:
+        """(Re)start ``row`` with its conditions and seed; ``open``: more text will come."""
+        self.gen.set_conditions(row, conditions)
+        self.gen.set_seed(row, seed)
+        chosen = torch.zeros(self.size, dtype=torch.bool)
+        chosen[row] = True
+        self.gen.reset_streaming(chosen)
+        self.synth.mimi.reset_streaming(chosen.to(self.synth.lm.device))
+        self.states[row] = self.synth.machine.new_state(entries, open=open)
+        self.offsets[row] = self.frames_out[row] = 0
+        self.padding_between[row], self.first_turn[row] = padding_between, True
+
+    def add_text(self, row: int, text: str) -> None:
+        state = self.states[row]
+        if state is None or not state.open:
+            raise RuntimeError("the stream is closed: no more text can be added")
+        entries = script_entries(
+            parse_turns(text),
+            self.synth.tokenizer,
+            self.synth.frame_rate,
+            self.synth.multi_speaker and self.first_turn[row],
+            self.padding_between[row],
+        )
+        if entries:
+            self.first_turn[row] = False
+        state.add(entries)
+
+    def close_text(self, row: int) -> None:
+        if self.states[row] is not None:
+            self.states[row].open = False
+
+    def done(self, row: int) -> bool:
+        state = self.states[row]
+        if state is None or state.end_step is None:
             return False
-        return self.offset >= max(ends) + self.synth.delay_steps + FINAL_PADDING
+        return self.offsets[row] >= state.end_step + self.synth.delay_steps + FINAL_PADDING
 
-    def advance(self) -> torch.Tensor | None:
-        """One step for every row; returns the next un-delayed frame ``[B, 1 + dep_q, 1]`` (None
-        while the acoustic delays fill: frame ``k`` comes out of step ``k + max_delay``)."""
+    def words(self, row: int) -> list[Word]:
+        """The row's words so far, timed in its audio (the last one ends with the audio so far)."""
+        audio_frames = max(self.frames_out[row] - self.synth.delay_steps - CLICK_FRAMES, 0)
+        return self.synth._timed_words(self.states[row].transcript, audio_frames / self.synth.frame_rate)
+
+    # -- stepping -------------------------------------------------------------------------------
+    def advance(self, rows: list[int]) -> torch.Tensor | None:
+        """One LM step of ``rows``; returns the LM's un-delayed frame ``[B, 1 + dep_q, 1]`` (None
+        while the acoustic delays fill; a row's own frames are ``-2`` until its delays have passed)."""
         lm = self.synth.lm
-        batch = len(self.states)
-        user = torch.zeros(batch, lm.config.num_user_codebooks, 1, dtype=torch.long, device=lm.device)
+        if rows != self._executing:
+            mask = torch.zeros(self.size, dtype=torch.bool)
+            mask[rows] = True
+            self.gen.set_exec_mask(mask)
+            self._executing = rows
+        user = torch.zeros(self.size, lm.config.num_user_codebooks, 1, dtype=torch.long, device=lm.device)
         skip = None
-        if self.offset < self.synth.delay_steps:  # no audio is due yet: no depformer
-            skip = torch.full((batch, lm.dep_q, 1), ZERO, dtype=torch.long, device=lm.device)
+        if all(self.offsets[row] < self.synth.delay_steps for row in rows):  # no audio due: no depformer
+            skip = torch.full((self.size, lm.dep_q, 1), ZERO, dtype=torch.long, device=lm.device)
+        self.stepping = rows
         frame = self.gen.step(user, depformer_tokens=skip)
-        self.offset += 1
+        for row in rows:
+            self.offsets[row] += 1
         return frame
 
+    @torch.no_grad()
+    def step(self, rows: list[int]) -> dict[int, np.ndarray]:
+        """Advance ``rows`` one step; the next 80 ms of audio of each row that has some."""
+        frame = self.advance(rows)
+        if frame is None:
+            return {}
+        sounding = []
+        for row in rows:
+            if int(frame[row, 0, 0]) == -2:  # this row's delays are still filling
+                continue
+            index = self.frames_out[row]
+            self.frames_out[row] += 1
+            if index >= self.synth.delay_steps:  # frame ``index`` holds audio from here on
+                sounding.append((row, index - self.synth.delay_steps - CLICK_FRAMES))
+        if not sounding:
+            return {}
+        mimi = self.synth.mimi
+        mask = torch.zeros(self.size, dtype=torch.bool, device=self.synth.lm.device)
+        mask[[row for row, _ in sounding]] = True
+        mimi.set_exec_mask(mask)
+        pcm = mimi.decode(frame[:, 1:].clamp(min=0)).clamp(-1, 1)[:, 0].cpu().numpy()
+        out = {}
+        for row, audio_frame in sounding:  # the first frames are a click; past the end, silence
+            end = self.states[row].end_step
+            if audio_frame >= 0 and (end is None or audio_frame < end):
+                out[row] = pcm[row]
+        return out
+
     def _feed_text(self, predicted: torch.Tensor) -> torch.Tensor:
-        tokens = [
-            self.synth.machine.next_token(self.offset, state, token)
-            for state, token in zip(self.states, predicted.tolist(), strict=True)
-        ]
+        tokens = predicted.tolist()
+        for row in self.stepping:
+            tokens[row] = self.synth.machine.next_token(self.offsets[row], self.states[row], tokens[row])
         return torch.tensor(tokens, dtype=predicted.dtype, device=predicted.device)
 
     def _silence_early_codebooks(self, audio: torch.Tensor) -> torch.Tensor:
-        early = self.offset < self.codebook_delays + self.synth.delay_steps  # [dep_q]
-        return audio.masked_fill(early[None], ZERO)
+        offsets = torch.tensor(self.offsets, device=audio.device)
+        early = offsets[:, None] < self.codebook_delays[None] + self.synth.delay_steps  # [B, dep_q]
+        return audio.masked_fill(early, ZERO)
 
 
 class TextStream:
@@ -317,53 +425,28 @@ class TextStream:
     80 ms of audio (None until audio is due), :meth:`close` when the text is complete; ``words``
     holds the timed words spoken so far and ``finished`` turns true after the last one."""
 
-    def __init__(self, synth: Synthesizer, session: _Session, padding_between: int) -> None:
-        self.synth, self.session, self.padding_between = synth, session, padding_between
-        self.state = session.states[0]
-        self.frames = 0  # frames generated so far (frame k holds the audio of text step k - delay)
-        self.words: list[Word] = []
-        self._first_turn = True
+    def __init__(self, batch: SpeechBatch, row: int) -> None:
+        self.batch, self.row = batch, row
 
     def add_text(self, text: str) -> None:
-        if not self.state.open:
-            raise RuntimeError("the stream is closed: no more text can be added")
-        turns = parse_turns(text)
-        entries = script_entries(
-            turns,
-            self.synth.tokenizer,
-            self.synth.frame_rate,
-            self.synth.multi_speaker and self._first_turn,
-            self.padding_between,
-        )
-        if entries:
-            self._first_turn = False
-        self.state.add(entries)
+        self.batch.add_text(self.row, text)
 
     def close(self) -> None:
-        self.state.open = False
+        self.batch.close_text(self.row)
 
     @property
     def finished(self) -> bool:
-        return self.session.done()
+        return self.batch.done(self.row)
 
-    @torch.no_grad()
+    @property
+    def words(self) -> list[Word]:
+        return self.batch.words(self.row)
+
     def step(self) -> np.ndarray | None:
         """Advance one step; the next 80 ms of audio once the delay has passed (None before)."""
         if self.finished:
             return None
-        frame = self.session.advance()
-        if frame is None:
-            return None
-        index, self.frames = self.frames, self.frames + 1
-        if index < self.synth.delay_steps:
-            return None
-        pcm = self.synth.mimi.decode(frame[:, 1:]).clamp(-1, 1)[0, 0].cpu().numpy()
-        audio_frame = index - self.synth.delay_steps - CLICK_FRAMES  # its place in the output audio
-        end = self.state.end_step
-        if audio_frame < 0 or (end is not None and audio_frame >= end):
-            return None
-        self.words = self.synth._timed_words(self.state.transcript, (audio_frame + 1) / self.synth.frame_rate)
-        return pcm
+        return self.batch.step([self.row]).get(self.row)
 
 
 def _check_sampling(cfg: float, temperature: float) -> None:

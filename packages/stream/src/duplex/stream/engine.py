@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from duplex.stream.metrics import Histogram
@@ -48,7 +49,7 @@ class Reply:
     frame_index: int
     user_frame_arrived_at: float
     tokens: np.ndarray | None = None  # the generated frame (text token, then audio codes), if known
-    extra: np.ndarray | None = None  # per-step extras of the pipeline (STT: pause probabilities)
+    extra: Any = None  # the pipeline's own per-step extras (STT: pause probabilities; TTS: a TtsStep)
 
 
 class DuplexEngine:
@@ -136,7 +137,9 @@ class DuplexEngine:
                 occupant.frames_stepped += 1
                 if out.has_reply[row]:
                     tokens = None if out.tokens is None else out.tokens[row].copy()
-                    extra = None if out.extra is None else out.extra[row].copy()
+                    extra = None if out.extra is None else out.extra[row]
+                    if isinstance(extra, np.ndarray):
+                        extra = extra.copy()
                     replies.append(
                         Reply(
                             occupant,

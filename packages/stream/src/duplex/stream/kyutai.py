@@ -245,3 +245,150 @@ async def _send_transcript(
         log.info("closing an STT connection that stopped reading: %r", error)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(ws.close(code=1008), timeout)
+
+
+# -- text-to-speech --------------------------------------------------------------------------------
+TTS_FORMATS = ("PcmMessagePack",)
+TICKS_AHEAD = 2  # steps a TTS stream may have waiting in the engine
+
+
+def tts_query(query, synth, cfg: float, temperature: float) -> dict[str, Any]:  # noqa: ANN001
+    """The stream's settings from Kyutai's query parameters (``voice``, ``voices``, ``seed``,
+    ``cfg_alpha``, ``temperature``, ``max_seq_len``, ``format``), checked."""
+    fmt = query.get("format", "OggOpus")
+    if fmt not in TTS_FORMATS:
+        raise ValueError(
+            f"format={fmt}: this server sends {', '.join(TTS_FORMATS)} (pass format=PcmMessagePack)"
+        )
+    if "temperature" in query and float(query["temperature"]) != temperature:
+        raise ValueError(
+            f"temperature is the server's ({temperature:g}): start duplex serve with --temperature"
+        )
+    stream_cfg = float(query.get("cfg_alpha", cfg))
+    if stream_cfg != cfg and synth.cfg_values is None:
+        raise ValueError(f"cfg_alpha is the server's ({cfg:g}) for this model: start duplex serve with --cfg")
+    voices = [v for v in query.get("voices", query.get("voice", "")).split(",") if v]
+    seed = int(query["seed"]) if "seed" in query else None
+    max_steps = int(query.get("max_seq_len", 10**9))
+    if max_steps < 1:
+        raise ValueError(f"max_seq_len must be >= 1, got {max_steps}")
+    return {
+        "conditions": synth.conditions(voices or synth.default_voices(), stream_cfg),
+        "seed": seed,
+        "max_steps": max_steps,
+    }
+
+
+async def tts_streaming(server: DuplexServer, request: web.Request) -> web.StreamResponse:
+    """The ``/api/tts_streaming`` websocket: one speech stream of the batched TTS engine."""
+    server.admit_request(request)
+    ws = web.WebSocketResponse(
+        max_msg_size=server.config.max_message_bytes, heartbeat=server.config.heartbeat_s, compress=False
+    )
+    await ws.prepare(request)
+    server.open_sockets.add(ws)
+    try:
+        await _speak(server, ws, request)
+    finally:
+        server.open_sockets.discard(ws)
+    return ws
+
+
+async def _speak(server: DuplexServer, ws: web.WebSocketResponse, request: web.Request) -> None:
+    pipeline = server.engine.pipeline
+    try:
+        settings = tts_query(request.query, pipeline.synth, pipeline.cfg, pipeline.temperature)
+    except (ValueError, OSError) as error:
+        server.protocol_errors.inc()
+        await _send_error(server, ws, f"bad query string: {error}", 1008)
+        return
+    replies: asyncio.Queue[Reply | None] = asyncio.Queue()
+    evicted: list[str] = []
+
+    def on_evicted(reason: str) -> None:
+        server.evictions.inc()
+        evicted.append(reason)
+        replies.put_nowait(None)
+
+    try:
+        conversation = server.runner.join(
+            SamplingParams(seed=settings["seed"]), replies.put_nowait, on_evicted
+        )
+    except ServerFull as error:
+        server.rejected_full.inc()
+        await _send_error(server, ws, f"server is full: {error}; try again later", CLOSE_TRY_AGAIN_LATER)
+        return
+    server.connections.inc()
+    pipeline.open_row(conversation.slot, **settings)
+    tick = np.zeros(server.engine.frame_size, dtype=np.float32)
+    receiver = asyncio.create_task(_receive_text(server, ws, pipeline, conversation.slot))
+    try:
+        await ws.send_bytes(pack({"type": "Ready"}))
+        for _ in range(TICKS_AHEAD):
+            server.runner.push(conversation, tick)
+        await _send_speech(server, ws, replies, lambda: server.runner.push(conversation, tick))
+    except (ConnectionError, aiohttp.ClientError, TimeoutError):
+        pass
+    finally:
+        server.runner.leave(conversation)
+        receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await receiver
+        if evicted:
+            await _send_error(server, ws, f"stream stopped: {evicted[0]}", 1011)
+        elif not ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), server.config.send_timeout_s)
+
+
+async def _send_speech(server: DuplexServer, ws: web.WebSocketResponse, replies, tick) -> None:  # noqa: ANN001
+    timeout = server.config.send_timeout_s
+    while (reply := await replies.get()) is not None:
+        step = reply.extra
+        if step.pcm is not None:
+            message = {"type": "Audio", "pcm": [float(x) for x in step.pcm]}
+            await asyncio.wait_for(ws.send_bytes(pack(message)), timeout)
+        for word in step.words:
+            message = {"type": "Text", "text": word.text, "start_s": word.start, "stop_s": word.end}
+            await asyncio.wait_for(ws.send_bytes(pack(message)), timeout)
+        if step.finished:
+            return
+        tick()  # the next step, now that this one is sent (a slow reader slows its own stream)
+
+
+async def _receive_text(server: DuplexServer, ws: web.WebSocketResponse, pipeline, row: int) -> None:  # noqa: ANN001
+    config = server.config
+    while True:
+        try:
+            message = await ws.receive(timeout=config.idle_timeout_s)
+        except TimeoutError:
+            server.closed_by_limit.labels("idle").inc()
+            await _send_error(server, ws, f"no text for {config.idle_timeout_s:g} s: closing", 1000)
+            return
+        if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+            return
+        if message.type == aiohttp.WSMsgType.ERROR:
+            return
+        try:
+            if message.type == aiohttp.WSMsgType.TEXT:  # a plain text frame is text to say
+                pipeline.add_text(row, message.data)
+                continue
+            if message.data == b"\0":  # the binary end of text
+                pipeline.close_text(row)
+                continue
+            parsed = unpack(message.data)
+            kind = parsed["type"]
+            if kind == "Text":
+                if not isinstance(parsed.get("text"), str):
+                    raise ProtocolError('a Text message needs "text": a string')
+                pipeline.add_text(row, parsed["text"])
+            elif kind == "Eos":
+                pipeline.close_text(row)
+            elif kind == "Voice":
+                raise ProtocolError("Voice messages are not supported: choose the voice with ?voice=NAME")
+            else:
+                raise ProtocolError(f"unknown message type {kind!r} (expected Text or Eos)")
+        except ProtocolError as error:
+            server.protocol_errors.inc()
+            await _send_error(server, ws, str(error), CLOSE_UNSUPPORTED_DATA)
+            return

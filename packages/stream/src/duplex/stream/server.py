@@ -595,6 +595,8 @@ class DuplexServer:
             app.router.add_get("/api/chat", self.chat)
         elif kind == "asr":
             app.router.add_get("/api/asr-streaming", functools.partial(kyutai.asr_streaming, self))
+        elif kind == "tts":
+            app.router.add_get("/api/tts_streaming", functools.partial(kyutai.tts_streaming, self))
         else:
             raise ValueError(f"no endpoint serves a {kind!r} pipeline")
         app.router.add_get("/metrics", self.metrics)
@@ -989,7 +991,7 @@ def serve_forever(server: DuplexServer, on_listening: Callable[[int], None] | No
             on_listening(port)
         try:
             await stop.wait()
-            log.info("shutting down: closing %d conversations", len(server._open_sockets))
+            log.info("shutting down: closing %d conversations", len(server.open_sockets))
         finally:
             await runner.cleanup()
             for sig in (signal.SIGINT, signal.SIGTERM):

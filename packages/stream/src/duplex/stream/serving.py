@@ -1,6 +1,7 @@
 """The pipeline a checkpoint is served with, by its ``model_type`` (docs/architecture.md §6.3):
 dialogue models (Moshi) behind ``/api/chat``, speech recognition (STT) behind
-``/api/asr-streaming``. Other kinds are refused with the command that runs them."""
+``/api/asr-streaming``, text-to-speech (TTS) behind ``/api/tts_streaming``. Other kinds (Hibiki)
+are refused with the command that runs them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import torch
 from duplex.stream.pipeline import FramePipeline
 
-SERVED = ("moshi", "stt")
+SERVED = ("moshi", "stt", "tts")
 
 
 def load_pipeline(
@@ -24,16 +25,22 @@ def load_pipeline(
     from duplex.lm.config import MODEL_TASKS
     from duplex.stream.asr_pipeline import AsrPipeline
     from duplex.stream.pipeline import MoshiPipeline
+    from duplex.stream.tts_pipeline import TtsPipeline
 
     if source is None:
         return MoshiPipeline.from_checkpoint(None, device=device, dtype=dtype, **sampling)
     model_type = load_checkpoint(source).config.model_type
     if model_type == "stt":
         return AsrPipeline.from_checkpoint(source, device=device, dtype=dtype)
+    if model_type == "tts":
+        greedy = sampling.get("use_sampling") is False
+        return TtsPipeline.from_checkpoint(
+            source, device=device, dtype=dtype, **({"temperature": 0.0} if greedy else {})
+        )
     if model_type == "moshi":
         return MoshiPipeline.from_checkpoint(source, device=device, dtype=dtype, **sampling)
     task, command = MODEL_TASKS[model_type]
     raise ValueError(
-        f"{source} is a {model_type!r} checkpoint ({task}); duplex serve serves dialogue (moshi) and "
-        f"speech recognition (stt) models; use `{command}` for it"
+        f"{source} is a {model_type!r} checkpoint ({task}); duplex serve serves dialogue (moshi), "
+        f"speech recognition (stt) and text-to-speech (tts) models; use `{command}` for it"
     )
