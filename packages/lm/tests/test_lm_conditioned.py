@@ -21,8 +21,8 @@ def _reference_in_eager_mode():
         yield
 
 
-def twins(preset: str, seed: int = 0, numerics: str = "reference"):
-    config = LMConfig.from_preset(preset)
+def twins(preset: str, seed: int = 0, numerics: str = "reference", **overrides):
+    config = LMConfig.from_preset(preset, **overrides)
     torch.manual_seed(seed)
     ours = LMModel(config, numerics=numerics).eval()
     reference = get_moshi_lm(None, lm_kwargs=config.lm_kwargs(), device="cpu", dtype=torch.float32)
@@ -163,3 +163,22 @@ def test_stt_structure_tokens_and_extra_heads_match_reference(batch: int):
         assert torch.equal(tokens, ref_tokens)
         ref_probs = torch.stack(ref_heads, dim=1)[:, :, 0]
         torch.testing.assert_close(probs, ref_probs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("numerics", ["reference", "fast"])
+def test_hibiki_zero_attention_matches_reference(numerics: str):
+    """Grouped-query attention (``kv_repeat``) with non-interleaved rotary embeddings
+    (``rope_concat``), as Hibiki-Zero uses them: the reference's logits and greedy tokens."""
+    config, ours, reference = twins(
+        "tiny", numerics=numerics, positional_embedding="rope_concat", kv_repeat=2
+    )
+    codes = torch.randint(
+        0, config.card, (2, config.num_codebooks, 16), generator=torch.Generator().manual_seed(1)
+    )
+    torch.testing.assert_close(
+        ours(codes).text_logits, reference(codes).text_logits, rtol=1e-4, atol=1e-4, equal_nan=True
+    )
+    frames = hibiki_frames(config, 30, 2)
+    out = run_ours(LMGen(ours, use_sampling=False), frames)
+    ref = run_reference(ReferenceGen(reference, use_sampling=False), frames)
+    assert_same_frames(out, ref, 30 - config.max_delay)

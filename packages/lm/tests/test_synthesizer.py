@@ -119,3 +119,34 @@ def test_bad_inputs_fail_clearly(synth, tts_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="temperature"):
         synth.generate(["Hi."], [["alice"]], temperature=-1)
     assert set(VOICE_NAMES) == {"alice", "bob"}
+
+
+def test_real_guidance_matches_the_reference(tmp_path):
+    """A TTS model without distilled guidance (no ``cfg`` table): guidance by batch doubling, the
+    null rows without voice, control and text, as the reference's TTSModel runs it."""
+    from duplex.lm.config import LMConfig
+
+    data = LMConfig.from_preset("tiny-tts").to_dict()
+    del data["conditioners"]["cfg"]
+    data["fuser"]["sum"] = ["control"]
+    checkpoint = write_random_checkpoint(tmp_path / "tts", LMConfig.model_validate(data), seed=6)
+    info = loaders.CheckpointInfo.from_hf_repo(
+        "unused/unused",
+        moshi_weights=checkpoint / "model.safetensors",
+        mimi_weights=checkpoint / "mimi.safetensors",
+        tokenizer=checkpoint / "tokenizer.model",
+        config_path=checkpoint / "config.json",
+        mimi_config_path=checkpoint / "mimi_config.json",
+    )
+    reference = TTSModel.from_checkpoint_info(
+        info, device="cpu", dtype=torch.float32, n_q=6, temp=0.0, cfg_coef=3.0
+    )
+    synth = Synthesizer.from_checkpoint(checkpoint, numerics="reference")
+    script = ["Hello there, how are you?"]
+    ours = synth.run([synth.entries(script)], [synth.conditions(["bob"], cfg=3.0)], cfg=3.0, temperature=0.0)
+    attributes = [reference.make_condition_attributes([voice_path(checkpoint, "bob")])]
+    with no_compile():
+        theirs = reference.generate([reference.prepare_script(script, padding_between=1)], attributes)
+    assert ours.transcripts == theirs.all_transcripts and ours.end_steps == theirs.end_steps
+    assert len(ours.frames) == len(theirs.frames) > 20
+    assert all(torch.equal(a, b) for a, b in zip(ours.frames, theirs.frames, strict=True))

@@ -1,4 +1,4 @@
-"""Conditioning: what a conditioned LM (TTS, Hibiki) is told besides its streams (docs/architecture.md §3.10).
+"""Conditioning: what a conditioned LM (TTS, Hibiki) is told besides its streams (docs/architecture.md §5.5).
 
 A *conditioner* turns one attribute of each batch item into vectors of the model's width:
 

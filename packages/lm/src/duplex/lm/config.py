@@ -100,7 +100,7 @@ class _ConditionerBase(BaseModel):
 
 
 class LUTConditionerConfig(_ConditionerBase):
-    """A table of learnt vectors, one per value of ``possible_values`` (docs/architecture.md §3.10)."""
+    """A table of learnt vectors, one per value of ``possible_values`` (docs/architecture.md §5.5)."""
 
     n_bins: int = Field(ge=1)
     tokenizer: Literal["noop"] = "noop"
@@ -142,7 +142,7 @@ class ConditionerConfig(BaseModel):
 
 class FuserConfig(BaseModel):
     """``fuser``: which conditions are summed into every step's input and which are the
-    cross-attention source (docs/architecture.md §3.10)."""
+    cross-attention source (docs/architecture.md §5.5)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -43,13 +43,13 @@ their values are checked by :meth:`LMGen.check_user_codes`, which callers with c
 
 ``use_sampling=False`` (or a temperature of 0) is greedy decoding.
 
-Conditioned models (TTS, Hibiki; docs/architecture.md §3.10) take ``conditions``: one mapping of
+Conditioned models (TTS, Hibiki; docs/architecture.md §5.5) take ``conditions``: one mapping of
 attributes for every slot, or one list with a mapping per slot; ``set_conditions(slot, ...)``
 swaps a slot's own (a voice, a description) at once. ``cfg_coef != 1`` is classifier-free
 guidance by batch doubling: the model runs each slot twice, with its conditions and with
 ``cfg_null`` (default: every condition dropped), and the logits become
 ``null + cfg_coef * (cond - null)``; ``cfg_is_no_text`` hides the text stream from the null half
-and takes the text logits from the conditioned half alone (docs/architecture.md §4.4).
+and takes the text logits from the conditioned half alone (docs/architecture.md §5.6).
 
 Extra heads (the STT models' pause prediction): :meth:`LMGen.step_with_extra_heads` also returns
 their probabilities. Host hooks (the TTS state machine, docs/architecture.md §5.3): ``on_text``

@@ -264,7 +264,7 @@ class LMModel(StreamingModule[StreamingState], NumericsPolicy):
 
     def conditioning(self, attributes: Sequence[Attributes]) -> Conditioning:
         """The fused conditions of a batch, one mapping of attributes per item (docs/architecture.md
-        §3.10); in the model's dtype."""
+        §5.5); in the model's dtype."""
         if self.condition_provider is None or self.fuser is None:
             raise ValueError("this model takes no conditions (its config has no fuser)")
         fused = self.fuser(self.condition_provider(attributes))

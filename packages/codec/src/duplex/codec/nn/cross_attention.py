@@ -1,4 +1,4 @@
-"""Cross-attention to a conditioning source (docs/architecture.md §3.11): the TTS voice.
+"""Cross-attention to a conditioning source (docs/architecture.md §5.5): the TTS voice.
 
 Queries come from the stream, keys and values from a fixed source sequence (no positions
 rotated, no causal mask: every query sees the whole source). The parameters keep the official

@@ -2,7 +2,7 @@
 and its depformer are all made of :class:`StreamingTransformerLayer` (docs/architecture.md §1.7, §2).
 
 Each layer computes ``x += ls1 * attn(norm1(x))``, with ``cross_attention`` then ``x += ls_cross *
-cross(norm_cross(x), source)`` (docs/architecture.md §3.11), then ``x += ls2 * ff(norm2(x))``; there
+cross(norm_cross(x), source)`` (docs/architecture.md §5.5), then ``x += ls2 * ff(norm2(x))``; there
 is no final norm. Positions continue across streaming calls, per batch item. A streaming call goes
 through the selected ``transformer_step`` op where the kernel set has one (the whole step in one C
 call on the CPU), else through the layers one by one (:meth:`StreamingTransformer.run_layers`).
