@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from duplex.lm.transcriber import Transcriber
+from duplex.stream import kyutai
 from duplex.stream.pipeline import StepOutput
 from duplex.stream.slots import SamplingParams
 
 
 class AsrPipeline:
     kind = "asr"
+    endpoints = {"/api/asr-streaming": kyutai.asr_streaming}  # what the server exposes for this pipeline
 
     def __init__(self, transcriber: Transcriber) -> None:
         self.transcriber = transcriber

@@ -42,7 +42,7 @@ class StepOutput:
 
 
 class FramePipeline(Protocol):
-    kind: str  # what the server exposes for it: "chat" (/api/chat) or "asr" (/api/asr-streaming)
+    kind: str  # "chat" (served at /api/chat with the web page), "asr" or "tts" (their own endpoints)
     sample_rate: int
     frame_rate: float
     frame_size: int

@@ -59,7 +59,7 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from duplex.stream import kyutai, protocol
+from duplex.stream import protocol
 from duplex.stream.engine import AsyncEngine, DuplexEngine, Reply
 from duplex.stream.metrics import Counter, Gauge, Histogram, LabeledCounter, LabeledGauge, Metric, render
 from duplex.stream.opus import OpusDecoder, OpusEncoder, OpusError
@@ -590,18 +590,16 @@ class DuplexServer:
         app = web.Application(
             client_max_size=self.config.max_message_bytes, middlewares=[_mark_request_started]
         )
-        kind = getattr(self.engine.pipeline, "kind", "chat")
-        if kind == "chat":
+        # A pipeline may bring its own websocket endpoints (path -> handler(server, request)), as the
+        # STT and TTS pipelines do; a dialogue pipeline is served at /api/chat with the web page.
+        endpoints = getattr(self.engine.pipeline, "endpoints", None)
+        if endpoints is None:
             app.router.add_get("/api/chat", self.chat)
-        elif kind == "asr":
-            app.router.add_get("/api/asr-streaming", functools.partial(kyutai.asr_streaming, self))
-        elif kind == "tts":
-            app.router.add_get("/api/tts_streaming", functools.partial(kyutai.tts_streaming, self))
-        else:
-            raise ValueError(f"no endpoint serves a {kind!r} pipeline")
+        for path, handler in (endpoints or {}).items():
+            app.router.add_get(path, functools.partial(handler, self))
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/health", self.health)
-        if self.config.static_dir is not None and kind == "chat":
+        if self.config.static_dir is not None and endpoints is None:
             app.router.add_get("/", self.index)
             app.router.add_static("/", self.config.static_dir, show_index=False)
         app.on_startup.append(self._on_startup)

@@ -24,6 +24,7 @@ import torch
 from duplex.lm.conditioners import Attributes
 from duplex.lm.synthesizer import SpeechBatch, Synthesizer
 from duplex.lm.words import Word
+from duplex.stream import kyutai
 from duplex.stream.pipeline import StepOutput
 from duplex.stream.slots import SamplingParams
 
@@ -48,6 +49,7 @@ class _Row:
 
 class TtsPipeline:
     kind = "tts"
+    endpoints = {"/api/tts_streaming": kyutai.tts_streaming}  # what the server exposes for this pipeline
 
     def __init__(self, synth: Synthesizer, cfg: float = 2.0, temperature: float = 0.6) -> None:
         self.synth = synth
