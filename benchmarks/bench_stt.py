@@ -18,11 +18,11 @@ The reference runs eager (its lazy torch.compile is off, as on CPU it only adds 
 
 Part 2, "real-time streams": the stt-1b structure scaled to what runs here (``--streams-dim`` 512,
 ``--streams-layers`` 8, ``--streams-heads`` 8 by default; still 32 codebooks x 2048 bins, 8000 text
-tokens, extra heads), duplex only, float32, with the official-size Mimi (random weights, 32
-codebooks) streaming-encoding one 1920-sample frame per row before each step, as
-``duplex.lm.transcriber.Transcriber`` does. Batch sizes grow until a step takes longer than
-``--budget-ms`` (80 ms: one frame of audio); the largest batch under it is the number of streams
-this CPU transcribes in real time.
+tokens, extra heads), duplex only, float32, with the official-size Mimi (random, uncalibrated
+weights, 32 codebooks: its codes are all 0, which costs the same) streaming-encoding one 1920-sample
+frame per row before each step, as ``duplex.lm.transcriber.Transcriber`` does. Batch sizes grow
+until a step takes longer than ``--budget-ms`` (80 ms: one frame of audio); the largest batch under
+it is the number of streams this CPU transcribes in real time.
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ from duplex.lm.generate import LMGen
 from duplex.lm.model import LMModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def count(parameters) -> str:
+    n = sum(p.numel() for p in parameters)
+    return f"{n / 1e6:.1f}M" if n >= 100_000 else f"{n / 1e3:.1f}k"
 
 
 def build(config: LMConfig, dtype: torch.dtype, with_reference: bool):
@@ -86,9 +91,8 @@ def bench_lm(
 ) -> None:
     start = time.perf_counter()
     model, reference = build(config, dtype, with_reference)
-    params = sum(p.numel() for p in model.parameters())
     print(
-        f"LM step: {params / 1e6:.1f}M parameters (dim {config.dim}, {config.num_layers} layers, "
+        f"LM step: {count(model.parameters())} parameters (dim {config.dim}, {config.num_layers} layers, "
         f"{config.n_q} codebooks in), {str(dtype).removeprefix('torch.')}, "
         f"{torch.get_num_threads()} threads, {warmup} warm-up + {steps} timed steps x {rounds} rounds "
         f"(built in {time.perf_counter() - start:.0f} s); Mimi not included"
@@ -123,12 +127,10 @@ def bench_streams(
     mimi = Mimi(MimiConfig.from_preset(mimi_preset)).eval()
     mimi.set_num_codebooks(config.num_user_codebooks)
     model = LMModel(config).eval()
-    params = sum(p.numel() for p in model.parameters())
-    mimi_params = sum(p.numel() for p in mimi.parameters())
     print(
         f"\nReal-time streams: STT LM dim {config.dim}, {config.num_layers} layers, {config.num_heads} "
-        f"heads ({params / 1e6:.1f}M parameters, {config.n_q} codebooks x {config.card} bins) + Mimi "
-        f"{mimi_preset!r} ({mimi_params / 1e6:.1f}M parameters, {mimi.num_codebooks} codebooks), "
+        f"heads ({count(model.parameters())} parameters, {config.n_q} codebooks x {config.card} bins) + Mimi "
+        f"{mimi_preset!r} ({count(mimi.parameters())} parameters, {mimi.num_codebooks} codebooks), "
         f"float32, {torch.get_num_threads()} threads, {warmup} warm-up + {steps} timed steps; "
         f"budget {budget_ms:.0f} ms per step"
     )

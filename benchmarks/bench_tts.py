@@ -58,8 +58,6 @@ VOICE_FRAMES = 25
 def scaled_config(n_q: int) -> LMConfig:
     """tts-1.6b scaled: dim 512 / 6 layers, depformer 256 / 2 layers, ``n_q`` codebooks."""
     base = LMConfig.from_preset("tts-1.6b")
-    conditioners = base.model_dump(mode="json", exclude_unset=True)["conditioners"]
-    conditioners["control"]["lut"]["dim"] = 512  # summed into the input: the model's width
     return LMConfig.from_preset(
         "tts-1.6b",
         dim=512,
@@ -73,7 +71,6 @@ def scaled_config(n_q: int) -> LMConfig:
         depformer_num_heads=4,
         depformer_dim_feedforward=768,
         depformer_weights_per_step_schedule=base.depformer_weights_per_step_schedule[:n_q],
-        conditioners=conditioners,
     )
 
 

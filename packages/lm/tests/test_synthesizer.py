@@ -10,7 +10,6 @@ import torch
 from duplex.lm.random_checkpoint import VOICE_NAMES, write_random_checkpoint
 from duplex.lm.synthesizer import Synthesizer
 from duplex.lm.tts_script import parse_turns
-from moshi.models import loaders
 from moshi.models.tts import TTSModel
 from moshi.utils.compile import no_compile
 
@@ -23,15 +22,8 @@ def tts_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(tts_checkpoint) -> TTSModel:
-    info = loaders.CheckpointInfo.from_hf_repo(
-        "unused/unused",
-        moshi_weights=tts_checkpoint / "model.safetensors",
-        mimi_weights=tts_checkpoint / "mimi.safetensors",
-        tokenizer=tts_checkpoint / "tokenizer.model",
-        config_path=tts_checkpoint / "config.json",
-        mimi_config_path=tts_checkpoint / "mimi_config.json",
-    )
+def reference(tts_checkpoint, reference_info) -> TTSModel:
+    info = reference_info(tts_checkpoint)
     return TTSModel.from_checkpoint_info(info, device="cpu", dtype=torch.float32, n_q=6, temp=0.0)
 
 
@@ -121,7 +113,7 @@ def test_bad_inputs_fail_clearly(synth, tts_checkpoint, tmp_path):
     assert set(VOICE_NAMES) == {"alice", "bob"}
 
 
-def test_real_guidance_matches_the_reference(tmp_path):
+def test_real_guidance_matches_the_reference(tmp_path, reference_info):
     """A TTS model without distilled guidance (no ``cfg`` table): guidance by batch doubling, the
     null rows without voice, control and text, as the reference's TTSModel runs it."""
     from duplex.lm.config import LMConfig
@@ -130,14 +122,7 @@ def test_real_guidance_matches_the_reference(tmp_path):
     del data["conditioners"]["cfg"]
     data["fuser"]["sum"] = ["control"]
     checkpoint = write_random_checkpoint(tmp_path / "tts", LMConfig.model_validate(data), seed=6)
-    info = loaders.CheckpointInfo.from_hf_repo(
-        "unused/unused",
-        moshi_weights=checkpoint / "model.safetensors",
-        mimi_weights=checkpoint / "mimi.safetensors",
-        tokenizer=checkpoint / "tokenizer.model",
-        config_path=checkpoint / "config.json",
-        mimi_config_path=checkpoint / "mimi_config.json",
-    )
+    info = reference_info(checkpoint)
     reference = TTSModel.from_checkpoint_info(
         info, device="cpu", dtype=torch.float32, n_q=6, temp=0.0, cfg_coef=3.0
     )

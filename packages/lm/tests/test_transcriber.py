@@ -78,18 +78,10 @@ def espeak(tmp_path: Path, text: str, voice: str = "en") -> np.ndarray:
     return load_audio(path, SAMPLE_RATE)[0].numpy()
 
 
-def reference_tokens(checkpoint: Path, frames: np.ndarray) -> list[int]:
+def reference_tokens(info, frames: np.ndarray) -> list[int]:  # noqa: ANN001
     """moshi 0.2.13 run as the DSM scripts run it: one Mimi + LMGen step per 80 ms frame, greedy."""
-    from moshi.models import LMGen, loaders
+    from moshi.models import LMGen
 
-    info = loaders.CheckpointInfo.from_hf_repo(
-        "unused/unused",
-        moshi_weights=checkpoint / "model.safetensors",
-        mimi_weights=checkpoint / "mimi.safetensors",
-        tokenizer=checkpoint / "tokenizer.model",
-        config_path=checkpoint / "config.json",
-        mimi_config_path=checkpoint / "mimi_config.json",
-    )
     mimi = info.get_mimi(device="cpu")
     lm_gen = LMGen(info.get_moshi(device="cpu", dtype=torch.float32), temp=0, temp_text=0)
     tokens = []
@@ -108,7 +100,9 @@ def padded_frames(transcriber: Transcriber, audio: np.ndarray) -> np.ndarray:
     return np.concatenate([silence, body, flush]).reshape(-1, size)
 
 
-def test_transcriber_rows_give_the_reference_tokens_and_its_words(stt_checkpoint, tokenizer, tmp_path):
+def test_transcriber_rows_give_the_reference_tokens_and_its_words(
+    stt_checkpoint, tokenizer, tmp_path, reference_info
+):
     """Three recordings streamed in one batch (different lengths, pushed in ragged chunks, rows
     joining at different times) give, row by row, the reference's greedy tokens over every step,
     and the words the read-out makes of the reference's tokens."""
@@ -148,7 +142,7 @@ def test_transcriber_rows_give_the_reference_tokens_and_its_words(stt_checkpoint
         collect(transcriber.process())
     for row, audio in enumerate(audios):
         frames = padded_frames(transcriber, audio)
-        expected = reference_tokens(stt_checkpoint, frames)
+        expected = reference_tokens(reference_info(stt_checkpoint), frames)
         assert len(tokens[row]) == len(frames) >= 50
         assert tokens[row] == expected
         assert words[row] == read(tokenizer, expected, transcriber.offset)

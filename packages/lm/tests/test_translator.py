@@ -14,7 +14,7 @@ from duplex.lm.random_checkpoint import write_random_checkpoint
 from duplex.lm.tokenizer import TextTokenizer
 from duplex.lm.translator import EXTRA_SECONDS, Translator
 from moshi.conditioners import ConditionAttributes
-from moshi.models import LMGen, loaders
+from moshi.models import LMGen
 from moshi.utils.compile import no_compile
 
 
@@ -23,17 +23,9 @@ def hibiki(tmp_path_factory) -> Path:
     return write_random_checkpoint(tmp_path_factory.mktemp("hibiki"), "tiny-hibiki", seed=2)
 
 
-def reference_run(checkpoint: Path, pcm: np.ndarray, cfg: float, steps: int) -> tuple[list[int], np.ndarray]:
+def reference_run(info, pcm: np.ndarray, cfg: float, steps: int) -> tuple[list[int], np.ndarray]:  # noqa: ANN001
     """The reference's Mimi and LMGen, fed as its inference script feeds Hibiki: the first frame
     twice, then the source, one end-of-source frame of ``card`` codes, then silence."""
-    info = loaders.CheckpointInfo.from_hf_repo(
-        "unused/unused",
-        moshi_weights=checkpoint / "model.safetensors",
-        mimi_weights=checkpoint / "mimi.safetensors",
-        tokenizer=checkpoint / "tokenizer.model",
-        config_path=checkpoint / "config.json",
-        mimi_config_path=checkpoint / "mimi_config.json",
-    )
     mimi = info.get_mimi(device="cpu")
     lm = info.get_moshi(device="cpu", dtype=torch.float32)
     descriptions = ["very_good"] + (["very_bad"] if cfg != 1.0 else [])
@@ -61,7 +53,7 @@ def reference_run(checkpoint: Path, pcm: np.ndarray, cfg: float, steps: int) -> 
 
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
-def test_translation_matches_the_reference(hibiki, tmp_path, cfg):
+def test_translation_matches_the_reference(hibiki, tmp_path, cfg, reference_info):
     path = tmp_path / "source.wav"
     subprocess.run(["espeak-ng", "-v", "fr", "-w", str(path), "Bonjour, comment allez-vous ?"], check=True)
     pcm = load_audio(path, 24_000)[0].numpy()
@@ -70,7 +62,7 @@ def test_translation_matches_the_reference(hibiki, tmp_path, cfg):
     ours = translator.translate(pcm)
     frames = len(pcm) // 1920
     steps = 2 * frames + math.ceil(EXTRA_SECONDS * 12.5)  # the translator's limit
-    tokens, audio = reference_run(hibiki, pcm, cfg, steps)
+    tokens, audio = reference_run(reference_info(hibiki), pcm, cfg, steps)
     tokenizer = TextTokenizer.from_file(hibiki / "tokenizer.model")
     if ours.finished:  # it stopped at the end-of-text token, after the source had ended
         end = next(i for i, t in enumerate(tokens) if t == tokenizer.eos_id and i + 2 >= frames)

@@ -8,18 +8,10 @@ from duplex.stream.slots import SamplingParams
 from stream_helpers import FRAME, make_pipeline
 
 
-def reference_server_reply(checkpoint, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def reference_server_reply(info, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
     """What moshi's own server sends for these frames: its per-connection loop, greedy."""
-    from moshi.models import LMGen, loaders
+    from moshi.models import LMGen
 
-    info = loaders.CheckpointInfo.from_hf_repo(
-        "unused/unused",
-        moshi_weights=checkpoint / "model.safetensors",
-        mimi_weights=checkpoint / "mimi.safetensors",
-        tokenizer=checkpoint / "tokenizer.model",
-        config_path=checkpoint / "config.json",
-        mimi_config_path=checkpoint / "mimi_config.json",
-    )
     mimi = info.get_mimi(device="cpu")
     lm_gen = LMGen(info.get_moshi(device="cpu", dtype=torch.float32), use_sampling=False)
     pcm, tokens_out = [], []
@@ -65,9 +57,9 @@ def run_busy(engine: DuplexEngine, frames: np.ndarray, params: SamplingParams, s
     return replies
 
 
-def test_a_conversation_in_a_busy_batch_matches_the_reference_server(demo_checkpoint, speech):
+def test_a_conversation_in_a_busy_batch_matches_the_reference_server(demo_checkpoint, speech, reference_info):
     frames = as_frames(speech)
-    ref_pcm, ref_tokens = reference_server_reply(demo_checkpoint, frames)
+    ref_pcm, ref_tokens = reference_server_reply(reference_info(demo_checkpoint), frames)
     engine = DuplexEngine(make_pipeline(demo_checkpoint, use_sampling=False), max_conversations=3)
     replies = run_busy(engine, frames, SamplingParams(), gaps=(3, 7, 8))
     ours = np.concatenate([r.pcm for r in replies])

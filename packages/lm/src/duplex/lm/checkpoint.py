@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from duplex.codec.checkpoint import CheckpointError, locate_checkpoint, read_mimi_config
 from duplex.codec.kernels import Numerics
-from duplex.lm.config import LMConfig
+from duplex.lm.config import LMConfig, check_model_type
 from duplex.lm.model import LMModel
 from duplex.lm.tokenizer import TextTokenizer
 from duplex.lm.weights import as_lm_config, build_lm, checkpoint_lm_config, load_lm_state_dict, save_lm
@@ -40,6 +40,7 @@ __all__ = [
     "CheckpointError",
     "load_checkpoint",
     "load_lm",
+    "load_models",
     "load_lm_state_dict",
     "save_lm",
 ]
@@ -135,6 +136,21 @@ def load_checkpoint(source: str | Path, config: LMConfig | str | Path | None = N
         lora_weights=location.file(config.lora_name) if config.lora_name else None,
         source=str(location),
     )
+
+
+def load_models(
+    source: str | Path,
+    model_type: str,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    numerics: Numerics = "fast",
+) -> tuple[Mimi, LMModel, TextTokenizer, CheckpointBundle]:
+    """Mimi, the LM and the tokenizer of a checkpoint that must be a ``model_type`` model (checked
+    before any weight is read: the error names the command that fits)."""
+    bundle = load_checkpoint(source)
+    check_model_type(bundle.config, model_type, source)
+    lm = bundle.lm(device=device, dtype=dtype, numerics=numerics)
+    return bundle.mimi(device=device, numerics=numerics), lm, bundle.text_tokenizer(), bundle
 
 
 def load_lm(

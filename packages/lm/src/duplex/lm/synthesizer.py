@@ -111,13 +111,10 @@ class Synthesizer:
         voice_dirs: Sequence[str | Path] = (),
     ) -> Synthesizer:
         """Load a TTS checkpoint; voices are looked up in ``voice_dirs`` and its ``voices/`` folder."""
-        from duplex.lm.checkpoint import load_checkpoint
+        from duplex.lm.checkpoint import load_models
 
-        bundle = load_checkpoint(source)
-        check_model_type(bundle.config, "tts", source)
-        dirs = [*voice_dirs, bundle.lm_weights.parent / "voices"]
-        lm = bundle.lm(device=device, dtype=dtype, numerics=numerics)
-        return cls(bundle.mimi(device=device, numerics=numerics), lm, bundle.text_tokenizer(), dirs)
+        mimi, lm, tokenizer, bundle = load_models(source, "tts", device, dtype, numerics)
+        return cls(mimi, lm, tokenizer, [*voice_dirs, bundle.lm_weights.parent / "voices"])
 
     # -- inputs ---------------------------------------------------------------------------------
     @property

@@ -110,12 +110,10 @@ class Transcriber:
         numerics: Numerics = "fast",
     ) -> Transcriber:
         """Load an STT checkpoint (directory or Hugging Face repo, see ``load_checkpoint``)."""
-        from duplex.lm.checkpoint import load_checkpoint
+        from duplex.lm.checkpoint import load_models
 
-        bundle = load_checkpoint(source)
-        check_model_type(bundle.config, "stt", source)
-        lm = bundle.lm(device=device, dtype=dtype, numerics=numerics)
-        return cls(bundle.mimi(device=device, numerics=numerics), lm, bundle.text_tokenizer())
+        mimi, lm, tokenizer, _ = load_models(source, "stt", device, dtype, numerics)
+        return cls(mimi, lm, tokenizer)
 
     def steps_for(self, samples: int) -> int:
         """The steps a recording of ``samples`` takes (silence prefix and flush included)."""

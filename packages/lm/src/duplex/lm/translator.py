@@ -75,12 +75,10 @@ class Translator:
         numerics: Numerics = "fast",
         **options,
     ) -> Translator:
-        from duplex.lm.checkpoint import load_checkpoint
+        from duplex.lm.checkpoint import load_models
 
-        bundle = load_checkpoint(source)
-        check_model_type(bundle.config, "hibiki", source)
-        lm = bundle.lm(device=device, dtype=dtype, numerics=numerics)
-        return cls(bundle.mimi(device=device, numerics=numerics), lm, bundle.text_tokenizer(), **options)
+        mimi, lm, tokenizer, _ = load_models(source, "hibiki", device, dtype, numerics)
+        return cls(mimi, lm, tokenizer, **options)
 
     @torch.no_grad()
     def translate(self, audio: np.ndarray | torch.Tensor) -> Translation:

@@ -13,27 +13,14 @@ without downloading anything. The directory holds what an official checkpoint ho
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
 
-import torch
-
-DEMO_VERSION = "2"  # bump when the demo changes: the cached copy is rebuilt
+DEMO_VERSION = "3"  # bump when the demo changes: the cached copy is rebuilt
 DEMO_SEED = 1234
 TEXT_VOCAB = 64
 MIMI_CODEBOOKS = 4
-
-# Words the tokenizer learns its pieces from (its vocabulary is all it needs to be realistic).
-_CORPUS = (
-    "hello there how are you doing today",
-    "i would like to talk about the weather",
-    "it is a fine day to go outside for a walk",
-    "what did you have for breakfast this morning",
-    "the quick brown fox jumps over the lazy dog",
-    "can you hear me well enough on this line",
-)
 
 
 def demo_lm_config() -> dict:
@@ -54,47 +41,10 @@ def demo_lm_config() -> dict:
 
 def build_demo_checkpoint(directory: str | Path, seed: int = DEMO_SEED) -> Path:
     """Write the tiny checkpoint to ``directory`` (same seed, same files); returns the directory."""
-    from duplex.codec import Mimi, MimiConfig
-    from duplex.codec.calibration import calibrate_untrained
     from duplex.lm.config import LMConfig
-    from duplex.lm.data.text_tokenizer import train_tokenizer
-    from duplex.lm.model import LMModel
-    from safetensors.torch import save_file
+    from duplex.lm.random_checkpoint import write_random_checkpoint
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    generator_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        mimi_config = MimiConfig.from_preset("tiny")
-        mimi = Mimi(mimi_config, numerics="reference")
-        calibrate_untrained(mimi, seed=seed)
-        lm_fields = demo_lm_config()
-        lm = LMModel(LMConfig.model_validate(lm_fields))
-    finally:
-        torch.random.set_rng_state(generator_state)
-
-    mimi.save_pretrained(directory / "mimi.safetensors")
-    (directory / "mimi_config.json").write_text(json.dumps(mimi_config.to_dict(), indent=2) + "\n")
-    weights = {k: v.detach().float().contiguous() for k, v in lm.state_dict().items()}
-    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    train_tokenizer(
-        _CORPUS * 4,
-        directory / "tokenizer.model",
-        TEXT_VOCAB,
-        model_type="bpe",
-        normalization="identity",
-        num_threads=1,
-    )
-    config = {
-        **lm_fields,
-        "moshi_name": "model.safetensors",
-        "mimi_name": "mimi.safetensors",
-        "mimi_config_name": "mimi_config.json",
-        "tokenizer_name": "tokenizer.model",
-    }
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return directory
+    return write_random_checkpoint(directory, LMConfig.model_validate(demo_lm_config()), seed=seed)
 
 
 def cache_root() -> Path:

@@ -78,33 +78,24 @@ def pcm_of(message: dict[str, Any]) -> np.ndarray:
     return audio
 
 
-async def asr_streaming(server: DuplexServer, request: web.Request) -> web.StreamResponse:
-    """The ``/api/asr-streaming`` websocket: one stream of the batched STT engine."""
+async def _serve_socket(server: DuplexServer, request: web.Request, session, max_message_bytes: int):  # noqa: ANN001, ANN202
+    """Admit the request, open its websocket and run ``session(server, ws, request)`` on it."""
     server.admit_request(request)
     ws = web.WebSocketResponse(
-        max_msg_size=max(server.config.max_message_bytes, MAX_MESSAGE_BYTES),
-        heartbeat=server.config.heartbeat_s,
-        compress=False,
+        max_msg_size=max_message_bytes, heartbeat=server.config.heartbeat_s, compress=False
     )
     await ws.prepare(request)
     server.open_sockets.add(ws)
     try:
-        await _transcribe(server, ws)
+        await session(server, ws, request)
     finally:
         server.open_sockets.discard(ws)
     return ws
 
 
-async def _send_error(server: DuplexServer, ws: web.WebSocketResponse, message: str, code: int) -> None:
-    timeout = server.config.send_timeout_s
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(ws.send_bytes(pack({"type": "Error", "message": message})), timeout)
-        await asyncio.wait_for(ws.close(code=code, message=message[:120].encode()), timeout)
-
-
-async def _transcribe(server: DuplexServer, ws: web.WebSocketResponse) -> None:
-    pipeline = server.engine.pipeline
-    frame_size, frame_rate = server.engine.frame_size, pipeline.frame_rate
+async def _join(server: DuplexServer, ws: web.WebSocketResponse, seed: int | None):  # noqa: ANN202
+    """Take an engine slot for this socket: (the conversation, its replies, the eviction reasons),
+    or None after telling the client that the server is full."""
     replies: asyncio.Queue[Reply | None] = asyncio.Queue()
     evicted: list[str] = []
 
@@ -114,12 +105,44 @@ async def _transcribe(server: DuplexServer, ws: web.WebSocketResponse) -> None:
         replies.put_nowait(None)
 
     try:
-        conversation = server.runner.join(SamplingParams(seed=0), replies.put_nowait, on_evicted)
+        conversation = server.runner.join(SamplingParams(seed=seed), replies.put_nowait, on_evicted)
     except ServerFull as error:
         server.rejected_full.inc()
         await _send_error(server, ws, f"server is full: {error}; try again later", CLOSE_TRY_AGAIN_LATER)
-        return
+        return None
     server.connections.inc()
+    return conversation, replies, evicted
+
+
+async def _leave(server: DuplexServer, ws: web.WebSocketResponse, conversation, evicted: list[str]) -> None:  # noqa: ANN001
+    server.runner.leave(conversation)
+    if evicted:
+        await _send_error(server, ws, f"stream stopped: {evicted[0]}", 1011)
+    elif not ws.closed:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(), server.config.send_timeout_s)
+
+
+async def asr_streaming(server: DuplexServer, request: web.Request) -> web.StreamResponse:
+    """The ``/api/asr-streaming`` websocket: one stream of the batched STT engine."""
+    limit = max(server.config.max_message_bytes, MAX_MESSAGE_BYTES)
+    return await _serve_socket(server, request, _transcribe, limit)
+
+
+async def _send_error(server: DuplexServer, ws: web.WebSocketResponse, message: str, code: int) -> None:
+    timeout = server.config.send_timeout_s
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ws.send_bytes(pack({"type": "Error", "message": message})), timeout)
+        await asyncio.wait_for(ws.close(code=code, message=message[:120].encode()), timeout)
+
+
+async def _transcribe(server: DuplexServer, ws: web.WebSocketResponse, _request: web.Request) -> None:
+    pipeline = server.engine.pipeline
+    frame_size, frame_rate = server.engine.frame_size, pipeline.frame_rate
+    joined = await _join(server, ws, seed=0)
+    if joined is None:
+        return
+    conversation, replies, evicted = joined
     stream = _AsrStream(
         reader=WordReader(pipeline.tokenizer, frame_rate, pipeline.audio_delay),
         delay_frames=math.ceil(pipeline.audio_delay * frame_rate),
@@ -132,15 +155,10 @@ async def _transcribe(server: DuplexServer, ws: web.WebSocketResponse) -> None:
     except (ConnectionError, aiohttp.ClientError):
         pass
     finally:
-        server.runner.leave(conversation)
         replies.put_nowait(None)
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(sender, server.config.send_timeout_s)
-        if evicted:
-            await _send_error(server, ws, f"stream stopped: {evicted[0]}", 1011)
-        elif not ws.closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), server.config.send_timeout_s)
+        await _leave(server, ws, conversation, evicted)
 
 
 class _AsrStream:
@@ -281,17 +299,7 @@ def tts_query(query, synth, cfg: float, temperature: float) -> dict[str, Any]:  
 
 async def tts_streaming(server: DuplexServer, request: web.Request) -> web.StreamResponse:
     """The ``/api/tts_streaming`` websocket: one speech stream of the batched TTS engine."""
-    server.admit_request(request)
-    ws = web.WebSocketResponse(
-        max_msg_size=server.config.max_message_bytes, heartbeat=server.config.heartbeat_s, compress=False
-    )
-    await ws.prepare(request)
-    server.open_sockets.add(ws)
-    try:
-        await _speak(server, ws, request)
-    finally:
-        server.open_sockets.discard(ws)
-    return ws
+    return await _serve_socket(server, request, _speak, server.config.max_message_bytes)
 
 
 async def _speak(server: DuplexServer, ws: web.WebSocketResponse, request: web.Request) -> None:
@@ -302,23 +310,10 @@ async def _speak(server: DuplexServer, ws: web.WebSocketResponse, request: web.R
         server.protocol_errors.inc()
         await _send_error(server, ws, f"bad query string: {error}", 1008)
         return
-    replies: asyncio.Queue[Reply | None] = asyncio.Queue()
-    evicted: list[str] = []
-
-    def on_evicted(reason: str) -> None:
-        server.evictions.inc()
-        evicted.append(reason)
-        replies.put_nowait(None)
-
-    try:
-        conversation = server.runner.join(
-            SamplingParams(seed=settings["seed"]), replies.put_nowait, on_evicted
-        )
-    except ServerFull as error:
-        server.rejected_full.inc()
-        await _send_error(server, ws, f"server is full: {error}; try again later", CLOSE_TRY_AGAIN_LATER)
+    joined = await _join(server, ws, settings["seed"])
+    if joined is None:
         return
-    server.connections.inc()
+    conversation, replies, evicted = joined
     pipeline.open_row(conversation.slot, **settings)
     tick = np.zeros(server.engine.frame_size, dtype=np.float32)
     receiver = asyncio.create_task(_receive_text(server, ws, pipeline, conversation.slot))
@@ -330,15 +325,10 @@ async def _speak(server: DuplexServer, ws: web.WebSocketResponse, request: web.R
     except (ConnectionError, aiohttp.ClientError, TimeoutError):
         pass
     finally:
-        server.runner.leave(conversation)
         receiver.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await receiver
-        if evicted:
-            await _send_error(server, ws, f"stream stopped: {evicted[0]}", 1011)
-        elif not ws.closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), server.config.send_timeout_s)
+        await _leave(server, ws, conversation, evicted)
 
 
 async def _send_speech(server: DuplexServer, ws: web.WebSocketResponse, replies, tick) -> None:  # noqa: ANN001
