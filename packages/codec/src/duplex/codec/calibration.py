@@ -48,7 +48,10 @@ def spread_codebooks(mimi: Mimi, audio: torch.Tensor) -> None:
     for rvq in (mimi.quantizer.rvq_first, mimi.quantizer.rvq_rest):
         residual = rvq.input_proj(latent).transpose(1, 2).reshape(-1, rvq.input_proj.out_channels)
         for codebook in rvq.codebooks():
-            chosen = torch.randperm(residual.shape[0])[: codebook.size]
+            if residual.shape[0] >= codebook.size:
+                chosen = torch.randperm(residual.shape[0])[: codebook.size]
+            else:  # fewer latents than bins (the official 2048-bin size): some repeat
+                chosen = torch.randint(0, residual.shape[0], (codebook.size,))
             codebook.embedding_sum.copy_(residual[chosen])
             codebook.cluster_usage.fill_(1.0)
             codebook._initialized.fill_(1.0)

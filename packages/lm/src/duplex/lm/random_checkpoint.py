@@ -55,6 +55,11 @@ def write_random_checkpoint(
             f"the LM reads {config.mimi_num_codebooks} codebooks, Mimi {mimi_preset!r} has "
             f"{mimi_config.quantizer.n_q}"
         )
+    if config.card > mimi_config.quantizer.bins:
+        raise ValueError(
+            f"the LM's audio tokens go up to card={config.card}, Mimi {mimi_preset!r} has "
+            f"{mimi_config.quantizer.bins} bins: give a preset with card <= {mimi_config.quantizer.bins}"
+        )
     generator_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
