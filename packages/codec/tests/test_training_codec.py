@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 
 import numpy as np
@@ -215,6 +216,43 @@ def test_short_run_learns_logs_and_exports(speech_dir, tmp_path):
     ]
     exported = Mimi.from_pretrained(tmp_path / "mimi.safetensors")
     assert exported.config == config.codec
+    # the run folder's curves: every logged metric, one row per step, and their plot
+    with (tmp_path / "metrics.csv").open() as handle:
+        merged = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in merged] == sorted({int(r["step"]) for r in merged})
+    val_rows = [r for r in merged if r["val/si_sdr"]]
+    assert len(val_rows) == 2 and float(val_rows[-1]["val/si_sdr"]) == pytest.approx(val[-1]["val/si_sdr"])
+    png = (tmp_path / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_curves_merge_resumed_sessions_and_group_metrics(tmp_path):
+    from duplex.codec.training.curves import panel_of, write_curves
+
+    for version, rows in enumerate(
+        [
+            "step,epoch,train/loss,val/stoi\n0,0,3.0,\n1,0,2.0,\n1,0,,0.5\n",
+            "step,epoch,train/loss,val/code_perplexity/0,lr-AdamW\n1,1,1.5,,\n2,1,1.0,30.0,0.001\n",
+        ]
+    ):
+        folder = tmp_path / "logs" / f"version_{version}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.csv").write_text(rows)
+    csv_path, png_path = write_curves(tmp_path, tmp_path / "logs")
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [(r["step"], r["train/loss"], r["val/stoi"]) for r in rows] == [
+        ("0", "3.0", ""),
+        ("1", "1.5", "0.5"),  # the resumed session's value for step 1 wins; the other metric stays
+        ("2", "1.0", ""),
+    ]
+    assert png_path.stat().st_size > 0
+    assert [panel_of(m) for m in ("train/loss", "val/stoi", "val/code_perplexity/0", "lr-AdamW")] == [
+        "loss",
+        "quality",
+        "code perplexity",
+        "learning rate",
+    ]
+    assert write_curves(tmp_path, tmp_path / "nothing") is None
 
 
 def test_logged_validation_matches_a_fresh_evaluation_of_the_saved_checkpoints(speech_dir, tmp_path):

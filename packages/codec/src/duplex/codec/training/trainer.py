@@ -17,6 +17,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from duplex.codec.training.curves import LearningCurves
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import Sampler
@@ -220,7 +221,7 @@ def build_trainer(
     progress_bar: bool = True,
     keep_checkpoints: int = KEEP_CHECKPOINTS,
 ) -> L.Trainer:
-    """A Trainer writing checkpoints and CSV logs under ``output``.
+    """A Trainer writing checkpoints, CSV logs and the learning curves under ``output``.
 
     ``max_steps`` counts batches, everywhere (checkpoint names, the progress bar, the final report);
     adversarial training steps two optimizers per batch, which Lightning counts twice, hence
@@ -229,7 +230,8 @@ def build_trainer(
     output = Path(output)
     _STEP_REPORT.optimizer_steps_per_batch = optimizer_steps_per_batch
     extra: list[Callback] = [
-        StepCheckpoint(checkpoint_dir(output), optimizer_steps_per_batch, keep_checkpoints)
+        StepCheckpoint(checkpoint_dir(output), optimizer_steps_per_batch, keep_checkpoints),
+        LearningCurves(output),  # metrics.csv and curves.png in the run folder, at each validation
     ]
     if progress_bar:
         extra.append(StepProgressBar(max_steps, optimizer_steps_per_batch))
