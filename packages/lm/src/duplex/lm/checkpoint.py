@@ -67,17 +67,11 @@ class CheckpointBundle:
     ) -> LMModel:
         """The LM in eval mode; floating weights are cast to ``dtype`` (default: as stored);
         ``numerics``: ``"fast"`` or ``"reference"`` (see :class:`~duplex.lm.model.LMModel`).
-
-        A Hibiki model's text embedding of its end-of-text token (2) is replaced by that of PAD (3),
-        as the reference loader does: the model then cannot read its own early end and stop
-        translating before the source ends (docs/architecture.md §5.4)."""
-        model = build_lm(
+        A Hibiki model's text embedding of ``</s>`` is PAD's, as the reference loads it
+        (docs/architecture.md §5.4)."""
+        return build_lm(
             LMModel, self.config, self.lm_weights, self.lora_weights, device, dtype, fuse_lora, numerics
         )
-        if self.config.model_type == "hibiki":
-            with torch.no_grad():
-                model.text_emb.weight[2] = model.text_emb.weight[3]
-        return model
 
     def text_tokenizer(self) -> TextTokenizer:
         if self.tokenizer is None:
