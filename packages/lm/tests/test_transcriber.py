@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from duplex.codec.audio import load_audio
+from duplex.lm.config import LMConfig
 from duplex.lm.random_checkpoint import write_random_checkpoint
 from duplex.lm.tokenizer import TextTokenizer
 from duplex.lm.transcriber import Transcriber
@@ -160,7 +161,7 @@ def test_transcribe_batches_files_and_equals_streaming(stt_checkpoint, tmp_path)
 
 
 def test_transcriber_refuses_other_models_and_misuse(tmp_path, stt_checkpoint):
-    checkpoint = write_random_checkpoint(tmp_path / "moshi", "tiny")
+    checkpoint = write_random_checkpoint(tmp_path / "moshi", LMConfig.from_preset("tiny", card=32))
     with pytest.raises(ValueError, match="'moshi' checkpoint.*duplex run"):
         Transcriber.from_checkpoint(checkpoint)
     transcriber = Transcriber.from_checkpoint(stt_checkpoint)
