@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -128,3 +132,35 @@ def chromium(fake_microphone_wav):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(options=options, service=Service(driver))
+
+
+LISTENING = re.compile(r"serving on http://127\.0\.0\.1:(\d+)")
+
+
+def start_duplex_serve(checkpoint: Path, log: Path, *options: str) -> tuple[subprocess.Popen, int]:
+    """`duplex serve --checkpoint CHECKPOINT OPTIONS` on 127.0.0.1 (free port), as a user starts it;
+    returns the process and its port."""
+    command = [
+        sys.executable,
+        "-m",
+        "duplex.cli.app",
+        "serve",
+        "--checkpoint",
+        str(checkpoint),
+        "--port",
+        "0",
+    ]
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [*command, *options],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    deadline = time.monotonic() + 60
+    while not (found := LISTENING.search(log.read_text())):
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise AssertionError(f"duplex serve did not come up:\n{log.read_text()}")
+        time.sleep(0.1)
+    return server, int(found.group(1))

@@ -2,35 +2,13 @@
 served by `duplex serve --static`, holding a conversation in real headless Chromium."""
 
 import json
-import os
-import re
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from stream_helpers import chromium
+from stream_helpers import chromium, start_duplex_serve
 
 CLIENT = Path(__file__).parent / "assets" / "kyutai-client"
-LISTENING = re.compile(r"serving on http://127\.0\.0\.1:(\d+)")
-
-
-def start_duplex_serve(checkpoint: Path, log: Path) -> tuple[subprocess.Popen, int]:
-    """`duplex serve --static CLIENT` on 127.0.0.1 (free port); returns the process and its port."""
-    command = [sys.executable, "-m", "duplex.cli.app", "serve", "--checkpoint", str(checkpoint)]
-    command += ["--static", str(CLIENT), "--port", "0", "--greedy", "--max-conversations", "1"]
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-    deadline = time.monotonic() + 60
-    while not (found := LISTENING.search(log.read_text())):
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise AssertionError(f"duplex serve did not come up:\n{log.read_text()}")
-        time.sleep(0.1)
-    return server, int(found.group(1))
 
 
 def health(port: int) -> dict:
@@ -62,7 +40,9 @@ return {
 
 def test_kyutai_official_client_holds_a_conversation(demo_checkpoint, speech_wav, tmp_path):
     log = tmp_path / "serve.log"
-    server, port = start_duplex_serve(demo_checkpoint, log)
+    server, port = start_duplex_serve(
+        demo_checkpoint, log, "--static", str(CLIENT), "--greedy", "--max-conversations", "1"
+    )
     try:
         browser = chromium(speech_wav)
         try:

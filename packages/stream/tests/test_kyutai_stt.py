@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -23,43 +21,15 @@ from duplex.lm.words import WordReader
 from duplex.stream.asr_pipeline import AsrPipeline
 from duplex.stream.audio import load_mono
 from duplex.stream.engine import DuplexEngine
-from stream_helpers import RunningServer
+from stream_helpers import RunningServer, start_duplex_serve
 
 ASSETS = Path(__file__).parent / "assets" / "kyutai-dsm"
-LISTENING = re.compile(r"serving on http://127\.0\.0\.1:(\d+)")
 RATE, FRAME = 24_000, 1920
 
 
 @pytest.fixture(scope="module")
 def stt(tmp_path_factory) -> Path:
     return write_random_checkpoint(tmp_path_factory.mktemp("stt"), "tiny-stt", seed=4)
-
-
-def start_serve(checkpoint: Path, log: Path, *options: str) -> tuple[subprocess.Popen, int]:
-    command = [
-        sys.executable,
-        "-m",
-        "duplex.cli.app",
-        "serve",
-        "--checkpoint",
-        str(checkpoint),
-        "--port",
-        "0",
-    ]
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [*command, *options],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    deadline = time.monotonic() + 60
-    while not (found := LISTENING.search(log.read_text())):
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise AssertionError(f"duplex serve did not come up:\n{log.read_text()}")
-        time.sleep(0.1)
-    return server, int(found.group(1))
 
 
 def expected_lines(checkpoint: Path, audio: np.ndarray) -> list[str]:
@@ -95,7 +65,7 @@ def test_kyutais_stt_client_transcribes_a_file(stt, tmp_path):
     soundfile.write(str(wav), audio, RATE, subtype="FLOAT")
     expected = expected_lines(stt, audio)
     assert expected, "the random model said nothing: the test would check nothing"
-    server, port = start_serve(stt, tmp_path / "serve.log", "--auth-token", "sesame")
+    server, port = start_duplex_serve(stt, tmp_path / "serve.log", "--auth-token", "sesame")
     try:
         client = [sys.executable, str(ASSETS / "stt_from_file_rust_server.py"), str(wav)]
         client += ["--url", f"ws://127.0.0.1:{port}", "--api-key", "sesame", "--rtf", "50"]

@@ -18,8 +18,7 @@ from duplex.lm.random_checkpoint import write_random_checkpoint
 from duplex.lm.synthesizer import Synthesizer
 from duplex.stream.engine import DuplexEngine
 from duplex.stream.tts_pipeline import TtsPipeline
-from stream_helpers import RunningServer
-from test_kyutai_stt import start_serve
+from stream_helpers import RunningServer, start_duplex_serve
 
 ASSETS = Path(__file__).parent / "assets" / "kyutai-dsm"
 TEXT = "Hello there, how are you doing today?"
@@ -33,7 +32,7 @@ def tts(tmp_path_factory) -> Path:
 def test_kyutais_tts_client_writes_the_speech(tts, tmp_path):
     (tmp_path / "text.txt").write_text(TEXT + "\n")
     out = tmp_path / "out.wav"
-    server, port = start_serve(tts, tmp_path / "serve.log", "--greedy")
+    server, port = start_duplex_serve(tts, tmp_path / "serve.log", "--greedy")
     try:
         client = [sys.executable, str(ASSETS / "tts_rust_server.py"), str(tmp_path / "text.txt"), str(out)]
         client += ["--url", f"ws://127.0.0.1:{port}", "--voice", "alice"]

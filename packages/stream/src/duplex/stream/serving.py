@@ -10,8 +10,6 @@ from pathlib import Path
 import torch
 from duplex.stream.pipeline import FramePipeline
 
-SERVED = ("moshi", "stt", "tts")
-
 
 def load_pipeline(
     source: str | Path | None,
