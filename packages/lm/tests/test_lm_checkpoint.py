@@ -366,3 +366,34 @@ def test_weights_holding_nan_or_inf_are_refused_naming_the_tensor(tmp_path: Path
     save_file(state, str(weights))
     with pytest.raises(CheckpointError, match=rf"{weights}: tensor '{name}' holds 3 NaN/Inf values"):
         LMModel.from_pretrained(tmp_path)
+
+
+_LOAD_PEAK = """
+import resource, sys, torch
+from duplex.lm.checkpoint import load_lm
+from duplex.lm.config import LMConfig
+from duplex.lm.model import LMModel
+with torch.device("meta"):  # what building any model costs once (imports, registries), not the weights
+    LMModel(LMConfig.from_json(sys.argv[1] + "/config.json"))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model = load_lm(sys.argv[1])
+assert model.dtype == torch.bfloat16
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_bf16_weights_load_without_a_second_copy(tmp_path):
+    """Peak resident memory while loading a bf16 checkpoint stays within 1.15x its weight bytes:
+    the file is read once into the tensors the model keeps (no memory map on top, no float32
+    copy, no full-size masks)."""
+    import subprocess
+    import sys
+
+    config = LMConfig.from_preset("moshi-341m", num_layers=2)
+    LMModel(config).to(torch.bfloat16).save_pretrained(tmp_path)
+    size = (tmp_path / "model.safetensors").stat().st_size
+    out = subprocess.run(
+        [sys.executable, "-c", _LOAD_PEAK, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    growth = int(out.stdout.strip().splitlines()[-1])
+    assert size > 200e6 and growth <= 1.15 * size, f"peak grew {growth / size:.2f}x the weights"

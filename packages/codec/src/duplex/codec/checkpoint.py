@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from duplex.codec.quantizer import LEGACY_CODEBOOK_NAMES
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 MIMI_FILE_NAME = "tokenizer-e351c8d8-checkpoint125.safetensors"
@@ -70,17 +70,50 @@ def read_safetensors(
         )
     if kind != "safetensors":
         raise CheckpointError(f"{path} is not a safetensors file (unrecognised header)")
-    tensors: dict[str, torch.Tensor] = {}
     try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            metadata = f.metadata() or {}
-            for key in f.keys():
-                tensors[key] = f.get_tensor(key)
-    except SafetensorError as error:
+        tensors, metadata = _read_tensors(path)
+    except (SafetensorError, ValueError, OSError) as error:
         raise CheckpointError(
             f"{path} is not a complete safetensors file ({error}): it is probably truncated (an "
             "interrupted download or copy); fetch or copy it again"
         ) from error
+    if str(device) != "cpu":
+        tensors = {key: value.to(device) for key, value in tensors.items()}
+    return tensors, metadata
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read every tensor into memory of its own with plain file reads (no memory map): the resident
+    memory is the weights once, whatever reads them next (a memory-mapped file's pages would count
+    on top of any copy, and a map ties the tensors to a file that may change)."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        (header_size,) = struct.unpack("<Q", handle.read(8))
+        if header_size > size - 8:
+            raise ValueError(f"the header claims {header_size} bytes, the file holds {size - 8}")
+        header = json.loads(handle.read(header_size))
+        metadata = header.pop("__metadata__", None) or {}
+        start = 8 + header_size
+        tensors = {}
+        for key, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            begin, end = info["data_offsets"]
+            dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+            if dtype is None:
+                raise ValueError(f"tensor {key!r} has the unsupported dtype {info['dtype']}")
+            if start + end > size:
+                raise ValueError(f"tensor {key!r} ends at byte {start + end}, the file has {size}")
+            raw = torch.empty(end - begin, dtype=torch.uint8)
+            handle.seek(start + begin)
+            if handle.readinto(raw.numpy()) != end - begin:
+                raise ValueError(f"tensor {key!r} could not be read whole")
+            tensors[key] = raw.view(dtype).reshape(info["shape"])
     return tensors, metadata
 
 

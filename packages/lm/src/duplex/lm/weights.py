@@ -62,10 +62,17 @@ def _describe(config: LMConfig) -> str:
     )
 
 
+def _all_finite(tensor: torch.Tensor, chunk: int = 1 << 20) -> bool:
+    """``tensor.isfinite().all()``, a chunk at a time (the whole mask of a large tensor would cost
+    a fraction of its size again while loading)."""
+    flat = tensor.reshape(-1)
+    return all(bool(flat[i : i + chunk].isfinite().all()) for i in range(0, flat.numel(), chunk))
+
+
 def check_finite(state: dict[str, torch.Tensor], source: str | Path = "the state dict") -> None:
     """Refuse floating tensors holding NaN or Inf (a corrupt file or a diverged training run would
     otherwise load and generate garbage), naming the first such tensor."""
-    bad = [key for key, value in state.items() if value.is_floating_point() and not value.isfinite().all()]
+    bad = [key for key, value in state.items() if value.is_floating_point() and not _all_finite(value)]
     if bad:
         first = state[bad[0]]
         count = int((~first.isfinite()).sum())
@@ -90,11 +97,8 @@ def load_lm_state_dict(
     expected = {key: value.shape for key, value in model.state_dict().items()}
     check_state_dict(expected, state, f"the LM configuration ({_describe(model.config)})")
     check_finite(state, source)
-    # A copy, cast to ``dtype`` where given: tensors read from a file may map the file's memory.
-    state = {
-        k: v.to(dtype=dtype if dtype and v.is_floating_point() else v.dtype, copy=True)
-        for k, v in state.items()
-    }
+    # Cast to ``dtype`` where given; tensors already in it are taken as they are (no second copy).
+    state = {k: v.to(dtype) if dtype and v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
 
 
