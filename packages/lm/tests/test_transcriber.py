@@ -68,6 +68,20 @@ def test_fast_words_share_a_segment_and_end_of_text_closes_the_last(tokenizer):
     assert words[2].end == pytest.approx(tokens.index(eos) / 12.5)  # the end-of-text step
 
 
+def test_a_live_reader_closes_a_word_after_a_silence(tokenizer):
+    """Live streams have no end: with ``close_after`` a word comes out one second after its last
+    piece, timed as the last word of a stream; a late piece before the next marker is dropped."""
+    pad, epad = 3, 0
+    hello, there = ids(tokenizer, "hello"), ids(tokenizer, "there")
+    tokens = [epad, *hello] + [pad] * 20 + [there[0], pad, epad, *there, pad]
+    live = WordReader(tokenizer, 12.5, 0.0, close_after=1.0)
+    emitted = [(i, w) for i, t in enumerate(tokens) for w in live.push(t)]
+    ((step, word),) = emitted
+    assert step == len(hello) + 12 and word == read(tokenizer, [epad, *hello] + [pad] * 20)[0]
+    assert word.end == pytest.approx(13 / 12.5 + 1 / 12.5)  # one second after its start
+    assert [w.text for w in live.finish()] == ["there"]
+
+
 def test_times_are_never_negative(tokenizer):
     words = read(tokenizer, [0, *ids(tokenizer, "walk"), 0], offset=2.0)
     assert words == [Word("walk", 0.0, 0.0)]

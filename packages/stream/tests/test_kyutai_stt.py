@@ -21,6 +21,7 @@ from duplex.lm.words import WordReader
 from duplex.stream.asr_pipeline import AsrPipeline
 from duplex.stream.audio import load_mono
 from duplex.stream.engine import DuplexEngine
+from duplex.stream.kyutai import WORD_CLOSE_S
 from stream_helpers import RunningServer, start_duplex_serve
 
 ASSETS = Path(__file__).parent / "assets" / "kyutai-dsm"
@@ -45,7 +46,7 @@ def expected_lines(checkpoint: Path, audio: np.ndarray) -> list[str]:
             transcriber.step_frames(stream[i * FRAME : (i + 1) * FRAME][None], [0])[0][0]
             for i in range(marker_step + 1)
         ]
-    reader = WordReader(transcriber.tokenizer, 12.5, transcriber.audio_delay)
+    reader = WordReader(transcriber.tokenizer, 12.5, transcriber.audio_delay, close_after=WORD_CLOSE_S)
     words = [w for t in tokens for w in reader.push(t)] + reader.finish()
     return [f"{w.start:7.2f} -{w.end:7.2f}  {w.text}" for w in words]
 

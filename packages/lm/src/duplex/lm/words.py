@@ -38,12 +38,16 @@ class WordReader:
     """Turn one stream's text tokens into :class:`Word` s as they arrive.
 
     ``offset``: seconds the text lags the audio (silence prefix + audio delay). ``push(token)``
-    returns the words that the token completes; ``finish()`` those still open.
+    returns the words that the token completes; ``finish()`` those still open. ``close_after``
+    (seconds, live streams): a word whose pieces stopped that long ago is closed as the last word
+    of a stream would be, without waiting for the next word's marker (pieces that still come
+    before that marker are then dropped).
     """
 
     tokenizer: TextTokenizer
     frame_rate: float
     offset: float
+    close_after: float | None = None
     step: int = 0
     _start: int | None = None  # first step of the open segment (after its EPAD)
     _pieces: list[tuple[int, int]] = field(default_factory=list)  # (step, token) of the open segment
@@ -64,6 +68,9 @@ class WordReader:
                 self._end_of_text = step
             elif token > self.tokenizer.pad_id:
                 self._pieces.append((step, token))
+            elif self.close_after is not None and self._pieces:
+                if self.step - self._pieces[-1][0] > self.close_after * self.frame_rate:
+                    words = self.finish()
         return words
 
     def finish(self) -> list[Word]:

@@ -13,7 +13,8 @@ unchanged. Authentication is the server's: header ``kyutai-api-key`` or query ``
 * ``{"type": "Init"}``: accepted, ignored.
 
 Server to client: ``{"type": "Ready"}`` first; ``{"type": "Word", "text", "start_time"}`` and
-``{"type": "EndWord", "stop_time"}`` as words complete; ``{"type": "Step", "step_idx", "prs",
+``{"type": "EndWord", "stop_time"}`` as words complete (at the next word's start, or after a
+second without new pieces); ``{"type": "Step", "step_idx", "prs",
 "buffered_pcm"}`` every step (``prs``: the pause probabilities of the semantic VAD heads);
 ``{"type": "Marker", "id"}``; ``{"type": "Error", "message"}`` before the server closes.
 
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 1024 * 1024  # Kyutai's clients send up to a second of float PCM (120 kB) at once
 BACKLOG_S = 2.0  # audio a stream may have waiting before its socket is no longer read
+WORD_CLOSE_S = 1.0  # a word whose pieces stopped this long ago is sent (live streams have no end)
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_TRY_AGAIN_LATER = 1013
 
@@ -144,7 +146,7 @@ async def _transcribe(server: DuplexServer, ws: web.WebSocketResponse, _request:
         return
     conversation, replies, evicted = joined
     stream = _AsrStream(
-        reader=WordReader(pipeline.tokenizer, frame_rate, pipeline.audio_delay),
+        reader=WordReader(pipeline.tokenizer, frame_rate, pipeline.audio_delay, close_after=WORD_CLOSE_S),
         delay_frames=math.ceil(pipeline.audio_delay * frame_rate),
         frame_size=frame_size,
     )
