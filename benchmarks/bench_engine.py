@@ -24,6 +24,7 @@ from duplex.stream.demo import build_demo_checkpoint
 from duplex.stream.engine import DuplexEngine
 from duplex.stream.pipeline import MoshiPipeline
 from duplex.stream.slots import SamplingParams
+from reference import reference_checkpoint_info
 
 FRAME = 1920
 BUDGET_MS = 80.0
@@ -53,17 +54,10 @@ def engine_step_times(
 
 def reference_step_times(checkpoint: Path, steps: int, warmup: int) -> tuple[np.ndarray, np.ndarray]:
     """The reference server's per-frame work (encode, LM step, decode) at batch 1."""
-    from moshi.models import LMGen, loaders
+    from moshi.models import LMGen
     from moshi.utils.compile import no_compile
 
-    info = loaders.CheckpointInfo.from_hf_repo(
-        "unused/unused",
-        moshi_weights=checkpoint / "model.safetensors",
-        mimi_weights=checkpoint / "mimi.safetensors",
-        tokenizer=checkpoint / "tokenizer.model",
-        config_path=checkpoint / "config.json",
-        mimi_config_path=checkpoint / "mimi_config.json",
-    )
+    info = reference_checkpoint_info(checkpoint)
     mimi = info.get_mimi(device="cpu")
     lm_gen = LMGen(info.get_moshi(device="cpu", dtype=torch.float32))
     rng = np.random.default_rng(0)

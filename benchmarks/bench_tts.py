@@ -11,9 +11,8 @@ voice, the demuxed lookahead text stream, per-step depformer weights with its sc
 depformer embeddings, the distilled ``cfg`` table, 1.28 s audio delay) scaled to what runs here:
 dim 512 / 6 layers / 8 heads, depformer 256 wide / 2 layers / 4 heads / feed-forward 768, and
 ``--n-q`` audio codebooks (32 as the official model, 2048 bins; the weight schedule is the
-official one's first ``n_q`` entries). The codec is the official-size Mimi (random weights:
-``write_random_checkpoint`` cannot write it, so this script writes the checkpoint itself; the
-tokenizer is the random tiny-tts one). Weights are random, float32, sampling at temperature 0.6,
+official one's first ``n_q`` entries). The codec is the official-size Mimi (random weights,
+calibrated as ``write_random_checkpoint`` does). Weights are random, float32, sampling at temperature 0.6,
 distilled guidance 2.0; both implementations load the same checkpoint files.
 
 * RTF: wall time of ``Synthesizer.generate([text], [[voice]], temperature=0.6, seed=1)`` (the whole
@@ -34,9 +33,7 @@ The reference runs eager (``NO_TORCH_COMPILE=1`` is set unless ``--reference-com
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -46,13 +43,11 @@ import torch
 from duplex.lm.config import LMConfig
 from duplex.lm.random_checkpoint import write_random_checkpoint
 from duplex.lm.synthesizer import Synthesizer
-from duplex.lm.voices import voice_file_name
-from safetensors.torch import save_file
+from reference import reference_checkpoint_info
 
 TEXT = "Hello there, how are you doing today? I would like to talk about the weather."
 SMOKE_TEXT = "Hello there, how are you?"
 VOICE = "alice"
-VOICE_FRAMES = 25
 
 
 def scaled_config(n_q: int) -> LMConfig:
@@ -72,35 +67,6 @@ def scaled_config(n_q: int) -> LMConfig:
         depformer_dim_feedforward=768,
         depformer_weights_per_step_schedule=base.depformer_weights_per_step_schedule[:n_q],
     )
-
-
-def write_scaled_checkpoint(directory: Path, config: LMConfig, tokenizer: Path) -> Path:
-    """The official checkpoint layout with random weights and the official-size Mimi."""
-    from duplex.codec import Mimi, MimiConfig
-    from duplex.lm.model import LMModel
-
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    mimi_config = MimiConfig.from_preset("mimi")
-    Mimi(mimi_config).save_pretrained(directory / "mimi.safetensors")
-    (directory / "mimi_config.json").write_text(json.dumps(mimi_config.to_dict(), indent=2) + "\n")
-    lm = LMModel(config)
-    weights = {k: v.detach().float().contiguous() for k, v in lm.state_dict().items()}
-    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    shutil.copy(tokenizer, directory / "tokenizer.model")
-    fields = config.to_dict() | {
-        "moshi_name": "model.safetensors",
-        "mimi_name": "mimi.safetensors",
-        "mimi_config_name": "mimi_config.json",
-        "tokenizer_name": "tokenizer.model",
-        "model_id": {"sig": "random", "epoch": 0},
-    }
-    (directory / "config.json").write_text(json.dumps(fields, indent=2) + "\n")
-    config = LMConfig.model_validate(fields)
-    voice = torch.randn(1, config.conditioners["speaker_wavs"].settings.dim, VOICE_FRAMES)
-    (directory / "voices").mkdir(exist_ok=True)
-    save_file({"speaker_wavs": voice}, str(directory / "voices" / voice_file_name(VOICE, config)))
-    return directory
 
 
 def describe(config: LMConfig) -> str:
@@ -171,19 +137,11 @@ def bench_ours(synth: Synthesizer, text: str, repeats: int) -> dict:
 
 def bench_reference(checkpoint: Path, n_q: int, text: str) -> dict | None:
     try:
-        from moshi.models import loaders
         from moshi.models.tts import TTSModel
     except ImportError:
         print("reference package (moshi) not installed: timing duplex only")
         return None
-    info = loaders.CheckpointInfo.from_hf_repo(
-        "unused/unused",
-        moshi_weights=checkpoint / "model.safetensors",
-        mimi_weights=checkpoint / "mimi.safetensors",
-        tokenizer=checkpoint / "tokenizer.model",
-        config_path=checkpoint / "config.json",
-        mimi_config_path=checkpoint / "mimi_config.json",
-    )
+    info = reference_checkpoint_info(checkpoint)
     tts = TTSModel.from_checkpoint_info(info, device="cpu", dtype=torch.float32, n_q=n_q, temp=0.6)
     voice = next((checkpoint / "voices").glob(f"{VOICE}.*.safetensors"))
     attributes = [tts.make_condition_attributes([voice], cfg_coef=2.0)]
@@ -235,13 +193,13 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()[0]:.2f} (a busy machine slows both implementations)")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        tiny = write_random_checkpoint(Path(tmp) / "tiny", "tiny-tts", seed=0)
         text = args.text or (SMOKE_TEXT if args.smoke else TEXT)
         if args.smoke:
-            checkpoint, config, mimi_name, repeats = tiny, LMConfig.from_preset("tiny-tts"), "tiny", 2
+            config, mimi_name, repeats = LMConfig.from_preset("tiny-tts"), "tiny", 2
+            checkpoint = write_random_checkpoint(Path(tmp) / "tiny", config)
         else:
             config = scaled_config(args.n_q)
-            checkpoint = write_scaled_checkpoint(Path(tmp) / "scaled", config, tiny / "tokenizer.model")
+            checkpoint = write_random_checkpoint(Path(tmp) / "scaled", config, mimi_preset="mimi")
             mimi_name, repeats = "official size", args.repeats
         synth = Synthesizer.from_checkpoint(checkpoint)
         params = sum(p.numel() for p in synth.lm.parameters())
