@@ -5,10 +5,13 @@
     uv run python benchmarks/bench_lm_step.py --smoke               # tiny model: checks the script
     uv run python benchmarks/bench_lm_step.py --long 20000          # also: 20 000 steps of the tiny
                                                                     # model, memory at intervals
+    uv run python benchmarks/bench_lm_step.py --weights float32 bf16 int8   # low-precision weights
 
 The model is the official structure (17 streams, 32000 text tokens, 2048 audio tokens, RMSNorm,
 RoPE, SiLU-GLU, per-step depformer) scaled to dim 1024 / 8 layers / 16 heads with a 512-wide,
 4-layer depformer (341M parameters), float32, sampling on (temp 0.8 / 0.7, top-k 250 / 25).
+``--weights`` also times duplex with its matmul weights stored in bf16 or int8 (``LMModel.quantize``,
+docs/architecture.md §7; activations stay float32), each against the same reference float32 step.
 Both implementations run the same weights (the reference's tensors alias ours); timings
 alternate between them in rounds so that a busy machine penalises both alike. Each row is the
 median over the timed steps, after a warm-up. The reference runs eager (its lazy torch.compile
@@ -64,26 +67,46 @@ def time_steps(gen, batch: int, frames: torch.Tensor, warmup: int) -> list[float
     return times
 
 
-def bench(config: LMConfig, batches: list[int], steps: int, warmup: int, rounds: int, with_reference: bool):
+def low_precision_copy(model: LMModel, weights: str) -> LMModel:
+    if weights == "float32":
+        return model
+    copy = LMModel(model.config).eval()
+    copy.load_state_dict(model.state_dict())
+    return copy.quantize(weights)
+
+
+def bench(
+    config: LMConfig,
+    batches: list[int],
+    steps: int,
+    warmup: int,
+    rounds: int,
+    with_reference: bool,
+    weights: list[str],
+):
     model, reference = build(config, with_reference)
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params / 1e6:.0f}M parameters, float32, {torch.get_num_threads()} threads")
+    models = {name: low_precision_copy(model, name) for name in weights}
     rows = []
     for batch in batches:
         frames = torch.randint(0, config.card, (warmup + steps, batch, config.num_user_codebooks, 1))
-        ours, theirs = [], []
+        ours: dict[str, list[float]] = {name: [] for name in weights}
+        theirs: list[float] = []
         for _ in range(rounds):
-            ours += time_steps(make_gen(model, False), batch, frames, warmup)
+            for name, ours_model in models.items():
+                ours[name] += time_steps(make_gen(ours_model, False), batch, frames, warmup)
             if reference is not None:
                 theirs += time_steps(make_gen(reference, True), batch, frames, warmup)
-        rows.append((batch, statistics.median(ours), statistics.median(theirs) if theirs else None))
+        ref_ms = statistics.median(theirs) if theirs else None
+        rows += [(batch, name, statistics.median(times), ref_ms) for name, times in ours.items()]
     print()
-    print("| batch | duplex ms/step | reference ms/step | speed-up |")
-    print("|---:|---:|---:|---:|")
-    for batch, ours_ms, ref_ms in rows:
+    print("| batch | duplex weights | duplex ms/step | reference float32 ms/step | duplex / reference |")
+    print("|---:|---|---:|---:|---:|")
+    for batch, name, ours_ms, ref_ms in rows:
         ref_cell = f"{ref_ms:.1f}" if ref_ms is not None else "-"
-        speedup = f"{ref_ms / ours_ms:.2f}x" if ref_ms is not None else "-"
-        print(f"| {batch} | {ours_ms:.1f} | {ref_cell} | {speedup} |")
+        ratio = f"{ours_ms / ref_ms:.2f}x" if ref_ms is not None else "-"
+        print(f"| {batch} | {name} | {ours_ms:.1f} | {ref_cell} | {ratio} |")
 
 
 def long_run(steps: int) -> None:
@@ -116,6 +139,10 @@ def main() -> None:
     parser.add_argument("--reference-compile", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny model, few steps")
     parser.add_argument("--long", type=int, default=0, metavar="STEPS", help="also run the memory check")
+    parser.add_argument(
+        "--weights", nargs="+", default=["float32"], choices=["float32", "bf16", "int8"],
+        help="how duplex stores its matmul weights (each timed against the reference's float32)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -124,7 +151,7 @@ def main() -> None:
     config = LMConfig.from_preset("tiny" if args.smoke else "moshi-341m")
     steps, warmup, rounds = (5, 1, 1) if args.smoke else (args.steps, args.warmup, args.rounds)
     with torch.no_grad():
-        bench(config, args.batch, steps, warmup, rounds, not args.no_reference)
+        bench(config, args.batch, steps, warmup, rounds, not args.no_reference, args.weights)
         if args.long:
             long_run(args.long)
 

@@ -18,7 +18,7 @@ import os
 import re
 import struct
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,10 +54,16 @@ def _file_kind(path: Path) -> str:
     return "unknown"
 
 
+TensorTransform = Callable[[str, torch.Tensor], Mapping[str, torch.Tensor]]
+
+
 def read_safetensors(
-    path: str | Path, device: str | torch.device = "cpu"
+    path: str | Path, device: str | torch.device = "cpu", transform: TensorTransform | None = None
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and string metadata of a safetensors file; a pickle is refused with the reason."""
+    """Tensors and string metadata of a safetensors file; a pickle is refused with the reason.
+
+    ``transform(key, tensor)`` gives what to keep of each tensor as it is read (e.g. an int8 copy
+    and its scales), so the file's own tensors are never all in memory at once."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
@@ -71,7 +77,7 @@ def read_safetensors(
     if kind != "safetensors":
         raise CheckpointError(f"{path} is not a safetensors file (unrecognised header)")
     try:
-        tensors, metadata = _read_tensors(path)
+        tensors, metadata = _read_tensors(path, transform)
     except (SafetensorError, ValueError, OSError) as error:
         raise CheckpointError(
             f"{path} is not a complete safetensors file ({error}): it is probably truncated (an "
@@ -89,7 +95,9 @@ _SAFETENSORS_DTYPES = {
 }  # fmt: skip
 
 
-def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+def _read_tensors(
+    path: Path, transform: TensorTransform | None = None
+) -> tuple[dict[str, torch.Tensor], dict]:
     """Read every tensor into memory of its own with plain file reads (no memory map): the resident
     memory is the weights once, whatever reads them next (a memory-mapped file's pages would count
     on top of any copy, and a map ties the tensors to a file that may change)."""
@@ -113,7 +121,8 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             handle.seek(start + begin)
             if handle.readinto(raw.numpy()) != end - begin:
                 raise ValueError(f"tensor {key!r} could not be read whole")
-            tensors[key] = raw.view(dtype).reshape(info["shape"])
+            tensor = raw.view(dtype).reshape(info["shape"])
+            tensors.update(transform(key, tensor) if transform is not None else {key: tensor})
     return tensors, metadata
 
 

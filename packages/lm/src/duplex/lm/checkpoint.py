@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from duplex.codec.checkpoint import CheckpointError, locate_checkpoint, read_mimi_config
 from duplex.codec.kernels import Numerics
-from duplex.lm.config import LMConfig, check_model_type
+from duplex.codec.kernels.weight_formats import WeightFormat
+from duplex.lm.config import LMConfig, LowPrecisionConfig, check_model_type
 from duplex.lm.model import LMModel
 from duplex.lm.tokenizer import TextTokenizer
 from duplex.lm.weights import as_lm_config, build_lm, checkpoint_lm_config, load_lm_state_dict, save_lm
@@ -64,13 +65,23 @@ class CheckpointBundle:
         dtype: torch.dtype | None = None,
         fuse_lora: bool = True,
         numerics: Numerics = "fast",
+        quantize: WeightFormat | LowPrecisionConfig | None = None,
     ) -> LMModel:
         """The LM in eval mode; floating weights are cast to ``dtype`` (default: as stored);
-        ``numerics``: ``"fast"`` or ``"reference"`` (see :class:`~duplex.lm.model.LMModel`).
+        ``numerics``: ``"fast"`` or ``"reference"`` (see :class:`~duplex.lm.model.LMModel`);
+        ``quantize``: "bf16" or "int8" matmul weights, narrowed as they are read.
         A Hibiki model's text embedding of ``</s>`` is PAD's, as the reference loads it
         (docs/architecture.md §5.4)."""
         return build_lm(
-            LMModel, self.config, self.lm_weights, self.lora_weights, device, dtype, fuse_lora, numerics
+            LMModel,
+            self.config,
+            self.lm_weights,
+            self.lora_weights,
+            device,
+            dtype,
+            fuse_lora,
+            numerics,
+            quantize,
         )
 
     def text_tokenizer(self) -> TextTokenizer:
@@ -138,12 +149,14 @@ def load_models(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     numerics: Numerics = "fast",
+    quantize: WeightFormat | None = None,
 ) -> tuple[Mimi, LMModel, TextTokenizer, CheckpointBundle]:
     """Mimi, the LM and the tokenizer of a checkpoint that must be a ``model_type`` model (checked
-    before any weight is read: the error names the command that fits)."""
+    before any weight is read: the error names the command that fits). ``quantize`` stores the
+    LM's matmul weights in "bf16" or "int8"; Mimi stays as stored."""
     bundle = load_checkpoint(source)
     check_model_type(bundle.config, model_type, source)
-    lm = bundle.lm(device=device, dtype=dtype, numerics=numerics)
+    lm = bundle.lm(device=device, dtype=dtype, numerics=numerics, quantize=quantize)
     return bundle.mimi(device=device, numerics=numerics), lm, bundle.text_tokenizer(), bundle
 
 

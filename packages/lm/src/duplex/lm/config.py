@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Self
 
+from duplex.codec.kernels.weight_formats import WeightFormat
 from duplex.codec.presets import PresetConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -85,6 +86,21 @@ class GenerationConfig(BaseModel):
     cfg_is_no_text: bool = False
     # The published TTS config carries it, but it is no LMGen argument: the reference ignores it.
     text_temp: float | None = None
+
+
+class LowPrecisionConfig(BaseModel):
+    """How a model's matmul weights are stored (docs/architecture.md §7): ``format`` "bf16", or
+    "int8" (weight-only, one scale per output channel or per ``group_size`` input columns). The
+    weights whose qualified names start with one of ``keep`` stay in the model's dtype."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: WeightFormat
+    group_size: int | None = Field(None, ge=8)
+    keep: list[str] = Field(default_factory=list)
+
+    def keeps(self, name: str) -> bool:
+        return name.startswith(tuple(self.keep))
 
 
 class _ConditionerBase(BaseModel):
@@ -223,6 +239,9 @@ class LMConfig(PresetConfig):
     lora_rank: int = Field(128, ge=1)
     lora_scaling: float = 2.0
 
+    # -- duplex: low-precision storage of the weights (LMModel.quantize) ------------------------
+    low_precision: LowPrecisionConfig | None = None
+
     # -- loader keys (where the checkpoint's files are, how to run it) --------------------------
     moshi_name: str = MOSHI_NAME
     mimi_name: str = MIMI_NAME
@@ -264,7 +283,8 @@ class LMConfig(PresetConfig):
             )
         if self.quantize:
             raise ValueError(
-                "quantize: int8 (bitsandbytes) checkpoints are not supported; load the bf16 weights"
+                "quantize: bitsandbytes int8 checkpoints are not supported; load the bf16 weights "
+                "(with --quantize int8 to store them in int8)"
             )
         if self.gradient_checkpointing:
             raise ValueError("gradient_checkpointing: not supported by the duplex backbones yet")
@@ -438,7 +458,8 @@ class LMConfig(PresetConfig):
         """The model part of ``config.json`` (loader keys and duplex-only keys removed): the keyword
         arguments the official loader passes to its LM class."""
         data = self.to_dict()
-        for key in (*LOADER_KEYS, "backbone", "depformer_causal", "lora", "lora_rank", "lora_scaling"):
+        duplex_only = ("backbone", "depformer_causal", "lora", "lora_rank", "lora_scaling", "low_precision")
+        for key in (*LOADER_KEYS, *duplex_only):
             data.pop(key, None)
         return data
 

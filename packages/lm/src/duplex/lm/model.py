@@ -27,10 +27,12 @@ from pathlib import Path
 
 import torch
 from duplex.codec.kernels import Numerics, NumericsPolicy
+from duplex.codec.kernels.weight_formats import QuantizationError, WeightFormat
 from duplex.codec.nn import Linear, make_norm
+from duplex.codec.nn.low_precision import quantize_weights
 from duplex.codec.streaming import StreamingModule, StreamingState
 from duplex.lm.conditioners import Attributes, Conditioning, ConditionProvider, Fuser
-from duplex.lm.config import LMConfig
+from duplex.lm.config import LMConfig, LowPrecisionConfig
 from duplex.lm.depformer import Depformer
 from duplex.lm.embedding import ZERO_TOKEN, StreamEmbedding
 from duplex.lm.registry import BACKBONES
@@ -166,6 +168,8 @@ class LMModel(StreamingModule[StreamingState], NumericsPolicy):
             self.condition_provider = ConditionProvider(config.conditioners or {}, dim)
             self.fuser = Fuser(config.fuser)
         self.init_weights()
+        if config.low_precision is not None:  # a quantized checkpoint: its layout, to load into
+            self._store_weights(config.low_precision)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -177,18 +181,43 @@ class LMModel(StreamingModule[StreamingState], NumericsPolicy):
         config: LMConfig | str | Path | None = None,
         fuse_lora: bool = True,
         numerics: Numerics = "fast",
+        quantize: WeightFormat | LowPrecisionConfig | None = None,
     ) -> LMModel:
         """Load a checkpoint: a directory (``config.json`` + the weights it names), a weights file
         with ``config``, or a Hugging Face repo id (resolved by
         :func:`duplex.codec.checkpoint.locate_checkpoint`). See :mod:`duplex.lm.checkpoint`.
-        ``numerics``: see the class docstring."""
-        return load_lm_weights(
-            cls, source, config=config, device=device, dtype=dtype, fuse=fuse_lora, numerics=numerics
-        )
+        ``numerics``: see the class docstring; ``quantize``: see :meth:`quantize` (done as the
+        weights are read, so the float model is never whole in memory)."""
+        return load_lm_weights(cls, source, config, device, dtype, fuse_lora, numerics, quantize=quantize)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``config.json`` and ``model.safetensors`` in the official layout."""
         save_lm(self, directory)
+
+    def quantize(
+        self, format: WeightFormat, group_size: int | None = None, keep: Sequence[str] = ()
+    ) -> LMModel:
+        """Store the matmul weights in ``format`` (in place; returns the model), docs/architecture.md §7.
+
+        ``"bf16"`` keeps them in bfloat16; ``"int8"`` quantizes them weight-only, with one float32
+        scale per output channel, or per ``group_size`` input columns. Embeddings, norms and the
+        activations keep the model's dtype; weights whose qualified names start with one of
+        ``keep`` (e.g. ``"text_linear"``, ``"linears"``) too. :meth:`save_pretrained` then writes the
+        quantized layout, which loads without the float weights."""
+        if self.is_streaming:
+            raise RuntimeError("cannot quantize while streaming; leave the streaming block first")
+        if self.config.low_precision is not None:
+            raise QuantizationError(
+                f"the model is already stored in {self.config.low_precision.format}: load its float "
+                "checkpoint to quantize it again"
+            )
+        settings = LowPrecisionConfig(format=format, group_size=group_size, keep=list(keep))
+        self._store_weights(settings)
+        self.config = self.config.model_copy(update={"low_precision": settings})
+        return self
+
+    def _store_weights(self, settings: LowPrecisionConfig) -> None:
+        quantize_weights(self, settings.format, settings.group_size, keep=settings.keeps)
 
     def init_weights(self) -> None:
         """Truncated normal (std ``1/sqrt(fan_in)``, cut at 3 std) for embeddings, text head,

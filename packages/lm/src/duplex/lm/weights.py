@@ -8,6 +8,7 @@ resolved by :func:`duplex.codec.checkpoint.locate_checkpoint`, the resolver Mimi
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,7 +22,9 @@ from duplex.codec.checkpoint import (
     read_safetensors,
     write_safetensors,
 )
-from duplex.lm.config import LMConfig
+from duplex.codec.kernels.weight_formats import SCALE_SUFFIX, quantize_int8
+from duplex.codec.nn.low_precision import set_activation_dtype
+from duplex.lm.config import LMConfig, LowPrecisionConfig
 from duplex.lm.lora import apply_lora, fuse_lora, load_lora
 from torch import nn
 
@@ -32,7 +35,9 @@ __all__ = [
     "checkpoint_lm_config",
     "load_lm_state_dict",
     "load_lm_weights",
+    "narrowing",
     "save_lm",
+    "with_low_precision",
 ]
 
 Model = TypeVar("Model", bound=nn.Module)
@@ -83,6 +88,47 @@ def check_finite(state: dict[str, torch.Tensor], source: str | Path = "the state
         )
 
 
+def narrowing(model: nn.Module, dtype: torch.dtype | None = None) -> Callable[[str, torch.Tensor], dict]:
+    """``(key, tensor) -> tensors to load``: a float weight that ``model`` stores in low precision
+    becomes its bf16 or int8 form (docs/architecture.md §7), any other floating tensor is cast to
+    ``dtype`` (where given); tensors already in the wanted form are taken as they are."""
+    stored = {key: value.dtype for key, value in model.state_dict().items()}
+    settings = model.config.low_precision
+    group_size = settings.group_size if settings is not None else None
+
+    def narrow(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        wanted = stored.get(key)
+        if not tensor.is_floating_point() or wanted is None:
+            return {key: tensor}
+        if wanted is torch.int8:
+            values, scale = quantize_int8(tensor, group_size)
+            return {key: values, key + SCALE_SUFFIX: scale}
+        if wanted is torch.bfloat16 or key.endswith(SCALE_SUFFIX):
+            return {key: tensor.to(wanted)}
+        return {key: tensor.to(dtype) if dtype is not None else tensor}
+
+    return narrow
+
+
+def _check_low_precision(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """A quantized file loads only into a model configured for it (its own ``config.json``)."""
+    stored = model.state_dict()
+    quantized = [
+        key for key, value in state.items() if key.endswith(SCALE_SUFFIX) or value.dtype is torch.int8
+    ]
+    if quantized and model.config.low_precision is None:
+        raise CheckpointError(
+            f"{source} holds int8-quantized weights (e.g. {quantized[0]!r}) but the configuration has no "
+            "low_precision entry: load it with the config.json saved beside it"
+        )
+    for key in quantized:
+        if key in stored and not key.endswith(SCALE_SUFFIX) and stored[key].dtype is not torch.int8:
+            raise CheckpointError(
+                f"{source}: {key!r} is int8 but the configuration stores it as {stored[key].dtype}: "
+                "load the file with the config.json saved beside it"
+            )
+
+
 def load_lm_state_dict(
     model: nn.Module,
     state: dict[str, torch.Tensor],
@@ -91,15 +137,45 @@ def load_lm_state_dict(
 ) -> None:
     """Strictly load ``state`` (official or reference names) into the LM ``model``, replacing its tensors.
 
-    Raises :class:`CheckpointError` listing every missing, unexpected and mis-shaped key, or naming
-    a tensor that holds NaN or Inf (``source`` names the file in the message)."""
-    state = canonical_state_dict(state)
+    Floating tensors are cast to ``dtype`` where given (tensors already in it are taken as they
+    are: no second copy); a model configured for low precision gets its weights narrowed.
+    Raises :class:`CheckpointError` listing every missing, unexpected and mis-shaped key, naming a
+    tensor that holds NaN or Inf, or a quantized file loaded into a float configuration
+    (``source`` names the file in the message)."""
+    _check_low_precision(model, state, source)
+    narrow = narrowing(model, dtype)
+    state = {
+        key: value
+        for raw_key, raw_value in canonical_state_dict(state).items()
+        for key, value in narrow(raw_key, raw_value).items()
+    }
     expected = {key: value.shape for key, value in model.state_dict().items()}
     check_state_dict(expected, state, f"the LM configuration ({_describe(model.config)})")
     check_finite(state, source)
-    # Cast to ``dtype`` where given; tensors already in it are taken as they are (no second copy).
-    state = {k: v.to(dtype) if dtype and v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
+    if model.config.low_precision is not None:
+        set_activation_dtype(model, model.dtype)
+
+
+def with_low_precision(
+    config: LMConfig, quantize: str | LowPrecisionConfig | None, source: object
+) -> LMConfig:
+    """``config`` set to store its weights as ``quantize`` asks ("bf16", "int8" or a full
+    :class:`LowPrecisionConfig`); a checkpoint saved quantized loads as it is, in that format only."""
+    if quantize is None:
+        return config
+    wanted = quantize if isinstance(quantize, LowPrecisionConfig) else LowPrecisionConfig(format=quantize)
+    saved = config.low_precision
+    if saved is not None:
+        if saved.format != wanted.format:
+            raise CheckpointError(
+                f"{source} is saved in {saved.format}; it cannot be loaded as {wanted.format}: "
+                f"quantize the float checkpoint instead (or leave --quantize out)"
+            )
+        return config
+    if config.lora:
+        raise CheckpointError(f"{source} is a LoRA checkpoint: fuse and save it before quantizing it")
+    return config.model_copy(update={"low_precision": wanted})
 
 
 def build_lm(
@@ -111,17 +187,21 @@ def build_lm(
     dtype: torch.dtype | None = None,
     fuse: bool = True,
     numerics: str = "fast",
+    quantize: str | LowPrecisionConfig | None = None,
 ) -> Model:
     """``cls(config, numerics=numerics)`` with the weights file loaded strictly (and LoRA applied),
     in eval mode.
 
     Floating weights are cast to ``dtype`` (default: as stored); with ``fuse`` the LoRA weights
-    are folded into the base weights."""
+    are folded into the base weights. ``quantize`` ("bf16" or "int8") stores the matmul weights in
+    low precision as they are read (docs/architecture.md §7)."""
     if lora_weights is not None and not config.lora:
         raise CheckpointError(f"{weights}: lora_name is set but the config has lora=false")
-    state, _ = read_safetensors(weights, device=device or "cpu")
+    config = with_low_precision(config, quantize, weights)
     with torch.device("meta"):
         model = cls(config, numerics=numerics)
+    # narrowed as read: a float file quantized at load never has all its float tensors in memory
+    state, _ = read_safetensors(weights, device=device or "cpu", transform=narrowing(model, dtype))
     load_lm_state_dict(model, state, dtype, source=weights)
     if config.model_type == "hibiki":
         # Hibiki sometimes samples EOS too early; embedding EOS like PAD makes it harmless.
@@ -145,6 +225,7 @@ def load_lm_weights(
     dtype: torch.dtype | None = None,
     fuse: bool = True,
     numerics: str = "fast",
+    quantize: str | LowPrecisionConfig | None = None,
 ) -> Model:
     """An LM of class ``cls`` from a checkpoint directory, a repo id, or a weights file with ``config``.
 
@@ -156,12 +237,14 @@ def load_lm_weights(
             raise CheckpointError(
                 f"{location.path} is a weights file: pass its config (an LMConfig or config.json path)"
             )
-        return build_lm(cls, as_lm_config(config), location.path, None, device, dtype, fuse, numerics)
+        return build_lm(
+            cls, as_lm_config(config), location.path, None, device, dtype, fuse, numerics, quantize
+        )
     config = as_lm_config(config) if config is not None else checkpoint_lm_config(location)
     weights = location.file(config.moshi_name)
     lora = location.file(config.lora_name) if config.lora_name else None
     assert weights is not None
-    return build_lm(cls, config, weights, lora, device, dtype, fuse, numerics)
+    return build_lm(cls, config, weights, lora, device, dtype, fuse, numerics, quantize)
 
 
 def save_lm(model: nn.Module, directory: str | Path) -> Path:

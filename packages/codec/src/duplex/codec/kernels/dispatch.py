@@ -8,9 +8,9 @@ Every op (:data:`OPS`) has a torch implementation and may have faster ones, regi
 * ``numerics="reference"``: every op's ``torch`` implementation, the reference's own torch ops
   in its order, so the reference's bits on any machine.
 * ``numerics="fast"``: the device's fast backend where the op has one: ``native`` (C compiled for
-  this CPU, float32) on the CPU when a C compiler is found, ``triton`` on CUDA when triton is
-  installed, ``torch`` otherwise. ``$DUPLEX_KERNELS`` (or the ``backend`` argument) names another
-  backend for the fast set, e.g. ``torch``, or a plugin's.
+  this CPU; float32 or bfloat16 activations) on the CPU when a C compiler is found, ``triton`` on
+  CUDA when triton is installed, ``torch`` otherwise. ``$DUPLEX_KERNELS`` (or the ``backend``
+  argument) names another backend for the fast set, e.g. ``torch``, or a plugin's.
 
 A model selects its set when it starts streaming or at its first batch call (see
 ``Mimi.numerics`` and ``LMModel.numerics``) and hands it to its modules
@@ -129,7 +129,7 @@ def native_usable() -> bool:
 
 def _backend_usable(backend: str, device_type: str, dtype: torch.dtype) -> bool:
     if backend == NATIVE:
-        return device_type == "cpu" and dtype == torch.float32 and native_usable()
+        return device_type == "cpu" and dtype in (torch.float32, torch.bfloat16) and native_usable()
     if backend == TRITON:
         on_device = device_type == "cuda" or (device_type == "cpu" and triton_interpreting())
         return on_device and _triton_found()

@@ -1,10 +1,12 @@
-/* One transformer layer as the C steps see it (transformer_native.c, transformer_reference_order.c):
+/* One transformer layer as the C steps see it (transformer_native.c):
  * shapes, weights and the KV ring cache, as raw pointers into tensors the caller keeps alive.
  * Mirrored field for field by the ctypes.Structure LayerSpec in transformer_native.py. */
 #ifndef DUPLEX_LAYER_H
 #define DUPLEX_LAYER_H
 
 #include <stdint.h>
+
+#include "duplex_weight.h"
 
 enum { NORM_LAYER = 0, NORM_RMS = 1 };
 enum { FF_GELU = 0, FF_SILU_GATED = 1 };
@@ -14,10 +16,10 @@ typedef struct {
     int64_t norm, feedforward;
     float norm_eps, _pad;
     const float *norm1_weight, *norm1_bias, *norm2_weight, *norm2_bias; /* biases NULL for RMS */
-    const float *in_proj;  /* [(heads + 2 kv_heads) head_dim, dim]: rows Q, K, V */
-    const float *out_proj; /* [dim, heads head_dim] */
-    const float *ff_in;    /* [hidden, dim] (gelu) or [2 hidden, dim] (gated) */
-    const float *ff_out;   /* [dim, hidden] */
+    duplex_weight in_proj;  /* [(heads + 2 kv_heads) head_dim, dim]: rows Q, K, V */
+    duplex_weight out_proj; /* [dim, heads head_dim] */
+    duplex_weight ff_in;    /* [hidden, dim] (gelu) or [2 hidden, dim] (gated) */
+    duplex_weight ff_out;   /* [dim, hidden] */
     const float *scale1, *scale2; /* layer scales [dim] or NULL */
     float *keys, *values;         /* ring cache [batch, kv_heads, capacity, head_dim] */
     int64_t *slot_positions;      /* [batch, capacity]: position held by each slot, -1 if none */

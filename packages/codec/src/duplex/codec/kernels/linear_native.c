@@ -1,4 +1,4 @@
-/* y = x @ w^T (+ bias) for a few rows of x, in float32: the matmul of streaming inference.
+/* y = x @ w^T (+ bias) for a few rows of x, accumulated in float32: the matmul of streaming inference.
  *
  * With one to a few input rows, a matmul only has to read each weight once; BLAS libraries tuned
  * for large products read it at a fraction of the memory bandwidth there. Here every block of
@@ -8,6 +8,8 @@
  * A single input row takes its own loop over blocks of ROWS_ALONE weight rows (more independent
  * accumulators, no second row to pair with).
  *
+ * The weight may be float32, bfloat16 or int8 with per-group scales (duplex_weight.h): fewer bytes
+ * to read per step, widened to float32 in registers. Each int8 group's partial sums are scaled once.
  * Each output is summed in the same order whatever the number of input rows, threads or the
  * row's position in the batch, so a row's result never depends on the other rows.
  */
@@ -16,62 +18,107 @@
 #include "duplex_team.h"
 
 #include "duplex_vec8.h"
+#include "duplex_weight.h"
 
 #define ROWS 4
 #define PAIR 2
 #define ROWS_ALONE 8
 
-static void single_row(const float* x, const float* w, const float* bias, float* y, int64_t k_count,
-                       int64_t n_begin, int64_t n_end) {
+#define INLINE static inline __attribute__((always_inline))
+
+/* The scale of a weight row's group holding column k (int8), else 1. */
+INLINE float scale_at(const duplex_weight* w, int64_t row, int64_t k, int64_t k_count, int kind) {
+    if (kind != WEIGHT_INT8) return 1.0f;
+    return w->scales[row * (k_count / w->group) + k / w->group];
+}
+
+/* Sums over [0, k8) in 8-wide lanes. Per-row scales (and none) apply once to the finished sum;
+ * per-group scales (grouped) to each group's partial sums, which then add up in acc. */
+#define GROUPED_SUMS(ACC_COUNT, ACC, BODY, ROW_OF)                                                    \
+    if (!grouped) {                                                                                \
+        for (int64_t k = 0; k < k8; k += 8) BODY(ACC);                                             \
+    } else {                                                                                       \
+        for (int64_t g = 0; g < k8; g += w->group) {                                               \
+            vec8 part[ACC_COUNT] = {{0}};                                                          \
+            for (int64_t k = g; k < g + w->group; k += 8) BODY(part);                              \
+            for (int i = 0; i < ACC_COUNT; i++) ACC[i] += part[i] * splat(scale_at(w, ROW_OF(i), g, k_count, kind)); \
+        }                                                                                          \
+    }
+
+/* The finished output of weight row `row` for input row x: lanes, tail columns, row scale, bias. */
+INLINE float finish(vec8 acc, const float* x, const char* w_row, const duplex_weight* w, int64_t row,
+                    int64_t k8, int64_t k_count, int kind, int grouped) {
+    float s = lanes_sum(acc), tail = 0;
+    for (int64_t t = k8; t < k_count; t++) tail += x[t] * weight1(w_row, t, kind) * (grouped ? scale_at(w, row, t, k_count, kind) : 1.0f);
+    return grouped ? s + tail : (s + tail) * scale_at(w, row, 0, k_count, kind);
+}
+
+INLINE void single_row(const float* x, const duplex_weight* w, const float* bias, float* y, int64_t k_count,
+                       int64_t n_begin, int64_t n_end, int kind, int grouped) {
+    const int64_t row_bytes = k_count * weight_element_size(kind), k8 = k_count / 8 * 8;
     for (int64_t n = n_begin; n < n_end; n += ROWS_ALONE) {
         int rows = n_end - n < ROWS_ALONE ? (int)(n_end - n) : ROWS_ALONE;
-        const float* wr[ROWS_ALONE];
-        for (int r = 0; r < ROWS_ALONE; r++) wr[r] = w + (n + (r < rows ? r : 0)) * k_count;
-        vec8 acc[ROWS_ALONE] = {{0}};
-        int64_t k = 0;
-        for (; k + 8 <= k_count; k += 8) {
-            vec8 a = load8(x + k);
-            for (int r = 0; r < ROWS_ALONE; r++) acc[r] += a * load8(wr[r] + k);
+        int64_t row[ROWS_ALONE];
+        const char* wr[ROWS_ALONE];
+        for (int r = 0; r < ROWS_ALONE; r++) {
+            row[r] = n + (r < rows ? r : 0);
+            wr[r] = (const char*)w->data + row[r] * row_bytes;
         }
+        vec8 acc[ROWS_ALONE] = {{0}};
+#define ROW_OF(i) row[i]
+#define BODY(A)                                                                  \
+    {                                                                            \
+        vec8 a = load8(x + k);                                                   \
+        for (int r = 0; r < ROWS_ALONE; r++) A[r] += a * weight8(wr[r], k, kind); \
+    }
+        GROUPED_SUMS(ROWS_ALONE, acc, BODY, ROW_OF)
+#undef BODY
+#undef ROW_OF
         for (int r = 0; r < rows; r++) {
-            float s = lanes_sum(acc[r]);
-            for (int64_t t = k; t < k_count; t++) s += x[t] * wr[r][t];
+            float s = finish(acc[r], x, wr[r], w, row[r], k8, k_count, kind, grouped);
             y[n + r] = bias ? s + bias[n + r] : s;
         }
     }
 }
 
-static void columns(const float* x, int64_t ldx, const float* w, const float* bias, float* y, int64_t ldy,
-                    int64_t m_count, int64_t k_count, int64_t n_begin, int64_t n_end) {
+INLINE void columns(const float* x, int64_t ldx, const duplex_weight* w, const float* bias, float* y, int64_t ldy,
+                    int64_t m_count, int64_t k_count, int64_t n_begin, int64_t n_end, int kind, int grouped) {
+    const int64_t size = weight_element_size(kind), row_bytes = k_count * size, k8 = k_count / 8 * 8;
     for (int64_t n = n_begin; n < n_end; n += ROWS) {
         int rows = n_end - n < ROWS ? (int)(n_end - n) : ROWS;
-        const float* wr[ROWS];
-        for (int r = 0; r < ROWS; r++) wr[r] = w + (n + (r < rows ? r : 0)) * k_count;
+        int64_t row[ROWS];
+        const char* wr[ROWS];
+        for (int r = 0; r < ROWS; r++) {
+            row[r] = n + (r < rows ? r : 0);
+            wr[r] = (const char*)w->data + row[r] * row_bytes;
+        }
         for (int64_t m = 0; m < m_count; m += PAIR) {
             int pair = m_count - m < PAIR ? (int)(m_count - m) : PAIR;
             const float* xr[PAIR] = {x + m * ldx, x + (m + pair - 1) * ldx};
-            vec8 acc[PAIR][ROWS] = {{{0}}};
-            int64_t k = 0;
+            /* acc[p * ROWS + r]: input row m + p times weight row n + r */
+            vec8 acc[PAIR * ROWS] = {{0}};
             /* The first pair pulls the next block into cache at the pace it reads this one: the
              * ROWS short streams of a block alone leave the hardware prefetcher behind. */
-            const char* next_block = (const char*)(w + (n + ROWS) * k_count);
+            const char* next_block = (const char*)w->data + (n + ROWS) * row_bytes;
             int prefetch = m == 0 && n + ROWS < n_end;
-            for (; k + 8 <= k_count; k += 8) {
-                if (prefetch) {
-                    __builtin_prefetch(next_block + k * ROWS * 4, 0, 3);
-                    __builtin_prefetch(next_block + k * ROWS * 4 + 64, 0, 3);
-                }
-                vec8 a = load8(xr[0] + k), b = load8(xr[1] + k);
-                for (int r = 0; r < ROWS; r++) {
-                    vec8 wv = load8(wr[r] + k);
-                    acc[0][r] += a * wv;
-                    acc[1][r] += b * wv;
-                }
-            }
+#define ROW_OF(i) row[(i) % ROWS]
+#define BODY(A)                                                                     \
+    {                                                                               \
+        if (prefetch && (k * ROWS * size) % 64 == 0) __builtin_prefetch(next_block + k * ROWS * size, 0, 3); \
+        if (prefetch && size == 4) __builtin_prefetch(next_block + k * ROWS * size + 64, 0, 3); \
+        vec8 a = load8(xr[0] + k), b = load8(xr[1] + k);                            \
+        for (int r = 0; r < ROWS; r++) {                                            \
+            vec8 wv = weight8(wr[r], k, kind);                                      \
+            A[r] += a * wv;                                                         \
+            A[ROWS + r] += b * wv;                                                  \
+        }                                                                           \
+    }
+            GROUPED_SUMS(PAIR * ROWS, acc, BODY, ROW_OF)
+#undef BODY
+#undef ROW_OF
             for (int p = 0; p < pair; p++) {
                 for (int r = 0; r < rows; r++) {
-                    float s = lanes_sum(acc[p][r]);
-                    for (int64_t t = k; t < k_count; t++) s += xr[p][t] * wr[r][t];
+                    float s = finish(acc[p * ROWS + r], xr[p], wr[r], w, row[r], k8, k_count, kind, grouped);
                     y[(m + p) * ldy + n + r] = bias ? s + bias[n + r] : s;
                 }
             }
@@ -79,8 +126,24 @@ static void columns(const float* x, int64_t ldx, const float* w, const float* bi
     }
 }
 
-void duplex_linear_f32(const float* x, int64_t ldx, const float* w, const float* bias, float* y, int64_t ldy,
-                       int64_t m_count, int64_t n_count, int64_t k_count, int threads) {
+/* One specialisation per weight format, so that the inner loops hold no branch on it. */
+#define SPECIALISE(kind, grouped, suffix)                                                                  \
+    static void single_row_##suffix(const float* x, const duplex_weight* w, const float* bias, float* y,  \
+                                    int64_t k_count, int64_t n_begin, int64_t n_end) {                    \
+        single_row(x, w, bias, y, k_count, n_begin, n_end, kind, grouped);                                \
+    }                                                                                                      \
+    static void columns_##suffix(const float* x, int64_t ldx, const duplex_weight* w, const float* bias,  \
+                                 float* y, int64_t ldy, int64_t m_count, int64_t k_count, int64_t n_begin, \
+                                 int64_t n_end) {                                                          \
+        columns(x, ldx, w, bias, y, ldy, m_count, k_count, n_begin, n_end, kind, grouped);                \
+    }
+SPECIALISE(WEIGHT_F32, 0, f32)
+SPECIALISE(WEIGHT_BF16, 0, bf16)
+SPECIALISE(WEIGHT_INT8, 0, int8_rows)
+SPECIALISE(WEIGHT_INT8, 1, int8_groups)
+
+void duplex_linear(const float* x, int64_t ldx, const duplex_weight* w, const float* bias, float* y, int64_t ldy,
+                   int64_t m_count, int64_t n_count, int64_t k_count, int threads) {
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
@@ -89,10 +152,15 @@ void duplex_linear_f32(const float* x, int64_t ldx, const float* w, const float*
         int64_t share = ((n_count + team - 1) / team + ROWS_ALONE - 1) / ROWS_ALONE * ROWS_ALONE;
         int64_t begin = t * share, end = begin + share < n_count ? begin + share : n_count;
         if (begin < end) {
-            if (m_count == 1)
-                single_row(x, w, bias, y, k_count, begin, end);
-            else
-                columns(x, ldx, w, bias, y, ldy, m_count, k_count, begin, end);
+            const int grouped = w->kind == WEIGHT_INT8 && w->group < k_count;
+#define CALL(suffix)                                                                              \
+    (m_count == 1 ? single_row_##suffix(x, w, bias, y, k_count, begin, end)                      \
+                  : columns_##suffix(x, ldx, w, bias, y, ldy, m_count, k_count, begin, end))
+            if (w->kind == WEIGHT_F32) CALL(f32);
+            else if (w->kind == WEIGHT_BF16) CALL(bf16);
+            else if (!grouped) CALL(int8_rows);
+            else CALL(int8_groups);
+#undef CALL
         }
     }
 }

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+from duplex.codec.kernels.weight_formats import dequantize
 from torch import Tensor
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+    """``F.linear``; a low-precision weight (bf16, or int8 with ``scale``) is widened to ``x``'s dtype."""
+    if weight.dtype is not x.dtype:
+        weight = dequantize(weight, scale, x.dtype)
     return F.linear(x, weight, bias)
 
 

@@ -1,7 +1,8 @@
-/* One streaming step of a pre-norm transformer, all layers in one call, float32 on the CPU.
+/* One streaming step of a pre-norm transformer, all layers in one call, float32 activations on the
+ * CPU (weights float32, bfloat16 or int8: duplex_weight.h).
  *
  * A streaming step of Mimi's or the LM's transformers works on a few rows (batch x new steps):
- * its matmuls read each weight once (duplex_linear_f32, linear_native.c) and everything between
+ * its matmuls read each weight once (duplex_linear, linear_native.c) and everything between
  * them (norms, rotary embedding, attention over the KV cache, activations, residuals) is small.
  * Done with torch ops, that small work costs tens of microseconds per op in dispatch alone, more
  * than the arithmetic; here it is plain loops over the rows.
@@ -20,10 +21,10 @@
 
 #include "duplex_vec8.h"
 
-void duplex_linear_f32(const float* x, int64_t ldx, const float* w, const float* bias, float* y, int64_t ldy,
-                       int64_t m_count, int64_t n_count, int64_t k_count, int threads);
-
 #include "duplex_layer.h"
+
+void duplex_linear(const float* x, int64_t ldx, const duplex_weight* w, const float* bias, float* y, int64_t ldy,
+                   int64_t m_count, int64_t n_count, int64_t k_count, int threads);
 
 static float dot(const float* a, const float* b, int64_t n) {
     vec8 acc = {0};
@@ -195,19 +196,19 @@ int duplex_transformer_step(const duplex_layer* layers, int64_t layer_count, flo
         const int64_t attn_width = layer->heads * dh;
 
         normalize(layer, layer->norm1_weight, layer->norm1_bias, x, normed, rows);
-        duplex_linear_f32(normed, d, layer->in_proj, NULL, wide, qkv_width, rows, qkv_width, d, threads);
+        duplex_linear(normed, d, &layer->in_proj, NULL, wide, qkv_width, rows, qkv_width, d, threads);
         if (rope_cos)
             rotate(wide, qkv_width, rows, layer->heads + layer->kv_heads, dh, rope_cos, rope_sin);
         write_cache(layer, wide, qkv_width, batch, length, positions);
         attend(layer, wide, qkv_width, narrow, batch, length, positions, used, threads);
-        duplex_linear_f32(narrow, attn_width, layer->out_proj, NULL, update, d, rows, d, attn_width, threads);
+        duplex_linear(narrow, attn_width, &layer->out_proj, NULL, update, d, rows, d, attn_width, threads);
         add_scaled(x, update, layer->scale1, rows, d);
 
         normalize(layer, layer->norm2_weight, layer->norm2_bias, x, normed, rows);
         const int64_t ff_width = (layer->feedforward == FF_GELU ? 1 : 2) * layer->hidden;
-        duplex_linear_f32(normed, d, layer->ff_in, NULL, wide, ff_width, rows, ff_width, d, threads);
+        duplex_linear(normed, d, &layer->ff_in, NULL, wide, ff_width, rows, ff_width, d, threads);
         feedforward_activation(layer, wide, narrow, rows);
-        duplex_linear_f32(narrow, layer->hidden, layer->ff_out, NULL, update, d, rows, d, layer->hidden, threads);
+        duplex_linear(narrow, layer->hidden, &layer->ff_out, NULL, update, d, rows, d, layer->hidden, threads);
         add_scaled(x, update, layer->scale2, rows, d);
     }
     free(normed);

@@ -1,5 +1,5 @@
 """The ``native`` transformer_step op: a streaming step of all a transformer's layers in one C call
-(``transformer_native.c``), float32 on the CPU.
+(``transformer_native.c``), float32 activations on the CPU, weights float32, bfloat16 or int8.
 
 :class:`LayerSpec` is the C struct ``duplex_layer``: weights, KV ring cache and shapes of one
 layer, as raw pointers into tensors the caller keeps alive. :func:`step` runs the layers over
@@ -46,10 +46,10 @@ class LayerSpec(ctypes.Structure):
         ("norm1_bias", _address),
         ("norm2_weight", _address),
         ("norm2_bias", _address),
-        ("in_proj", _address),
-        ("out_proj", _address),
-        ("ff_in", _address),
-        ("ff_out", _address),
+        ("in_proj", linear_native.WeightSpec),
+        ("out_proj", linear_native.WeightSpec),
+        ("ff_in", linear_native.WeightSpec),
+        ("ff_out", linear_native.WeightSpec),
         ("scale1", _address),
         ("scale2", _address),
         ("keys", _address),
@@ -105,12 +105,15 @@ class Unsupported(Exception):
     """The layers use something the C step does not implement."""
 
 
-def _plain_weight(module: nn.Module, name: str = "weight") -> Tensor:
+Weight = tuple[Tensor, Tensor | None]  # a matmul weight as stored, and its int8 scales
+
+
+def _plain_weight(module: nn.Module) -> Weight:
     if parametrize.is_parametrized(module):
         raise Unsupported("parametrized weights (LoRA)")
     if getattr(module, "bias", None) is not None:
         raise Unsupported("linear biases")
-    return getattr(module, name).detach()
+    return module.weight.detach(), module.weight_scale
 
 
 def _norm(norm: nn.Module) -> tuple[int, float, Tensor, Tensor | None]:
@@ -122,7 +125,7 @@ def _norm(norm: nn.Module) -> tuple[int, float, Tensor, Tensor | None]:
     raise Unsupported(f"norm {type(norm).__name__}")
 
 
-def _feedforward(layer: nn.Module, weight_set: int) -> tuple[int, Tensor, Tensor]:
+def _feedforward(layer: nn.Module, weight_set: int) -> tuple[int, Weight, Weight]:
     gating = layer.gating
     if gating is None:
         return FEEDFORWARD_GELU, _plain_weight(layer.linear1), _plain_weight(layer.linear2)
@@ -148,11 +151,21 @@ def _fill(spec: LayerSpec, layer: nn.Module, weight_set: int, keep: list[Tensor]
         raise Unsupported("parametrized weights (LoRA)")
     _plain_weight(attn.out_proj)
     state = attn.streaming_state
+    matmuls = {
+        "in_proj": attn.in_proj(weight_set), "out_proj": attn.out_proj_weight(weight_set),
+        "ff_in": ff_in, "ff_out": ff_out,
+    }  # fmt: skip
+    for name, (weight, scale) in matmuls.items():
+        weight = weight.detach()
+        if not (linear_native.covers_weight(weight, scale) and weight.is_contiguous()):
+            raise Unsupported(f"{name}: {weight.dtype} on {weight.device}")
+        if scale is not None and not scale.is_contiguous():
+            raise Unsupported(f"{name}: non-contiguous scales")
+        setattr(spec, name, linear_native.weight_spec(weight, scale))
+        keep += [weight] if scale is None else [weight, scale]
     scales = [getattr(ls, "scale", None) for ls in (layer.layer_scale_1, layer.layer_scale_2)]
     tensors = {
         "norm1_weight": w1, "norm1_bias": b1, "norm2_weight": w2, "norm2_bias": b2,
-        "in_proj": attn.in_proj(weight_set).detach(), "out_proj": attn.out_proj_weight(weight_set).detach(),
-        "ff_in": ff_in, "ff_out": ff_out,
         "scale1": None if scales[0] is None else scales[0].detach(),
         "scale2": None if scales[1] is None else scales[1].detach(),
         "keys": state.cache.keys, "values": state.cache.values, "slot_positions": state.cache.positions,
@@ -167,7 +180,7 @@ def _fill(spec: LayerSpec, layer: nn.Module, weight_set: int, keep: list[Tensor]
         setattr(spec, name, tensor.data_ptr())
         keep.append(tensor)
     spec.dim, spec.heads, spec.kv_heads = attn.embed_dim, attn.num_heads, attn.num_kv_heads
-    spec.head_dim, spec.hidden = attn.head_dim, ff_out.shape[1]
+    spec.head_dim, spec.hidden = attn.head_dim, ff_out[0].shape[1]
     spec.context = attn.context or 0
     spec.norm, spec.norm_eps, spec.feedforward = kind, eps, feedforward
     spec.capacity = state.cache.capacity

@@ -18,6 +18,7 @@ import torch
 from duplex.codec.kernels import UsesKernels
 from duplex.codec.nn.kv_cache import RingKVCache
 from duplex.codec.nn.linear import Linear
+from duplex.codec.nn.low_precision import weight_dtype
 from duplex.codec.nn.per_step import apply_per_step, weight_set_count
 from duplex.codec.nn.rope import RotaryEmbedding
 from duplex.codec.streaming import StreamingModule, StreamingState, module_device
@@ -57,6 +58,9 @@ class SharedStep:
 class StreamingMultiheadAttention(StreamingModule[AttentionState], UsesKernels):
     """Causal (optionally windowed) self-attention with RoPE, GQA and per-step weights."""
 
+    low_precision_weights = ("in_proj_weight",)
+    activation_dtype: torch.dtype | None = None
+
     def __init__(
         self,
         embed_dim: int,
@@ -92,6 +96,7 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState], UsesKernels):
         self.in_proj_weight = nn.Parameter(
             torch.empty(self.mult * self.proj_dim, embed_dim).uniform_(-bound, bound)
         )
+        self.register_buffer("in_proj_weight_scale", None)
         self.out_proj = Linear(embed_dim, self.mult * embed_dim, bias=False)
         self.register_load_state_dict_pre_hook(accept_reference_names)
 
@@ -105,19 +110,19 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState], UsesKernels):
                 "streaming attention needs a context (or weights_per_step) to size its KV cache"
             )
         weight = self.in_proj_weight
-        cache = RingKVCache(
-            batch_size, self.num_kv_heads, capacity, self.head_dim, weight.dtype, weight.device
-        )
+        dtype = weight_dtype(self, "in_proj_weight")
+        cache = RingKVCache(batch_size, self.num_kv_heads, capacity, self.head_dim, dtype, weight.device)
         offset = torch.zeros(batch_size, dtype=torch.long, device=weight.device)
         return AttentionState(batch_size=batch_size, device=module_device(self), offset=offset, cache=cache)
 
     # -- weights ----------------------------------------------------------------------------------
-    def in_proj(self, index: int) -> torch.Tensor:
-        """Fused ``[Q; K; V]`` projection of weight set ``index``: ``[D + 2 * D_kv, D]``."""
-        return self.in_proj_weight.view(self.mult, self.proj_dim, self.embed_dim)[index]
+    def in_proj(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Fused ``[Q; K; V]`` projection of weight set ``index``: ``[D + 2 * D_kv, D]``, and its
+        int8 scales (None for a float weight)."""
+        return weight_rows(self.in_proj_weight, self.in_proj_weight_scale, self.mult, index)
 
-    def out_proj_weight(self, index: int) -> torch.Tensor:
-        return self.out_proj.weight.view(self.mult, self.embed_dim, self.embed_dim)[index]
+    def out_proj_weight(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return weight_rows(self.out_proj.weight, self.out_proj.weight_scale, self.mult, index)
 
     def weight_set(self, step: int) -> int:
         """The weight set of sequence step ``step`` (per-step weights)."""
@@ -126,11 +131,16 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState], UsesKernels):
     def _project(self, x: torch.Tensor, first_step: int, out: bool) -> torch.Tensor:
         linear = self.kernels.linear
         if self.mult == 1:
-            return linear(x, self.out_proj.weight if out else self.in_proj_weight)
-        weight = self.out_proj_weight if out else self.in_proj
-        return apply_per_step(
-            lambda i, xs: linear(xs, weight(i)), x, first_step, self.weights_per_step, self.schedule
-        )
+            if out:
+                return linear(x, self.out_proj.weight, None, self.out_proj.weight_scale)
+            return linear(x, self.in_proj_weight, None, self.in_proj_weight_scale)
+        weight_set = self.out_proj_weight if out else self.in_proj
+
+        def project(index: int, xs: torch.Tensor) -> torch.Tensor:
+            weight, scale = weight_set(index)
+            return linear(xs, weight, None, scale)
+
+        return apply_per_step(project, x, first_step, self.weights_per_step, self.schedule)
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, shared: SharedStep | None = None) -> torch.Tensor:
@@ -182,6 +192,15 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState], UsesKernels):
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, kv_repeat={self.kv_repeat}, "
             f"causal={self.causal}, context={self.context}, rope={self.rope is not None}, mult={self.mult}"
         )
+
+
+def weight_rows(
+    weight: torch.Tensor, scale: torch.Tensor | None, sets: int, index: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Weight set ``index`` of ``sets`` stacked along the rows, with its scales' rows."""
+    rows = weight.shape[0] // sets
+    chosen = weight.view(sets, rows, weight.shape[1])[index]
+    return chosen, None if scale is None else scale.view(sets, rows, scale.shape[1])[index]
 
 
 def accept_reference_names(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from duplex.codec.kernels import UsesKernels
 from duplex.codec.nn.attention import accept_reference_names
 from duplex.codec.nn.linear import Linear
+from duplex.codec.nn.low_precision import weight_dtype
 from duplex.codec.streaming import StreamingModule, StreamingState, module_device
 from torch import nn
 
@@ -38,6 +39,8 @@ class CrossAttentionState(StreamingState):
 
 class CrossAttention(StreamingModule[CrossAttentionState], UsesKernels):
     mult = 1  # one weight set (the reference's per-set names load through the same hook)
+    low_precision_weights = ("in_proj_weight",)
+    activation_dtype: torch.dtype | None = None
 
     def __init__(self, embed_dim: int, num_heads: int) -> None:
         super().__init__()
@@ -48,6 +51,7 @@ class CrossAttention(StreamingModule[CrossAttentionState], UsesKernels):
         self.head_dim = embed_dim // num_heads
         bound = 1 / math.sqrt(embed_dim)
         self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim).uniform_(-bound, bound))
+        self.register_buffer("in_proj_weight_scale", None)
         self.out_proj = Linear(embed_dim, embed_dim, bias=False)
         self.register_load_state_dict_pre_hook(accept_reference_names)
 
@@ -56,7 +60,7 @@ class CrossAttention(StreamingModule[CrossAttentionState], UsesKernels):
 
     def keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``source [B, S, D]`` -> keys and values ``[B, H, S, Dh]``."""
-        projected = self.kernels.linear(source, self.in_proj_weight[self.embed_dim :])
+        projected = self.kernels.linear(source, *self.in_proj_rows(self.embed_dim, None))
         keys, values = projected.unflatten(-1, (2, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4)
         return keys, values
 
@@ -70,7 +74,7 @@ class CrossAttention(StreamingModule[CrossAttentionState], UsesKernels):
                 f"cross-attention source must have shape [B={state.batch_size}, S, {self.embed_dim}], "
                 f"got {list(source.shape)}"
             )
-        keys, values = self.keys_values(source.to(self.in_proj_weight.dtype))
+        keys, values = self.keys_values(source.to(weight_dtype(self, "in_proj_weight")))
         if state.keys is None or state.keys.shape != keys.shape:
             if state.keys is not None and slots is not None and not bool(slots.all()):
                 raise ValueError(
@@ -98,10 +102,15 @@ class CrossAttention(StreamingModule[CrossAttentionState], UsesKernels):
             raise RuntimeError(
                 "cross-attention has no source: pass one, or call set_source after entering streaming"
             )
-        queries = self.kernels.linear(x, self.in_proj_weight[: self.embed_dim])
+        queries = self.kernels.linear(x, *self.in_proj_rows(0, self.embed_dim))
         queries = queries.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
         out = F.scaled_dot_product_attention(queries, keys.to(queries.dtype), values.to(queries.dtype))
-        return self.kernels.linear(out.transpose(1, 2).flatten(2), self.out_proj.weight)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+    def in_proj_rows(self, start: int, end: int | None) -> tuple[torch.Tensor, None, torch.Tensor | None]:
+        """Rows ``start:end`` of the fused projection: the ``linear`` op's weight, bias and scale."""
+        scale = self.in_proj_weight_scale
+        return self.in_proj_weight[start:end], None, None if scale is None else scale[start:end]
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
