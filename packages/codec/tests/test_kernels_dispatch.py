@@ -70,8 +70,13 @@ def test_fast_on_cpu_float32_is_native_where_an_op_has_it_and_torch_elsewhere() 
 
 
 def test_fast_on_cpu_in_other_dtypes_is_torch() -> None:
-    for dtype in (torch.bfloat16, torch.float16, torch.float64):
+    for dtype in (torch.float16, torch.float64):
         assert set(select_kernels("fast", "cpu", dtype).backends.values()) == {"torch"}
+
+
+def test_fast_on_cpu_in_bfloat16_is_native() -> None:
+    # bf16 activations: the C ops widen rows to float32 where they apply (the few-row linear)
+    assert select_kernels("fast", "cpu", torch.bfloat16).backends == select_kernels("fast", "cpu").backends
 
 
 def test_fast_on_cuda_is_triton_where_an_op_has_it() -> None:
@@ -102,8 +107,8 @@ def test_forcing_triton_on_cpu_runs_the_interpreter_for_its_ops(monkeypatch: pyt
 def test_forcing_a_backend_that_cannot_run_there_is_refused() -> None:
     with pytest.raises(KernelBackendError, match="'native' kernels cannot run .* on cuda"):
         select_kernels("fast", "cuda", backend="native")
-    with pytest.raises(KernelBackendError, match="'native' kernels cannot run torch.bfloat16"):
-        select_kernels("fast", "cpu", torch.bfloat16, backend="native")
+    with pytest.raises(KernelBackendError, match="'native' kernels cannot run torch.float16"):
+        select_kernels("fast", "cpu", torch.float16, backend="native")
     with pytest.raises(KernelBackendError, match="'triton' kernels cannot run .* on meta"):
         select_kernels("fast", "meta", backend="triton")
     forced_torch = select_kernels("fast", "cpu", backend="torch")

@@ -78,7 +78,8 @@ def test_the_portable_build_without_avx_gives_the_same_numbers(tmp_path, monkeyp
 
 def test_the_fast_cpu_set_runs_the_kernel_for_few_float32_rows_and_torch_for_the_rest(monkeypatch) -> None:
     assert select_kernels("fast", "cpu").backends["linear"] == "native"  # a C compiler is installed here
-    assert select_kernels("fast", "cpu", torch.bfloat16).backends["linear"] == "torch"
+    assert select_kernels("fast", "cpu", torch.bfloat16).backends["linear"] == "native"
+    assert select_kernels("fast", "cpu", torch.float16).backends["linear"] == "torch"
     assert select_kernels("fast", "cuda").backends["linear"] == "torch"  # cuBLAS is fine there
     assert select_kernels("reference", "cpu").backends["linear"] == "torch"
     generator = torch.Generator().manual_seed(3)

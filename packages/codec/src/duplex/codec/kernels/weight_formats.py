@@ -42,15 +42,25 @@ def check_group_size(in_features: int, group_size: int | None, name: str = "weig
     return group_size
 
 
-def quantize_int8(weight: Tensor, group_size: int | None = None) -> tuple[Tensor, Tensor]:
-    """``weight [N, K]`` -> int8 ``values [N, K]`` and float32 ``scale [N, K / group]``."""
+def quantize_int8(
+    weight: Tensor, group_size: int | None = None, chunk: int = 1 << 20
+) -> tuple[Tensor, Tensor]:
+    """``weight [N, K]`` -> int8 ``values [N, K]`` and float32 ``scale [N, K / group]``, a block
+    of about ``chunk`` elements at a time (the float32 work copies stay small: a large weight
+    is quantized as it is loaded)."""
     rows, columns = weight.shape
     group = check_group_size(columns, group_size)
-    grouped = weight.detach().to(torch.float32).reshape(rows, columns // group, group)
-    scale = grouped.abs().amax(dim=-1) / INT8_MAX
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    values = torch.round(grouped / safe[..., None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
-    return values.reshape(rows, columns), scale
+    values = torch.empty(rows, columns, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(rows, columns // group, dtype=torch.float32, device=weight.device)
+    step = max(1, chunk // max(columns, 1))
+    for start in range(0, rows, step):
+        block = weight[start : start + step].detach().to(torch.float32, copy=True).unflatten(1, (-1, group))
+        block_scale = block.abs().amax(dim=-1) / INT8_MAX
+        safe = torch.where(block_scale > 0, block_scale, torch.ones_like(block_scale))
+        quantized = block.div_(safe[..., None]).round_().clamp_(-INT8_MAX, INT8_MAX)
+        values[start : start + step] = quantized.flatten(1)
+        scale[start : start + step] = block_scale
+    return values, scale
 
 
 def dequantize(weight: Tensor, scale: Tensor | None, dtype: torch.dtype) -> Tensor:
