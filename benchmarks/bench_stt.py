@@ -5,6 +5,8 @@ and how many real-time streams this CPU sustains.
     uv run python benchmarks/bench_stt.py --dtype bfloat16 --steps 5 --warmup 2
     uv run python benchmarks/bench_stt.py --batch 1 --no-streams   # the comparison only
     uv run python benchmarks/bench_stt.py --smoke                  # tiny-stt: checks the script
+    uv run python benchmarks/bench_stt.py --quantize int8 --streams-dim 2048 --streams-layers 16 \
+        --streams-heads 16                                         # int8 weights, the full stt-1b
 
 Part 1, "LM step": the ``stt-1b`` preset (Kyutai's stt-1b-en_fr structure: dim 2048, 16 layers,
 16 heads, 32 audio codebooks read, no depformer, 4 extra semantic-VAD heads, 8000 text tokens)
@@ -23,6 +25,9 @@ weights, 32 codebooks: its codes are all 0, which costs the same) streaming-enco
 frame per row before each step, as ``duplex.lm.transcriber.Transcriber`` does. Batch sizes grow
 until a step takes longer than ``--budget-ms`` (80 ms: one frame of audio); the largest batch under
 it is the number of streams this CPU transcribes in real time.
+
+``--quantize bf16|int8`` stores duplex's matmul weights in low precision (``LMModel.quantize``,
+docs/architecture.md §7) in both parts; the reference keeps the float weights.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ def count(parameters) -> str:
     return f"{n / 1e6:.1f}M" if n >= 100_000 else f"{n / 1e3:.1f}k"
 
 
-def build(config: LMConfig, dtype: torch.dtype, with_reference: bool):
+def build(config: LMConfig, dtype: torch.dtype, with_reference: bool, quantize: str | None = None):
     torch.manual_seed(0)
     model = LMModel(config).eval().to(dtype)
     reference = None
@@ -58,6 +63,8 @@ def build(config: LMConfig, dtype: torch.dtype, with_reference: bool):
             reference = get_moshi_lm(None, lm_kwargs=config.lm_kwargs(), device="meta", dtype=dtype)
             reference.load_state_dict(model.state_dict(), strict=True, assign=True)
             reference.eval()
+    if quantize is not None:
+        model.quantize(quantize)
     return model, reference
 
 
@@ -88,9 +95,10 @@ def bench_lm(
     warmup: int,
     rounds: int,
     with_reference: bool,
+    quantize: str | None = None,
 ) -> None:
     start = time.perf_counter()
-    model, reference = build(config, dtype, with_reference)
+    model, reference = build(config, dtype, with_reference, quantize)
     print(
         f"LM step: {count(model.parameters())} parameters (dim {config.dim}, {config.num_layers} layers, "
         f"{config.n_q} codebooks in), {str(dtype).removeprefix('torch.')}, "
@@ -119,7 +127,13 @@ def bench_lm(
 
 
 def bench_streams(
-    config: LMConfig, mimi_preset: str, batches: list[int], steps: int, warmup: int, budget_ms: float
+    config: LMConfig,
+    mimi_preset: str,
+    batches: list[int],
+    steps: int,
+    warmup: int,
+    budget_ms: float,
+    quantize: str | None = None,
 ) -> None:
     from duplex.codec import Mimi, MimiConfig
 
@@ -127,11 +141,15 @@ def bench_streams(
     mimi = Mimi(MimiConfig.from_preset(mimi_preset)).eval()
     mimi.set_num_codebooks(config.num_user_codebooks)
     model = LMModel(config).eval()
+    parameters = count(model.parameters())
+    if quantize is not None:
+        model.quantize(quantize)
     print(
         f"\nReal-time streams: STT LM dim {config.dim}, {config.num_layers} layers, {config.num_heads} "
-        f"heads ({count(model.parameters())} parameters, {config.n_q} codebooks x {config.card} bins) + Mimi "
+        f"heads ({parameters} parameters, {config.n_q} codebooks x {config.card} bins) + Mimi "
         f"{mimi_preset!r} ({count(mimi.parameters())} parameters, {mimi.num_codebooks} codebooks), "
-        f"float32, {torch.get_num_threads()} threads, {warmup} warm-up + {steps} timed steps; "
+        f"float32, weights {quantize or 'float32'}, {torch.get_num_threads()} threads, "
+        f"{warmup} warm-up + {steps} timed steps; "
         f"budget {budget_ms:.0f} ms per step"
     )
     rows = []
@@ -191,6 +209,9 @@ def main() -> None:
     parser.add_argument("--streams-steps", type=int, default=20)
     parser.add_argument("--budget-ms", type=float, default=80.0)
     parser.add_argument("--smoke", action="store_true", help="tiny-stt and the tiny Mimi, few steps")
+    parser.add_argument(
+        "--quantize", choices=["bf16", "int8"], help="duplex's matmul weights in low precision"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -211,9 +232,17 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()[0]:.2f} (a busy machine slows both implementations)")
     with torch.no_grad():
         if not args.no_lm:
-            bench_lm(config, dtype, batches, steps, warmup, rounds, not args.no_reference)
+            bench_lm(config, dtype, batches, steps, warmup, rounds, not args.no_reference, args.quantize)
         if not args.no_streams:
-            bench_streams(streams_config, mimi_preset, streams_batches, streams_steps, warmup, args.budget_ms)
+            bench_streams(
+                streams_config,
+                mimi_preset,
+                streams_batches,
+                streams_steps,
+                warmup,
+                args.budget_ms,
+                args.quantize,
+            )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
