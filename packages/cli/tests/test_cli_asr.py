@@ -71,3 +71,14 @@ def test_srt_cues_are_numbered_and_timed(stt, speech):
     for number, block in enumerate(blocks, 1):
         index, timing, text = block.split("\n")
         assert int(index) == number and " --> " in timing and text
+
+
+def test_int8_weights_transcribe_as_the_int8_transcriber(stt, speech, built_lms):
+    result = runner.invoke(
+        app, ["asr", str(speech[0]), "-c", str(stt), "--quantize", "int8", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    (model,) = built_lms  # the flag reached the loader
+    assert model.config.low_precision.format == "int8"
+    words = Transcriber.from_checkpoint(stt, quantize="int8").transcribe([load_mono(speech[0], 24_000)])[0]
+    assert words and result.stdout == " ".join(w.text for w in words) + "\n"

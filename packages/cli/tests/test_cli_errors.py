@@ -65,6 +65,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     paths["list_config"] = copy("list_config", demo)
     (paths["list_config"] / "mimi_config.json").write_text("[1, 2]")
     paths["bad_json"] = copy("bad_json", demo)
+    paths["int8_saved"] = copy("int8_saved", demo)  # a config saved quantized (weights never read)
+    saved = json.loads((demo / "config.json").read_text()) | {"low_precision": {"format": "int8"}}
+    (paths["int8_saved"] / "config.json").write_text(json.dumps(saved))
     (paths["bad_json"] / "config.json").write_text('{"dim": ')
     paths["truncated_lm"] = copy("truncated_lm", demo)
     lm = (demo / "model.safetensors").read_bytes()
@@ -165,6 +168,12 @@ MISTAKES = [
         "mimi_config.json must hold a JSON object",
     ),
     (["run", "--dtype", "float8", "{wav}"], 2, "--dtype must be one of"),
+    (["run", "--quantize", "int4", "{wav}"], 2, "'--quantize': must be one of none, bf16, int8, got 'int4'"),
+    (
+        ["run", "--checkpoint", "{int8_saved}", "--quantize", "bf16", "{wav}", "{root}/r.wav"],
+        1,
+        "is saved in int8; it cannot be loaded as bf16",
+    ),
     # duplex asr: the inputs are read before the model loads
     (["asr", "{root}/missing.wav", "-c", "{demo}"], 1, "missing.wav"),
     (
@@ -173,12 +182,14 @@ MISTAKES = [
         "a 'moshi' checkpoint, not speech recognition (model_type 'stt'); use `duplex run`",
     ),
     (["asr", "{wav}", "-c", "{demo}", "--format", "doc"], 2, "must be one of txt, json, srt"),
+    (["asr", "{wav}", "-c", "{demo}", "--quantize", "fp8"], 2, "must be one of none, bf16, int8"),
     (["asr", "{wav}", "{wav}", "-c", "{demo}", "-o", "{text}"], 2, "with 2 inputs, give a folder"),
     # duplex tts: text and options are checked before the model loads
     (["tts", "hello", "{root}/t.wav", "-c", "{demo}"], 1, "a 'moshi' checkpoint, not text-to-speech"),
     (["tts", "{root}/none.txt", "{root}/t.wav", "-c", "{demo}"], 1, "text file {root}/none.txt does not"),
     (["tts", "hello", "{root}/t.wav", "--temperature", "-1"], 2, "Invalid value for '--temperature'"),
     (["tts", "hello", "{root}/t.wav", "--cfg", "0"], 2, "Invalid value for '--cfg'"),
+    (["tts", "hello", "{root}/t.wav", "--quantize", "int4"], 2, "Invalid value for '--quantize'"),
     # duplex translate
     (["translate", "{root}/missing.wav", "-c", "{demo}"], 1, "missing.wav"),
     (
@@ -187,9 +198,11 @@ MISTAKES = [
         "a 'moshi' checkpoint, not speech translation",
     ),
     (["translate", "{wav}", "{root}/t.wav", "--cfg", "-2"], 2, "Invalid value for '--cfg'"),
+    (["translate", "{wav}", "{root}/t.wav", "--quantize", "INT8"], 2, "Invalid value for '--quantize'"),
     # duplex serve and client
     (["serve", "--port", "{busy_port}"], 1, "port {busy_port} on 127.0.0.1 is already in use"),
     (["serve", "--port", "http"], 2, "Invalid value for '--port'"),
+    (["serve", "--port", "0", "--quantize", "int4"], 2, "must be one of none, bf16, int8, got 'int4'"),
     (
         ["client", "--url", "http://127.0.0.1:8998/", "--input", "{wav}"],
         2,

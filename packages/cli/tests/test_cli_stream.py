@@ -62,6 +62,18 @@ def test_run_without_arguments_uses_the_bundled_demo_and_example(tmp_path, monke
     assert ": kept up" in verdict or "slower than real time, a live call would fall behind" in verdict
 
 
+def test_run_with_int8_weights_writes_the_reply(checkpoint, speech_wav, tmp_path, built_lms):
+    out = tmp_path / "reply.wav"
+    args = ["run", "--checkpoint", str(checkpoint), "--quantize", "int8", "--greedy", "--no-progress"]
+    result = CliRunner().invoke(app, [*args, str(speech_wav), str(out)])
+    assert result.exit_code == 0, result.output
+    (model,) = built_lms  # the flag reached the loader
+    assert model.config.low_precision.format == "int8"
+    reply, rate = soundfile.read(out)
+    assert rate == 24_000 and len(reply) > 0 and np.isfinite(reply).all()
+    assert json.loads(out.with_suffix(".json").read_text())["sample_rate"] == 24_000
+
+
 def test_run_names_a_missing_input(checkpoint, tmp_path):
     result = CliRunner().invoke(app, ["run", "--checkpoint", str(checkpoint), str(tmp_path / "nope.wav")])
     assert result.exit_code == 1 and "not found" in result.output

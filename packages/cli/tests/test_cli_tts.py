@@ -64,3 +64,17 @@ def test_a_failed_synthesis_writes_nothing(tts, tmp_path):
     )
     assert result.exit_code == 1 and "voice file" in result.output
     assert not list(tmp_path.iterdir())
+
+
+def test_bf16_weights_speak(tts, tmp_path, built_lms):
+    out = tmp_path / "speech.wav"
+    result = runner.invoke(
+        app, ["tts", "Hello there.", str(out), "-c", str(tts), "-v", "bob", "--quantize", "bf16"]
+    )
+    assert result.exit_code == 0, result.output
+    (model,) = built_lms  # the flag reached the loader
+    assert model.config.low_precision.format == "bf16"
+    audio, rate = soundfile.read(str(out), dtype="float32")
+    assert rate == 24_000 and len(audio) > 0 and np.isfinite(audio).all()
+    words = json.loads(out.with_suffix(".json").read_text())["words"]
+    assert [w["text"] for w in words] == ["Hello", "there."]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 from duplex.cli.errors import RuntimeProblem, usage_error
+from duplex.cli.options import QUANTIZE_HELP, quantize_option
 
 DEFAULT_CHECKPOINT = "kyutai/stt-1b-en_fr"
 FORMATS = ("txt", "json", "srt")
@@ -33,6 +34,7 @@ def asr(
     ),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Files transcribed at once."),
     device: str = typer.Option("cpu", help="torch device."),
+    quantize: str = typer.Option("none", help=QUANTIZE_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     from duplex.lm.transcriber import Transcriber
@@ -43,10 +45,11 @@ def asr(
         raise usage_error(f"must be one of {', '.join(FORMATS)}, got {output_format!r}", "--format")
     if output is not None and len(inputs) > 1 and output.exists() and not output.is_dir():
         raise usage_error(f"{output} is a file; with {len(inputs)} inputs, give a folder", "--output")
+    weights = quantize_option(quantize)
     try:
         # The inputs first: a mistake there is found in a second, not after loading the model.
         audios = [load_mono(path, 24_000) for path in inputs]
-        transcriber = Transcriber.from_checkpoint(checkpoint, device=device)
+        transcriber = Transcriber.from_checkpoint(checkpoint, device=device, quantize=weights)
         if transcriber.sample_rate != 24_000:
             audios = [load_mono(path, transcriber.sample_rate) for path in inputs]
     except (FileNotFoundError, ValueError, RuntimeError) as error:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from duplex.cli.errors import RuntimeProblem
+from duplex.cli.options import QUANTIZE_HELP, quantize_option
 
 SAMPLE_RATE = 24_000  # Mimi's rate: the input is read (and checked) at it before the model loads
 _DTYPES = ("stored", "float32", "bfloat16", "float16")
@@ -36,6 +37,7 @@ def run(
     dtype: str = typer.Option(
         "stored", help="LM dtype: stored (as in the checkpoint), float32, bfloat16, float16."
     ),
+    quantize: str = typer.Option("none", help=QUANTIZE_HELP),
     greedy: bool = typer.Option(False, help="Greedy decoding instead of sampling."),
     seed: int = typer.Option(42424242, help="Sampling seed."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -47,12 +49,17 @@ def run(
     from tqdm import tqdm
 
     torch_dtype = _dtype(dtype)
+    weights = quantize_option(quantize)
     try:
         # The input first: a mistake there is found in a second, not after loading the model.
         input_wav = input_wav if input_wav is not None else _example_wav()
         pcm = load_mono(input_wav, SAMPLE_RATE)
         pipeline = MoshiPipeline.from_checkpoint(
-            checkpoint, device=device, dtype=torch_dtype, **({"use_sampling": False} if greedy else {})
+            checkpoint,
+            device=device,
+            dtype=torch_dtype,
+            quantize=weights,
+            **({"use_sampling": False} if greedy else {}),
         )
         if pipeline.sample_rate != SAMPLE_RATE:
             pcm = load_mono(input_wav, pipeline.sample_rate)

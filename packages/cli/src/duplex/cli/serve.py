@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import typer
+from duplex.cli.options import QUANTIZE_HELP, quantize_option
 
 _DTYPES = ("stored", "float32", "bfloat16", "float16")
 
@@ -69,6 +70,7 @@ def serve(
     dtype: str = typer.Option(
         "stored", help="LM dtype: stored (as in the checkpoint), float32, bfloat16, float16."
     ),
+    quantize: str = typer.Option("none", help=QUANTIZE_HELP),
     greedy: bool = typer.Option(False, help="Greedy decoding instead of sampling."),
     log_level: str = typer.Option("info", help="Logging level."),
 ) -> None:
@@ -76,6 +78,7 @@ def serve(
     from duplex.stream.server import DuplexServer, ServerConfig, serve_forever
     from duplex.stream.serving import load_pipeline
 
+    torch_dtype, weights = _dtype(dtype), quantize_option(quantize)
     config = _server_config(
         ServerConfig,
         host=host,
@@ -94,7 +97,11 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         pipeline = load_pipeline(
-            checkpoint, device=device, dtype=_dtype(dtype), **({"use_sampling": False} if greedy else {})
+            checkpoint,
+            device=device,
+            dtype=torch_dtype,
+            quantize=weights,
+            **({"use_sampling": False} if greedy else {}),
         )
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         typer.echo(f"error: {error}", err=True)

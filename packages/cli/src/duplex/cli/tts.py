@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 from duplex.cli.errors import RuntimeProblem, usage_error
+from duplex.cli.options import QUANTIZE_HELP, quantize_option
 
 DEFAULT_CHECKPOINT = "kyutai/tts-1.6b-en_fr"
 
@@ -49,6 +50,7 @@ def tts(
     temperature: float = typer.Option(0.6, "--temperature", "-t", help="Sampling temperature (0: greedy)."),
     seed: int = typer.Option(42, "--seed", help="Sampling seed."),
     device: str = typer.Option("cpu", help="torch device."),
+    quantize: str = typer.Option("none", help=QUANTIZE_HELP),
 ) -> None:
     from duplex.lm.synthesizer import Synthesizer
     from duplex.stream.audio import save_wav
@@ -57,9 +59,10 @@ def tts(
         raise usage_error(f"must be in [0, 5], got {temperature}", "--temperature")
     if not 0.0 < cfg <= 10.0:
         raise usage_error(f"must be in (0, 10], got {cfg}", "--cfg")
+    weights = quantize_option(quantize)
     try:
         script = read_text(text)
-        synth = Synthesizer.from_checkpoint(checkpoint, device=device, voice_dirs=voice_dir)
+        synth = Synthesizer.from_checkpoint(checkpoint, device=device, voice_dirs=voice_dir, quantize=weights)
         voices = voice or _default_voice(synth)
         entries = synth.entries(script)
         conditions = synth.conditions(voices, cfg)

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from duplex.codec.kernels import Numerics
+from duplex.codec.kernels.weight_formats import WeightFormat
 from duplex.codec.mimi import Mimi
 from duplex.lm.conditioners import Attributes, LUTConditioner
 from duplex.lm.config import check_model_type
@@ -109,11 +110,15 @@ class Synthesizer:
         dtype: torch.dtype | None = None,
         numerics: Numerics = "fast",
         voice_dirs: Sequence[str | Path] = (),
+        quantize: WeightFormat | None = None,
     ) -> Synthesizer:
-        """Load a TTS checkpoint; voices are looked up in ``voice_dirs`` and its ``voices/`` folder."""
+        """Load a TTS checkpoint; voices are looked up in ``voice_dirs`` and its ``voices/`` folder.
+
+        ``quantize`` (``"bf16"`` or ``"int8"``) stores the LM's matmul weights in low precision.
+        """
         from duplex.lm.checkpoint import load_models
 
-        mimi, lm, tokenizer, bundle = load_models(source, "tts", device, dtype, numerics)
+        mimi, lm, tokenizer, bundle = load_models(source, "tts", device, dtype, numerics, quantize=quantize)
         return cls(mimi, lm, tokenizer, [*voice_dirs, bundle.lm_weights.parent / "voices"])
 
     # -- inputs ---------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from duplex.codec.kernels import Numerics
+from duplex.codec.kernels.weight_formats import WeightFormat
 from duplex.codec.mimi import Mimi
 from duplex.lm.config import check_model_type
 from duplex.lm.generate import LMGen
@@ -108,11 +109,15 @@ class Transcriber:
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
         numerics: Numerics = "fast",
+        quantize: WeightFormat | None = None,
     ) -> Transcriber:
-        """Load an STT checkpoint (directory or Hugging Face repo, see ``load_checkpoint``)."""
+        """Load an STT checkpoint (directory or Hugging Face repo, see ``load_checkpoint``).
+
+        ``quantize`` (``"bf16"`` or ``"int8"``) stores the LM's matmul weights in low precision.
+        """
         from duplex.lm.checkpoint import load_models
 
-        mimi, lm, tokenizer, _ = load_models(source, "stt", device, dtype, numerics)
+        mimi, lm, tokenizer, _ = load_models(source, "stt", device, dtype, numerics, quantize=quantize)
         return cls(mimi, lm, tokenizer)
 
     def steps_for(self, samples: int) -> int:

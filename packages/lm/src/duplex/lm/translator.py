@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from duplex.codec.kernels import Numerics
+from duplex.codec.kernels.weight_formats import WeightFormat
 from duplex.codec.mimi import Mimi
 from duplex.lm.config import check_model_type
 from duplex.lm.generate import LMGen
@@ -73,11 +74,13 @@ class Translator:
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
         numerics: Numerics = "fast",
+        quantize: WeightFormat | None = None,
         **options,
     ) -> Translator:
+        """Load a Hibiki checkpoint; ``quantize`` (``"bf16"``/``"int8"``) narrows the LM's matmul weights."""
         from duplex.lm.checkpoint import load_models
 
-        mimi, lm, tokenizer, _ = load_models(source, "hibiki", device, dtype, numerics)
+        mimi, lm, tokenizer, _ = load_models(source, "hibiki", device, dtype, numerics, quantize=quantize)
         return cls(mimi, lm, tokenizer, **options)
 
     @torch.no_grad()

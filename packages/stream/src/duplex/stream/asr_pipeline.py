@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from duplex.codec.kernels.weight_formats import WeightFormat
 from duplex.lm.transcriber import Transcriber
 from duplex.stream import kyutai
 from duplex.stream.pipeline import StepOutput
@@ -35,9 +36,13 @@ class AsrPipeline:
 
     @classmethod
     def from_checkpoint(
-        cls, source: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+        cls,
+        source: str | Path,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        quantize: WeightFormat | None = None,
     ) -> AsrPipeline:
-        return cls(Transcriber.from_checkpoint(source, device=device, dtype=dtype))
+        return cls(Transcriber.from_checkpoint(source, device=device, dtype=dtype, quantize=quantize))
 
     def start(self, batch_size: int) -> None:
         if self._contexts is not None:

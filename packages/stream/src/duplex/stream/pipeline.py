@@ -24,6 +24,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from duplex.codec.kernels.weight_formats import WeightFormat
 from duplex.codec.streaming import module_device
 from duplex.stream.slots import SamplingParams
 
@@ -89,11 +90,13 @@ class MoshiPipeline:
         source: str | Path | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
+        quantize: WeightFormat | None = None,
         **sampling,
     ) -> MoshiPipeline:
         """Load anything ``duplex.lm.checkpoint.load_checkpoint`` accepts (None: the tiny demo).
 
-        ``dtype`` casts the LM (default: as stored; Mimi stays float32). ``sampling`` overrides the
+        ``dtype`` casts the LM (default: as stored; Mimi stays float32). ``quantize`` (``"bf16"`` or
+        ``"int8"``) stores the LM's matmul weights in low precision. ``sampling`` overrides the
         checkpoint's ``lm_gen_config`` (``use_sampling``, ``temp``, ``temp_text``, ``top_k``,
         ``top_k_text``).
         """
@@ -107,7 +110,7 @@ class MoshiPipeline:
             source = default_checkpoint()
         bundle = load_checkpoint(source)
         check_model_type(bundle.config, "moshi", source)
-        lm_gen = LMGen.from_config(bundle.lm(device=device, dtype=dtype), **sampling)
+        lm_gen = LMGen.from_config(bundle.lm(device=device, dtype=dtype, quantize=quantize), **sampling)
         return cls(bundle.mimi(device=device), lm_gen, bundle.text_tokenizer())
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from duplex.codec.kernels.weight_formats import WeightFormat
 from duplex.lm.conditioners import Attributes
 from duplex.lm.synthesizer import SpeechBatch, Synthesizer
 from duplex.lm.words import Word
@@ -69,11 +70,13 @@ class TtsPipeline:
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
         voice_dirs: tuple[Path, ...] = (),
+        quantize: WeightFormat | None = None,
         **options,
     ) -> TtsPipeline:
-        return cls(
-            Synthesizer.from_checkpoint(source, device=device, dtype=dtype, voice_dirs=voice_dirs), **options
+        synth = Synthesizer.from_checkpoint(
+            source, device=device, dtype=dtype, voice_dirs=voice_dirs, quantize=quantize
         )
+        return cls(synth, **options)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self, batch_size: int) -> None:
