@@ -113,10 +113,13 @@ DEPFORMER_LIKE = dict(
 )  # fmt: skip
 
 
-def transformer(config: dict, fmt: str, group: int | None, numerics: str) -> StreamingTransformer:
+def transformer(
+    config: dict, fmt: str | None, group: int | None, numerics: str, dtype: torch.dtype = torch.float32
+) -> StreamingTransformer:
     torch.manual_seed(0)
-    model = StreamingTransformer(TransformerConfig(**config)).eval()
-    quantize_weights(model, fmt, group)
+    model = StreamingTransformer(TransformerConfig(**config)).eval().to(dtype)
+    if fmt is not None:
+        quantize_weights(model, fmt, group)
     use_kernels(model, select_kernels(numerics, "cpu"))
     return model
 
@@ -143,6 +146,31 @@ def test_the_c_step_with_low_precision_weights_equals_torch_layer_by_layer(
         )
     assert len(calls) == 4  # every step of the fast model ran in C, with the narrow weights
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("fmt", [None, "int8"])
+def test_a_bfloat16_model_steps_in_c_with_its_bfloat16_cache(fmt, monkeypatch) -> None:
+    """bf16 activations are widened to float32 within the C step (the KV cache stays bf16): at
+    least as close to float32 as torch's bf16 layers, which round after every op."""
+    from duplex.codec.kernels import transformer_native
+
+    calls: list[int] = []
+    step = transformer_native.step
+    monkeypatch.setattr(transformer_native, "step", lambda *a: calls.append(1) or step(*a))
+    x = torch.randn(2, 6, LM_LIKE["d_model"])
+    outputs = {}
+    for name, numerics, dtype in (("float32", "reference", torch.float32), ("c", "fast", torch.bfloat16),
+                                  ("torch", "reference", torch.bfloat16)):  # fmt: skip
+        model = transformer(LM_LIKE, fmt, None, numerics, dtype)
+        with model.streaming(2):
+            steps = [model(x[:, t : t + 1].to(dtype)) for t in range(6)]
+            assert model.layers[0].self_attn.streaming_state.cache.keys.dtype is dtype
+        outputs[name] = torch.cat(steps, dim=1)
+    assert len(calls) == 6 and outputs["c"].dtype is torch.bfloat16
+    error = {name: float((outputs[name].float() - outputs["float32"]).norm()) for name in ("c", "torch")}
+    assert error["c"] <= error["torch"] * 1.2, error
+    torch.testing.assert_close(outputs["c"].float(), outputs["torch"].float(), rtol=5e-2, atol=5e-2)
 
 
 def test_quantizing_twice_or_a_lora_weight_is_refused() -> None:

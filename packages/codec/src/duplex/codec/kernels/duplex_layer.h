@@ -21,10 +21,11 @@ typedef struct {
     duplex_weight ff_in;    /* [hidden, dim] (gelu) or [2 hidden, dim] (gated) */
     duplex_weight ff_out;   /* [dim, hidden] */
     const float *scale1, *scale2; /* layer scales [dim] or NULL */
-    float *keys, *values;         /* ring cache [batch, kv_heads, capacity, head_dim] */
+    void *keys, *values;          /* ring cache [batch, kv_heads, capacity, head_dim], cache_kind */
     int64_t *slot_positions;      /* [batch, capacity]: position held by each slot, -1 if none */
     int64_t *offsets;             /* [batch]: steps seen by each item, advanced by length; or NULL */
     int64_t capacity;
+    int64_t cache_kind; /* WEIGHT_F32 or WEIGHT_BF16: how keys and values are stored */
 } duplex_layer;
 
 #endif

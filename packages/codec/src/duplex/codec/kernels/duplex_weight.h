@@ -63,4 +63,13 @@ static inline __attribute__((always_inline)) float weight1(const char* row, int6
     return (float)((const int8_t*)row)[k];
 }
 
+/* float32 -> bfloat16, rounding to nearest even (as torch does); NaN stays NaN. */
+static inline uint16_t to_bf16(float v) {
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40);
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
 #endif

@@ -26,13 +26,27 @@
 void duplex_linear(const float* x, int64_t ldx, const duplex_weight* w, const float* bias, float* y, int64_t ldy,
                    int64_t m_count, int64_t n_count, int64_t k_count, int threads);
 
-static float dot(const float* a, const float* b, int64_t n) {
+/* a . b, with b a cached key stored as `kind` (float32 or bfloat16) */
+static float dot(const float* a, const void* b, int64_t n, int kind) {
     vec8 acc = {0};
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) acc += load8(a + i) * load8(b + i);
+    if (kind == WEIGHT_F32)
+        for (; i + 8 <= n; i += 8) acc += load8(a + i) * load8((const float*)b + i);
+    else
+        for (; i + 8 <= n; i += 8) acc += load8(a + i) * weight8((const char*)b, i, WEIGHT_BF16);
     float s = lanes_sum(acc);
-    for (; i < n; i++) s += a[i] * b[i];
+    for (; i < n; i++) s += a[i] * weight1((const char*)b, i, kind);
     return s;
+}
+
+/* n cache values from float32 `from` into the cache's storage at element `at` */
+static void store(void* cache, int64_t at, const float* from, int64_t n, int kind) {
+    if (kind == WEIGHT_F32) {
+        memcpy((float*)cache + at, from, n * sizeof(float));
+        return;
+    }
+    uint16_t* to = (uint16_t*)cache + at;
+    for (int64_t i = 0; i < n; i++) to[i] = to_bf16(from[i]);
 }
 
 static void normalize(const duplex_layer* layer, const float* weight, const float* bias, const float* x,
@@ -86,8 +100,8 @@ static void write_cache(const duplex_layer* layer, const float* qkv, int64_t wid
             const float* row = qkv + (b * length + t) * width;
             for (int64_t h = 0; h < kvh; h++) {
                 int64_t at = ((b * kvh + h) * cap + slot) * dh;
-                memcpy(layer->keys + at, row + k_offset + h * dh, dh * sizeof(float));
-                memcpy(layer->values + at, row + v_offset + h * dh, dh * sizeof(float));
+                store(layer->keys, at, row + k_offset + h * dh, dh, layer->cache_kind);
+                store(layer->values, at, row + v_offset + h * dh, dh, layer->cache_kind);
             }
             layer->slot_positions[b * cap + slot] = position;
         }
@@ -113,8 +127,10 @@ static void attend(const duplex_layer* layer, const float* qkv, int64_t width, f
 #endif
         for (int64_t task = 0; task < tasks; task++) {
             const int64_t b = task / heads, h = task % heads, kv = h / group;
-            const float* keys = layer->keys + (b * kvh + kv) * cap * dh;
-            const float* values = layer->values + (b * kvh + kv) * cap * dh;
+            const int kind = (int)layer->cache_kind;
+            const int64_t size = weight_element_size(kind), head = (b * kvh + kv) * cap * dh;
+            const char* keys = (const char*)layer->keys + head * size;
+            const char* values = (const char*)layer->values + head * size;
             const int64_t* slots = layer->slot_positions + b * cap;
             for (int64_t t = 0; t < length; t++) {
                 const int64_t row = b * length + t, position = positions[row];
@@ -124,7 +140,7 @@ static void attend(const duplex_layer* layer, const float* qkv, int64_t width, f
                     const int64_t key = slots[s];
                     const int visible =
                         key >= 0 && key <= position && (context <= 0 || position - key < context);
-                    scores[s] = visible ? dot(q, keys + s * dh, dh) * scale : -INFINITY;
+                    scores[s] = visible ? dot(q, keys + s * dh * size, dh, kind) * scale : -INFINITY;
                     if (scores[s] > best) best = scores[s];
                 }
                 float* o = out + row * heads * dh + h * dh;
@@ -139,8 +155,11 @@ static void attend(const duplex_layer* layer, const float* qkv, int64_t width, f
                 for (int64_t s = 0; s < used; s++) {
                     if (scores[s] == 0.0f) continue;
                     const float p = scores[s] * inv;
-                    const float* v = values + s * dh;
-                    for (int64_t i = 0; i < dh; i++) o[i] += p * v[i];
+                    const char* v = values + s * dh * size;
+                    if (kind == WEIGHT_F32)
+                        for (int64_t i = 0; i < dh; i++) o[i] += p * ((const float*)v)[i];
+                    else
+                        for (int64_t i = 0; i < dh; i++) o[i] += p * weight1(v, i, WEIGHT_BF16);
                 }
             }
         }

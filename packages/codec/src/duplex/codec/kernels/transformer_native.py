@@ -1,5 +1,6 @@
 """The ``native`` transformer_step op: a streaming step of all a transformer's layers in one C call
-(``transformer_native.c``), float32 activations on the CPU, weights float32, bfloat16 or int8.
+(``transformer_native.c``) on the CPU: float32 within the step (a bfloat16 model's activations are
+widened on the way in, its KV cache stays bfloat16), weights float32, bfloat16 or int8.
 
 :class:`LayerSpec` is the C struct ``duplex_layer``: weights, KV ring cache and shapes of one
 layer, as raw pointers into tensors the caller keeps alive. :func:`step` runs the layers over
@@ -57,6 +58,7 @@ class LayerSpec(ctypes.Structure):
         ("slot_positions", _address),
         ("offsets", _address),
         ("capacity", ctypes.c_int64),
+        ("cache_kind", ctypes.c_int64),
     ]
 
 
@@ -164,18 +166,25 @@ def _fill(spec: LayerSpec, layer: nn.Module, weight_set: int, keep: list[Tensor]
         setattr(spec, name, linear_native.weight_spec(weight, scale))
         keep += [weight] if scale is None else [weight, scale]
     scales = [getattr(ls, "scale", None) for ls in (layer.layer_scale_1, layer.layer_scale_2)]
-    tensors = {
+    small = {  # the C step reads these in float32: a bf16 model's are widened once per session
         "norm1_weight": w1, "norm1_bias": b1, "norm2_weight": w2, "norm2_bias": b2,
         "scale1": None if scales[0] is None else scales[0].detach(),
         "scale2": None if scales[1] is None else scales[1].detach(),
-        "keys": state.cache.keys, "values": state.cache.values, "slot_positions": state.cache.positions,
-        "offsets": state.offset,
     }  # fmt: skip
+    cache = state.cache
+    if cache.keys.dtype not in (torch.float32, torch.bfloat16):
+        raise Unsupported(f"a {cache.keys.dtype} KV cache")
+    tensors = {
+        **{name: None if t is None else t.to(torch.float32).contiguous() for name, t in small.items()},
+        "keys": cache.keys,
+        "values": cache.values,
+        "slot_positions": cache.positions,
+        "offsets": state.offset,
+    }
     for name, tensor in tensors.items():
         if tensor is None:
             continue
-        expected = torch.int64 if name in ("slot_positions", "offsets") else torch.float32
-        if tensor.dtype != expected or tensor.device.type != "cpu" or not tensor.is_contiguous():
+        if tensor.device.type != "cpu" or not tensor.is_contiguous():
             raise Unsupported(f"{name}: {tensor.dtype} on {tensor.device}")
         setattr(spec, name, tensor.data_ptr())
         keep.append(tensor)
@@ -183,7 +192,8 @@ def _fill(spec: LayerSpec, layer: nn.Module, weight_set: int, keep: list[Tensor]
     spec.head_dim, spec.hidden = attn.head_dim, ff_out[0].shape[1]
     spec.context = attn.context or 0
     spec.norm, spec.norm_eps, spec.feedforward = kind, eps, feedforward
-    spec.capacity = state.cache.capacity
+    spec.capacity = cache.capacity
+    spec.cache_kind = linear_native.WEIGHT_KINDS[cache.keys.dtype]
 
 
 def pack(transformer: nn.Module, weight_set: int) -> tuple[ctypes.Array, list[Tensor]] | None:
@@ -207,7 +217,7 @@ def transformer_step(transformer: nn.Module, x: Tensor, positions: Tensor) -> Te
     first = transformer.layers[0].self_attn
     attn_state = first.streaming_state
     if (
-        x.dtype is not torch.float32
+        x.dtype not in linear_native.ACTIVATIONS
         or x.shape[0] * length > linear_native.MAX_ROWS
         or length > attn_state.cache.capacity
         or (torch.is_grad_enabled() and (x.requires_grad or first.in_proj_weight.requires_grad))
@@ -229,8 +239,8 @@ def transformer_step(transformer: nn.Module, x: Tensor, positions: Tensor) -> Te
             first.head_dim, x.device
         )
         rope_cos, rope_sin = torch.cos(angles), torch.sin(angles)
-    out = x.contiguous().clone()
+    out = x.to(torch.float32, copy=True).contiguous()  # bf16 activations: float32 within the step
     # every slot is scanned: a never-written one holds position -1 and costs a comparison
     step(packed[0], out, positions.contiguous(), rope_cos, rope_sin, attn_state.cache.capacity)
     transformer.advance_layers(length)
-    return out
+    return out.to(x.dtype)
