@@ -8,7 +8,7 @@ The first run writes a random checkpoint of the official ``moshi-7b`` structure 
 what the official file holds), one tensor at a time, so that writing it needs no more memory than
 its largest tensor. A fresh process then loads it with ``quantize="int8"`` (matmul weights int8
 with per-channel scales, narrowed as the file is read; embeddings, norms and activations stay
-bfloat16, as stored; docs/architecture.md §7) and runs LMGen steps at batch 1. It prints the peak
+bfloat16, as stored; docs/nn-api.md) and runs LMGen steps at batch 1. It prints the peak
 resident memory (``ru_maxrss``) after loading and after stepping, what the model keeps, and the
 median ms per step.
 """

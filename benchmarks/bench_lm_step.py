@@ -11,7 +11,7 @@ The model is the official structure (17 streams, 32000 text tokens, 2048 audio t
 RoPE, SiLU-GLU, per-step depformer) scaled to dim 1024 / 8 layers / 16 heads with a 512-wide,
 4-layer depformer (341M parameters), float32, sampling on (temp 0.8 / 0.7, top-k 250 / 25).
 ``--weights`` also times duplex with its matmul weights stored in bf16 or int8 (``LMModel.quantize``,
-docs/architecture.md §7; activations stay float32), each against the same reference float32 step.
+docs/nn-api.md; activations stay float32), each against the same reference float32 step.
 Both implementations run the same weights (the reference's tensors alias ours); timings
 alternate between them in rounds so that a busy machine penalises both alike. Each row is the
 median over the timed steps, after a warm-up. The reference runs eager (its lazy torch.compile

@@ -27,7 +27,7 @@ until a step takes longer than ``--budget-ms`` (80 ms: one frame of audio); the 
 it is the number of streams this CPU transcribes in real time.
 
 ``--quantize bf16|int8`` stores duplex's matmul weights in low precision (``LMModel.quantize``,
-docs/architecture.md §7) in both parts; the reference keeps the float weights.
+docs/nn-api.md) in both parts; the reference keeps the float weights.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""How far low-precision weights move the LM from float32 (docs/architecture.md §7).
+"""How far low-precision weights move the LM from float32 (docs/nn-api.md).
 
     uv run python benchmarks/quality_low_precision.py            # moshi-341m structure, 100 steps
     uv run python benchmarks/quality_low_precision.py --smoke    # tiny: checks the script

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 QUANTIZE_HELP = (
     "Store the LM's matmul weights in low precision: none, bf16 or int8 (weight-only, per-channel "
-    "scales; docs/architecture.md §7). Fewer bytes to read per step: faster on a CPU, less memory."
+    "scales; docs/nn-api.md). Fewer bytes to read per step: faster on a CPU, less memory."
 )
 
 

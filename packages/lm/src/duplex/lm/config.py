@@ -89,7 +89,7 @@ class GenerationConfig(BaseModel):
 
 
 class LowPrecisionConfig(BaseModel):
-    """How a model's matmul weights are stored (docs/architecture.md §7): ``format`` "bf16", or
+    """How a model's matmul weights are stored (docs/nn-api.md): ``format`` "bf16", or
     "int8" (weight-only, one scale per output channel or per ``group_size`` input columns). The
     weights whose qualified names start with one of ``keep`` stay in the model's dtype."""
 

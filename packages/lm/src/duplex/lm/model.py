@@ -197,7 +197,7 @@ class LMModel(StreamingModule[StreamingState], NumericsPolicy):
     def quantize(
         self, format: WeightFormat, group_size: int | None = None, keep: Sequence[str] = ()
     ) -> LMModel:
-        """Store the matmul weights in ``format`` (in place; returns the model), docs/architecture.md §7.
+        """Store the matmul weights in ``format`` (in place; returns the model) (docs/nn-api.md).
 
         ``"bf16"`` keeps them in bfloat16; ``"int8"`` quantizes them weight-only, with one float32
         scale per output channel, or per ``group_size`` input columns. Embeddings, norms and the

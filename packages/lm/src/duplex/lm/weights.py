@@ -90,7 +90,7 @@ def check_finite(state: dict[str, torch.Tensor], source: str | Path = "the state
 
 def narrowing(model: nn.Module, dtype: torch.dtype | None = None) -> Callable[[str, torch.Tensor], dict]:
     """``(key, tensor) -> tensors to load``: a float weight that ``model`` stores in low precision
-    becomes its bf16 or int8 form (docs/architecture.md §7), any other floating tensor is cast to
+    becomes its bf16 or int8 form (docs/nn-api.md), any other floating tensor is cast to
     ``dtype`` (where given); tensors already in the wanted form are taken as they are."""
     stored = {key: value.dtype for key, value in model.state_dict().items()}
     settings = model.config.low_precision
@@ -194,7 +194,7 @@ def build_lm(
 
     Floating weights are cast to ``dtype`` (default: as stored); with ``fuse`` the LoRA weights
     are folded into the base weights. ``quantize`` ("bf16" or "int8") stores the matmul weights in
-    low precision as they are read (docs/architecture.md §7)."""
+    low precision as they are read (docs/nn-api.md)."""
     if lora_weights is not None and not config.lora:
         raise CheckpointError(f"{weights}: lora_name is set but the config has lora=false")
     config = with_low_precision(config, quantize, weights)

@@ -1,4 +1,4 @@
-"""Low-precision weight formats (docs/architecture.md §7), as the ``linear`` op reads them.
+"""Low-precision weight formats (docs/nn-api.md), as the ``linear`` op reads them.
 
 * ``"bf16"``: the weight in bfloat16 (no scale);
 * ``"int8"``: weight-only symmetric quantization, ``w = values * scale``: int8 ``values [N, K]``

@@ -1,4 +1,4 @@
-"""Low-precision weights (docs/architecture.md §7): matmul weights stored in bfloat16 or int8.
+"""Low-precision weights (docs/nn-api.md): matmul weights stored in bfloat16 or int8.
 
 A module declares the matmul weights it owns in ``low_precision_weights`` (``Linear``: ``weight``;
 the attentions: ``in_proj_weight``) and passes ``<name>_scale`` along with each to the ``linear``
