@@ -3,6 +3,7 @@
     uv run python benchmarks/gpu_check.py                 # a CUDA GPU: N = 1, 8, 32, 64
     uv run python benchmarks/gpu_check.py --sizes 1 8     # fewer conversations
     uv run python benchmarks/gpu_check.py --dry-run       # anywhere: tiny models on the CPU
+    uv run python benchmarks/gpu_check.py --weights bf16 int8 --sizes 1 32   # low-precision weights
 
 For each number N of conversations (batch rows), with random weights (the LM in bfloat16, Mimi in
 float32, ``numerics="fast"``):
@@ -12,6 +13,10 @@ float32, ``numerics="fast"``):
 * Mimi: one frame encoded and decoded per step, eagerly and from its graphs: equal codes, the
   largest audio difference, ms per frame of each;
 * the engine (``DuplexEngine`` over Mimi + LMGen, graphs on): ms per step of N conversations.
+
+``--weights bf16 int8`` adds a table of the LM with its matmul weights stored in each format
+(``LMModel.quantize``, docs/nn-api.md; activations bfloat16): the GPU memory the model and its
+streaming state hold, the peak during the steps, and ms per eager LMGen step at each N.
 
 ``--dry-run`` runs tiny models on the CPU with a stand-in recorder that replays by running the
 step again on the recorded buffers (a CPU has no CUDA graphs): it checks the script, not a GPU.
@@ -76,6 +81,47 @@ def check_lm(model: LMModel, n: int, steps: int, device: torch.device) -> dict[s
     return {"lm equal": equal, "lm eager ms": times[False], "lm graph ms": times[True]}
 
 
+def _gib(device: torch.device, measure) -> str:
+    return f"{measure(device) / 2**30:.2f}" if device.type == "cuda" else "-"
+
+
+def check_weights(
+    config: LMConfig,
+    dtype: torch.dtype,
+    formats: list[str],
+    sizes: list[int],
+    steps: int,
+    device: torch.device,
+) -> None:
+    """The LM with its matmul weights in each format: memory and ms per step at each size."""
+    print("\n| weights | N | model GiB | peak GiB while stepping | lm equal | lm eager ms | lm graph ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for fmt in formats:
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = LMModel(config).to(dtype).eval()
+        if not (fmt == "bf16" and dtype is torch.bfloat16):  # a bf16 model already is
+            model.quantize(fmt)
+        held = _gib(device, torch.cuda.memory_allocated)
+        for n in sizes:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            try:
+                row = check_lm(model, n, steps, device)
+            except torch.OutOfMemoryError:
+                print(f"| {fmt} | {n} | {held} | out of memory | - | - | - |")
+                torch.cuda.empty_cache()
+                continue
+            peak = _gib(device, torch.cuda.max_memory_allocated)
+            print(
+                f"| {fmt} | {n} | {held} | {peak} | {row['lm equal']:.4g} | {row['lm eager ms']:.4g} | "
+                f"{row['lm graph ms']:.4g} |"
+            )
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def check_mimi(mimi_eager: Mimi, mimi_graphed: Mimi, n: int, steps: int, device: torch.device) -> dict:
     frame = mimi_eager.frame_size
     wav = 0.1 * torch.randn(n, 1, frame * steps, generator=torch.Generator().manual_seed(n)).to(device)
@@ -128,6 +174,9 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
     parser.add_argument("--dry-run", action="store_true", help="tiny models on the CPU: checks the script")
+    parser.add_argument(
+        "--weights", nargs="*", default=[], choices=["bf16", "int8"], help="also: the LM in these formats"
+    )
     args = parser.parse_args()
 
     if args.dry_run:
@@ -171,6 +220,9 @@ def main() -> None:
             torch.cuda.empty_cache()
         cells = [row.get(c, "-") for c in columns]
         print("| " + " | ".join(f"{c:.4g}" if isinstance(c, float) else str(c) for c in cells) + " |")
+    if args.weights:
+        del model, mimi_eager, mimi_graphed
+        check_weights(lm_config, lm_dtype, args.weights, sizes, steps, device)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,24 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
 def test_the_gpu_check_dry_run_prints_agreeing_rows() -> None:
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--dry-run"], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, str(SCRIPT), "--dry-run", "--weights", "bf16", "int8"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert [cells[0].strip() for cells in rows[1:]] == ["1", "2"]
-    for cells in rows[1:]:  # eager and replayed steps agree: tokens, codes, audio
+    steps, weights = [
+        [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ")][1:]
+        for table in result.stdout.split("\n\n")
+    ]
+    assert [cells[0].strip() for cells in steps] == ["1", "2"]
+    for cells in steps:  # eager and replayed steps agree: tokens, codes, audio
         assert float(cells[1]) == 1.0 and float(cells[4]) == 1.0 and float(cells[5]) == 0.0
+    assert [(cells[0].strip(), cells[1].strip()) for cells in weights] == [
+        ("bf16", "1"),
+        ("bf16", "2"),
+        ("int8", "1"),
+        ("int8", "2"),
+    ]
+    assert all(float(cells[4]) == 1.0 for cells in weights)  # low-precision steps replay too
