@@ -32,20 +32,24 @@ static inline int64_t weight_element_size(int kind) { return kind == WEIGHT_F32 
 /* Eight consecutive elements of a weight row as float32 (bfloat16 is float32's upper half). */
 static inline __attribute__((always_inline)) vec8 weight8(const char* row, int64_t k, int kind) {
     if (kind == WEIGHT_F32) return load8((const float*)row + k);
-    if (kind == WEIGHT_BF16) {
-        u16x8 half;
-        memcpy(&half, row + 2 * k, sizeof half);
-        u32x8 bits = __builtin_convertvector(half, u32x8) << 16; /* one widening move, one shift */
-        vec8 v;
-        memcpy(&v, &bits, sizeof v);
-        return v;
-    }
-#if defined(__AVX2__) /* one sign-extending load and one conversion (compilers go lane by lane here) */
-    __m256 wide = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(row + k))));
+#if defined(__AVX2__) /* a widening load and one more op each (compilers split these loads in parts) */
+    __m256 wide;
+    if (kind == WEIGHT_BF16)
+        wide = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(row + 2 * k))), 16));
+    else
+        wide = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(row + k))));
     vec8 v;
     memcpy(&v, &wide, sizeof v);
     return v;
 #else
+    if (kind == WEIGHT_BF16) {
+        u16x8 half;
+        memcpy(&half, row + 2 * k, sizeof half);
+        u32x8 bits = __builtin_convertvector(half, u32x8) << 16;
+        vec8 v;
+        memcpy(&v, &bits, sizeof v);
+        return v;
+    }
     i8x8 q;
     memcpy(&q, row + k, sizeof q);
     return __builtin_convertvector(__builtin_convertvector(q, i32x8), vec8);

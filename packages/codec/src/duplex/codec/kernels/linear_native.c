@@ -2,8 +2,9 @@
  *
  * With one to a few input rows, a matmul only has to read each weight once; BLAS libraries tuned
  * for large products read it at a fraction of the memory bandwidth there. Here every block of
- * ROWS weight rows is read once per PAIR of input rows (from cache after the first pair), with
- * 8-wide vector accumulators. The threads split the output columns.
+ * ROWS weight rows is read once per group of input rows (two, or four for narrow weights, whose
+ * widening then serves more rows; from cache after the first group), with 8-wide vector
+ * accumulators. The threads split the output columns.
  *
  * A single input row takes its own loop over blocks of ROWS_ALONE weight rows (more independent
  * accumulators, no second row to pair with).
@@ -21,7 +22,7 @@
 #include "duplex_weight.h"
 
 #define ROWS 4
-#define PAIR 2
+#define TOGETHER_MAX 4 /* input rows sharing one read of a weight block */
 #define ROWS_ALONE 8
 
 #define INLINE static inline __attribute__((always_inline))
@@ -82,7 +83,8 @@ INLINE void single_row(const float* x, const duplex_weight* w, const float* bias
 }
 
 INLINE void columns(const float* x, int64_t ldx, const duplex_weight* w, const float* bias, float* y, int64_t ldy,
-                    int64_t m_count, int64_t k_count, int64_t n_begin, int64_t n_end, int kind, int grouped) {
+                    int64_t m_count, int64_t k_count, int64_t n_begin, int64_t n_end, int kind, int grouped,
+                    int together) {
     const int64_t size = weight_element_size(kind), row_bytes = k_count * size, k8 = k_count / 8 * 8;
     for (int64_t n = n_begin; n < n_end; n += ROWS) {
         int rows = n_end - n < ROWS ? (int)(n_end - n) : ROWS;
@@ -92,12 +94,13 @@ INLINE void columns(const float* x, int64_t ldx, const duplex_weight* w, const f
             row[r] = n + (r < rows ? r : 0);
             wr[r] = (const char*)w->data + row[r] * row_bytes;
         }
-        for (int64_t m = 0; m < m_count; m += PAIR) {
-            int pair = m_count - m < PAIR ? (int)(m_count - m) : PAIR;
-            const float* xr[PAIR] = {x + m * ldx, x + (m + pair - 1) * ldx};
+        for (int64_t m = 0; m < m_count; m += together) {
+            int present = m_count - m < together ? (int)(m_count - m) : together;
+            const float* xr[TOGETHER_MAX];
+            for (int p = 0; p < together; p++) xr[p] = x + (m + (p < present ? p : present - 1)) * ldx;
             /* acc[p * ROWS + r]: input row m + p times weight row n + r */
-            vec8 acc[PAIR * ROWS] = {{0}};
-            /* The first pair pulls the next block into cache at the pace it reads this one: the
+            vec8 acc[TOGETHER_MAX * ROWS] = {{0}};
+            /* The first group pulls the next block into cache at the pace it reads this one: the
              * ROWS short streams of a block alone leave the hardware prefetcher behind. */
             const char* next_block = (const char*)w->data + (n + ROWS) * row_bytes;
             int prefetch = m == 0 && n + ROWS < n_end;
@@ -106,17 +109,17 @@ INLINE void columns(const float* x, int64_t ldx, const duplex_weight* w, const f
     {                                                                               \
         if (prefetch && (k * ROWS * size) % 64 == 0) __builtin_prefetch(next_block + k * ROWS * size, 0, 3); \
         if (prefetch && size == 4) __builtin_prefetch(next_block + k * ROWS * size + 64, 0, 3); \
-        vec8 a = load8(xr[0] + k), b = load8(xr[1] + k);                            \
+        vec8 in[TOGETHER_MAX];                                                      \
+        for (int p = 0; p < together; p++) in[p] = load8(xr[p] + k);                \
         for (int r = 0; r < ROWS; r++) {                                            \
             vec8 wv = weight8(wr[r], k, kind);                                      \
-            A[r] += a * wv;                                                         \
-            A[ROWS + r] += b * wv;                                                  \
+            for (int p = 0; p < together; p++) A[p * ROWS + r] += in[p] * wv;       \
         }                                                                           \
     }
-            GROUPED_SUMS(PAIR * ROWS, acc, BODY, ROW_OF)
+            GROUPED_SUMS(TOGETHER_MAX * ROWS, acc, BODY, ROW_OF)
 #undef BODY
 #undef ROW_OF
-            for (int p = 0; p < pair; p++) {
+            for (int p = 0; p < present; p++) {
                 for (int r = 0; r < rows; r++) {
                     float s = finish(acc[p * ROWS + r], xr[p], wr[r], w, row[r], k8, k_count, kind, grouped);
                     y[(m + p) * ldy + n + r] = bias ? s + bias[n + r] : s;
@@ -127,7 +130,7 @@ INLINE void columns(const float* x, int64_t ldx, const duplex_weight* w, const f
 }
 
 /* One specialisation per weight format, so that the inner loops hold no branch on it. */
-#define SPECIALISE(kind, grouped, suffix)                                                                  \
+#define SPECIALISE(kind, grouped, together, suffix)                                                                \
     static void single_row_##suffix(const float* x, const duplex_weight* w, const float* bias, float* y,  \
                                     int64_t k_count, int64_t n_begin, int64_t n_end) {                    \
         single_row(x, w, bias, y, k_count, n_begin, n_end, kind, grouped);                                \
@@ -135,12 +138,12 @@ INLINE void columns(const float* x, int64_t ldx, const duplex_weight* w, const f
     static void columns_##suffix(const float* x, int64_t ldx, const duplex_weight* w, const float* bias,  \
                                  float* y, int64_t ldy, int64_t m_count, int64_t k_count, int64_t n_begin, \
                                  int64_t n_end) {                                                          \
-        columns(x, ldx, w, bias, y, ldy, m_count, k_count, n_begin, n_end, kind, grouped);                \
+        columns(x, ldx, w, bias, y, ldy, m_count, k_count, n_begin, n_end, kind, grouped, together);      \
     }
-SPECIALISE(WEIGHT_F32, 0, f32)
-SPECIALISE(WEIGHT_BF16, 0, bf16)
-SPECIALISE(WEIGHT_INT8, 0, int8_rows)
-SPECIALISE(WEIGHT_INT8, 1, int8_groups)
+SPECIALISE(WEIGHT_F32, 0, 2, f32)
+SPECIALISE(WEIGHT_BF16, 0, 4, bf16)
+SPECIALISE(WEIGHT_INT8, 0, 4, int8_rows)
+SPECIALISE(WEIGHT_INT8, 1, 2, int8_groups) /* with its per-group partial sums: registers for two */
 
 void duplex_linear(const float* x, int64_t ldx, const duplex_weight* w, const float* bias, float* y, int64_t ldy,
                    int64_t m_count, int64_t n_count, int64_t k_count, int threads) {
