@@ -30,7 +30,7 @@ from duplex.codec.registry import KERNELS
 enable_triton_interpreter()  # fails clearly if triton was loaded before without the interpreter
 
 NATIVE_OPS = {"linear", "conv1d", "conv_transpose1d", "elu", "rvq_encode", "transformer_step"}
-TRITON_OPS = {"rvq_encode", "rvq_decode", "attention"}
+TRITON_OPS = {"linear", "rvq_encode", "rvq_decode", "attention"}
 
 
 @pytest.fixture(autouse=True)

@@ -189,3 +189,24 @@ def test_quantizing_twice_or_a_lora_weight_is_refused() -> None:
     parametrize.register_parametrization(lora, "weight", Delta())
     with pytest.raises(QuantizationError, match="fuse LoRA before quantizing"):
         quantize_weights(lora, "int8")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "group", "dtype"),
+    [(fmt, group, dtype) for fmt, group in FORMATS for dtype in (torch.float32, torch.bfloat16)
+     if not (fmt == "bf16" and dtype is torch.bfloat16)],  # that one is cuBLAS's (F.linear)
+)  # fmt: skip
+@pytest.mark.parametrize("rows", [1, 5, 40])
+def test_the_triton_kernel_reads_each_format(fmt, group, dtype, rows) -> None:
+    """The CUDA kernel, run by Triton's interpreter on the CPU, against torch widening the weight."""
+    from duplex.codec.kernels import linear_triton
+
+    generator = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 192, generator=generator).to(dtype)
+    weight, scale = stored(torch.randn(70, 192, generator=generator), fmt, group)
+    bias = torch.randn(70, generator=generator).to(dtype)
+    got = linear_triton.linear(x, weight, bias, scale)
+    expected = exact(x.float(), weight, scale, bias.float())
+    assert got.dtype is dtype and got.shape == (rows, 70)
+    tolerance = 1e-4 if dtype is torch.float32 else 5e-2
+    torch.testing.assert_close(got.float(), expected, rtol=tolerance, atol=tolerance * 10)

@@ -49,6 +49,7 @@ _ACCELERATED = {  # (op, backend) -> module, imported on first call
     ("elu", "native"): "duplex.codec.kernels.elu_native",
     ("rvq_encode", "native"): "duplex.codec.kernels.rvq_native",
     ("transformer_step", "native"): "duplex.codec.kernels.transformer_native",
+    ("linear", "triton"): "duplex.codec.kernels.linear_triton",
     ("rvq_encode", "triton"): "duplex.codec.kernels.rvq_triton",
     ("rvq_decode", "triton"): "duplex.codec.kernels.rvq_triton",
     ("attention", "triton"): "duplex.codec.kernels.attention_triton",
