@@ -63,9 +63,10 @@ def lm_quality(config: LMConfig, steps: int) -> None:
     parameters = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"\n{parameters:.0f}M parameters, {len(expected_text)} greedy text tokens")
     print(
-        "| weights | text logits rel. err. | audio logits rel. err. | greedy text equal | first difference |"
+        "| weights | text logits rel. err. | audio logits rel. err. | top-1 text / audio equal | "
+        "greedy text equal | first difference |"
     )
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, arguments in VARIANTS.items():
         copy = LMModel(config).eval()
         copy.load_state_dict(model.state_dict())
