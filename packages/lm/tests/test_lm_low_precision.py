@@ -156,3 +156,12 @@ def test_quantizing_at_load_never_holds_the_float_weights(tmp_path) -> None:
     kept, growth = map(int, out.stdout.split())
     assert kept < 0.75 * size
     assert growth <= 1.1 * kept + 16e6, f"peak grew {growth / 1e6:.0f} MB for {kept / 1e6:.0f} MB kept"
+
+
+def test_a_quantized_model_cast_to_bfloat16_streams_in_bfloat16(float_model) -> None:
+    model = copy_of(float_model).quantize("int8").to(torch.bfloat16)
+    gen = LMGen(model, use_sampling=False)
+    with gen.streaming(1), torch.no_grad():
+        assert model.transformer.layers[0].self_attn.streaming_state.cache.keys.dtype is torch.bfloat16
+        for _ in range(3):
+            gen.step(torch.zeros(1, CONFIG.num_user_codebooks, 1, dtype=torch.long))

@@ -29,7 +29,7 @@ import torch
 from duplex.codec.kernels import Numerics, NumericsPolicy
 from duplex.codec.kernels.weight_formats import QuantizationError, WeightFormat
 from duplex.codec.nn import Linear, make_norm
-from duplex.codec.nn.low_precision import quantize_weights
+from duplex.codec.nn.low_precision import quantize_weights, set_activation_dtype
 from duplex.codec.streaming import StreamingModule, StreamingState
 from duplex.lm.conditioners import Attributes, Conditioning, ConditionProvider, Fuser
 from duplex.lm.config import LMConfig, LowPrecisionConfig
@@ -234,6 +234,8 @@ class LMModel(StreamingModule[StreamingState], NumericsPolicy):
 
     def _init_streaming_state(self, batch_size: int) -> StreamingState:
         self.select_kernels()
+        if self.config.low_precision is not None:  # before the layers size their KV caches
+            set_activation_dtype(self, self.dtype)
         return StreamingState(batch_size, self.device)
 
     # -- properties -----------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from duplex.codec.checkpoint import (
     write_safetensors,
 )
 from duplex.codec.kernels.weight_formats import SCALE_SUFFIX, quantize_int8
-from duplex.codec.nn.low_precision import set_activation_dtype
 from duplex.lm.config import LMConfig, LowPrecisionConfig
 from duplex.lm.lora import apply_lora, fuse_lora, load_lora
 from torch import nn
@@ -153,8 +152,6 @@ def load_lm_state_dict(
     check_state_dict(expected, state, f"the LM configuration ({_describe(model.config)})")
     check_finite(state, source)
     model.load_state_dict(state, strict=True, assign=True)
-    if model.config.low_precision is not None:
-        set_activation_dtype(model, model.dtype)
 
 
 def with_low_precision(
