@@ -210,3 +210,15 @@ def test_the_triton_kernel_reads_each_format(fmt, group, dtype, rows) -> None:
     assert got.dtype is dtype and got.shape == (rows, 70)
     tolerance = 1e-4 if dtype is torch.float32 else 5e-2
     torch.testing.assert_close(got.float(), expected, rtol=tolerance, atol=tolerance * 10)
+
+
+def test_the_triton_op_leaves_float_weights_and_many_rows_to_torch() -> None:
+    from duplex.codec.kernels import linear_triton
+
+    generator = torch.Generator().manual_seed(5)
+    x, weight = torch.randn(3, 64, generator=generator), torch.randn(16, 64, generator=generator)
+    assert torch.equal(linear_triton.linear(x, weight), F.linear(x, weight))  # cuBLAS's on a GPU
+    many = torch.randn(linear_triton.MAX_ROWS + 1, 64, generator=generator)
+    values, scale = quantize_int8(weight)
+    widened = F.linear(many, dequantize(values, scale, torch.float32))
+    assert torch.equal(linear_triton.linear(many, values, None, scale), widened)  # widened once
