@@ -83,6 +83,40 @@ def test_train_codec_takes_model_size_and_loss_weights_from_a_config_file(datase
     assert Mimi.from_pretrained(tmp_path / "run" / "mimi.safetensors").config.seanet.n_filters == 4
 
 
+def test_train_codec_sets_the_adversarial_schedule(tmp_path, monkeypatch):
+    """--adversarial/--no-adversarial and --adversarial-start-step, and a config file's
+    adversarial_start_step, reach the training config."""
+    from duplex.codec.training import run
+
+    used = []
+    monkeypatch.setattr(run, "train_codec", lambda data, output, config, **_: used.append(config))
+    config = tmp_path / "codec.yaml"
+    base = ["train", "codec", "--data", str(tmp_path), "--output", str(tmp_path / "run"), "--max-steps", "1"]
+
+    def schedule(*args: str):  # noqa: ANN202
+        result = runner.invoke(app, [*base, "--accelerator", "cpu", *args])
+        assert result.exit_code == 0, result.output
+        return used[-1].adversarial, used[-1].adversarial_start_step
+
+    # small has no discriminator: the start step switches it on
+    assert schedule("--preset", "small") == (False, 0)
+    assert schedule("--preset", "small", "--adversarial-start-step", "500") == (True, 500)
+    assert schedule("--preset", "small", "--adversarial") == (True, 0)
+    assert schedule("--preset", "tiny", "--no-adversarial") == (False, 0)
+    config.write_text("adversarial: true\nadversarial_start_step: 300\n")
+    from_file = ("--preset", "small", "--config", str(config))
+    assert schedule(*from_file) == (True, 300)
+    assert schedule(*from_file, "--adversarial-start-step", "7") == (True, 7)  # the flag wins
+    assert schedule("--preset", "tiny", "--config", str(config), "--no-adversarial") == (False, 0)
+
+    result = runner.invoke(app, [*base, "--no-adversarial", "--adversarial-start-step", "5"])
+    assert result.exit_code == 2 and "drop --no-adversarial" in result.output
+    config.write_text("adversarial_start_step: 300\n")  # small's adversarial: false stays
+    result = runner.invoke(app, [*base, "--preset", "small", "--config", str(config), "--accelerator", "cpu"])
+    assert result.exit_code == 1
+    assert "adversarial_start_step is 300 but adversarial is false" in result.output
+
+
 def test_small_codec_preset_is_about_4m_parameters():
     from duplex.codec.training.config import CodecTrainingConfig
 

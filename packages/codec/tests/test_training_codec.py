@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 
 import numpy as np
@@ -23,6 +24,7 @@ from duplex.codec.training.run import train_codec
 from duplex.codec.training.teachers import MelProjectionTeacher
 from duplex.codec.training.trainer import read_metrics
 from duplex.codec.training.weight_norm import add_weight_norm, fold_weight_norm, has_weight_norm
+from lightning.pytorch.callbacks import Callback
 
 torch.set_num_threads(1)
 
@@ -324,3 +326,132 @@ def test_validation_under_inference_mode_uses_the_current_weights():
     reference.load_state_dict(module.codec.state_dict())  # folds weight norm: a fresh model
     fresh = evaluate_codec(reference, list(wav))["mel_distance"]
     assert validate(module) == pytest.approx(fresh, rel=1e-5)
+
+
+# -- the adversarial schedule, and resuming across it --------------------------------------------
+
+ADVERSARIAL_LOGS = ("train/discriminator", "train/adversarial", "train/feature_matching")
+RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+
+
+class DiscriminatorWatch(Callback):
+    """After each batch: (batches done, whether the discriminator's weights moved since the session
+    began, whether its optimizer holds state); the codec optimizer's state as the session began."""
+
+    def on_train_start(self, trainer, module):  # noqa: ANN001
+        self.start = {k: v.clone() for k, v in module.discriminator.state_dict().items()}
+        self.codec_optimizer = {
+            i: {k: v.clone() for k, v in state.items()}
+            for i, state in trainer.optimizers[0].state_dict()["state"].items()
+        }
+        self.start_step = trainer.global_step // 2
+        self.rows = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_index):  # noqa: ANN001
+        moved = any(not torch.equal(v, self.start[k]) for k, v in module.discriminator.state_dict().items())
+        self.rows.append((trainer.global_step // 2, moved, bool(trainer.optimizers[1].state)))
+
+
+def _adam_steps(optimizer_state: dict) -> set[int]:
+    return {int(state["step"]) for state in optimizer_state["state"].values()}
+
+
+def test_the_discriminator_idles_until_the_adversarial_start_step(speech_dir, tmp_path, caplog):
+    """Reconstruction first, adversarial from ``adversarial_start_step``: before it the discriminator
+    neither changes nor steps (nor is logged); it is in every checkpoint, and steps count batches."""
+    config = _tiny_config(adversarial=True, adversarial_start_step=2)
+    watch = DiscriminatorWatch()
+    with caplog.at_level(logging.INFO, logger=RANK_ZERO_LOGGER):
+        train_codec(speech_dir, tmp_path, config, max_steps=4, checkpoint_every=2, progress_bar=False,
+                    accelerator="cpu", callbacks=[watch])  # fmt: skip
+    assert watch.rows == [(1, False, False), (2, False, False), (3, True, True), (4, True, True)]
+    assert "step 2: the discriminator switches on" in caplog.text
+    train = [r for r in read_metrics(tmp_path) if "train/step" in r]
+    assert [r["train/step"] for r in train] == [0, 1, 2, 3]
+    for row in train:
+        assert all((key in row) == (row["train/step"] >= 2) for key in ADVERSARIAL_LOGS), row
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "step-2.ckpt", "step-4.ckpt"]
+    before = torch.load(checkpoints / "step-2.ckpt", weights_only=False)
+    assert any(k.startswith("discriminator.") for k in before["state_dict"])
+    assert before["optimizer_states"][1]["state"] == {}  # the idle discriminator's optimizer: no state
+    after = torch.load(checkpoints / "step-4.ckpt", weights_only=False)
+    assert _adam_steps(after["optimizer_states"][0]) == {4} and _adam_steps(after["optimizer_states"][1]) == {
+        2
+    }
+
+
+def _reconstruction_run(speech_dir, output) -> None:  # noqa: ANN001
+    """2 steps without a discriminator (``adversarial: false``) into ``output``. (Each test trains its
+    own: a run folder copied elsewhere makes Lightning write ``last-v1.ckpt`` beside ``last.ckpt``.)"""
+    train_codec(speech_dir, output, _tiny_config(adversarial=False), max_steps=2, checkpoint_every=2,
+                progress_bar=False, accelerator="cpu")  # fmt: skip
+
+
+def test_resuming_with_the_discriminator_newly_on_keeps_the_codec_and_its_optimizer(
+    speech_dir, tmp_path, caplog
+):
+    _reconstruction_run(speech_dir, tmp_path)
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert not any(k.startswith("discriminator.") for k in saved["state_dict"])
+    watch = DiscriminatorWatch()
+    with caplog.at_level(logging.INFO, logger=RANK_ZERO_LOGGER):
+        module = train_codec(speech_dir, tmp_path, _tiny_config(adversarial=True), max_steps=4,
+                             checkpoint_every=2, progress_bar=False, accelerator="cpu",
+                             callbacks=[watch])  # fmt: skip
+    assert "resuming at step 2 from a checkpoint without a discriminator" in caplog.text
+    assert "the discriminator starts fresh" in caplog.text
+    # It continued from step 2, the codec optimizer's state as saved, a fresh discriminator training.
+    assert watch.start_step == 2
+    saved_optimizer = saved["optimizer_states"][0]["state"]
+    assert watch.codec_optimizer.keys() == saved_optimizer.keys()
+    for index, state in saved_optimizer.items():
+        for key, value in state.items():
+            assert torch.equal(watch.codec_optimizer[index][key], value), (index, key)
+    assert watch.rows == [(3, True, True), (4, True, True)]
+    train = [r for r in read_metrics(tmp_path) if "train/step" in r]
+    assert [r["train/step"] for r in train] == [0, 1, 2, 3]
+    assert ["train/discriminator" in r for r in train] == [False, False, True, True]
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 8  # Lightning counts both optimizers' steps
+    assert _adam_steps(last["optimizer_states"][0]) == {4} and _adam_steps(last["optimizer_states"][1]) == {2}
+    assert module.discriminator is not None
+    assert torch.equal(
+        last["state_dict"]["semantic_projection.weight"], module.semantic_projection.weight.detach()
+    )
+
+
+def test_resuming_with_a_different_model_fails_in_one_line(speech_dir, tmp_path):
+    _reconstruction_run(speech_dir, tmp_path)
+    tiny = MimiConfig.from_preset("tiny")
+    codec = tiny.model_copy(update={"seanet": tiny.seanet.model_copy(update={"n_filters": 4})})
+    config = _tiny_config(adversarial=False, codec=codec)
+    expected = rf"cannot resume .*the config changed: codec\.seanet\.n_filters: {tiny.seanet.n_filters} -> 4"
+    with pytest.raises(ValueError, match=expected) as caught:
+        train_codec(speech_dir, tmp_path, config, max_steps=4, checkpoint_every=2, progress_bar=False,
+                    accelerator="cpu")  # fmt: skip
+    assert "\n" not in str(caught.value) and "new output folder" in str(caught.value)
+
+
+def test_resuming_with_the_discriminator_turned_off_drops_it():
+    from duplex.codec.training.module import _STEP_PROGRESS
+
+    adversarial = CodecTrainingModule(_tiny_config(adversarial=True))
+    progress = {"total": {"ready": 8, "completed": 8}, "current": {"ready": 4, "completed": 4}}
+    checkpoint = {
+        "state_dict": adversarial.state_dict(),
+        "optimizer_states": [{"codec": 1}, {"discriminator": 2}],
+        "global_step": 8,
+        "loops": {"fit_loop": {_STEP_PROGRESS: progress}},
+    }
+    plain = CodecTrainingModule(_tiny_config(adversarial=False))
+    plain.on_load_checkpoint(checkpoint)
+    plain.load_state_dict(checkpoint["state_dict"])  # strict: nothing missing, nothing unexpected
+    assert checkpoint["optimizer_states"] == [{"codec": 1}]
+    assert checkpoint["global_step"] == 4  # one optimizer step per batch now: still 4 batches
+    assert progress == {"total": {"ready": 4, "completed": 4}, "current": {"ready": 2, "completed": 2}}
+
+
+def test_an_adversarial_start_step_needs_the_discriminator():
+    with pytest.raises(ValueError, match="adversarial_start_step is 5 but adversarial is false"):
+        _tiny_config(adversarial=False, adversarial_start_step=5)

@@ -130,6 +130,20 @@ def _config_from(config_class, preset: str, config_file: Path | None, **override
         raise
 
 
+def _adversarial_schedule(adversarial: bool | None, start_step: int | None) -> dict:
+    """The codec config overrides of ``--adversarial/--no-adversarial`` and ``--adversarial-start-step``."""
+    if start_step is not None:
+        if adversarial is False:
+            raise usage_error(
+                "--adversarial-start-step switches the discriminator on at that step: drop --no-adversarial",
+                "--adversarial-start-step",
+            )
+        return {"adversarial": True, "adversarial_start_step": start_step}
+    if adversarial is None:
+        return {}
+    return {"adversarial": True} if adversarial else {"adversarial": False, "adversarial_start_step": 0}
+
+
 def _check_init(init: str, codec: Path | None, tokenizer: Path | None) -> None:
     if not init.startswith(PRESET_PREFIX):
         return
@@ -163,8 +177,21 @@ def codec(
         "--config",
         help="JSON or YAML file of training config fields merged into the preset's, nested as the config "
         "is: model size (codec: {seanet: {n_filters: 16}}), loss weights (mel_weight, waveform_weight, "
-        "...), the discriminator (adversarial, adversarial_weight, ...). Options given on the "
-        "command line take precedence.",
+        "...), the discriminator (adversarial, adversarial_start_step, adversarial_weight, ...). Options "
+        "given on the command line take precedence.",
+    ),
+    adversarial: bool = typer.Option(
+        None,
+        "--adversarial/--no-adversarial",
+        help="Train with the discriminator (adversarial and feature losses) or without (then a config "
+        "file's adversarial_start_step is moot). Default: the config file's, else the preset's (on for "
+        "mimi and tiny, off for small).",
+    ),
+    adversarial_start_step: int = typer.Option(
+        None,
+        min=0,
+        help="Reconstruction only before step N, the discriminator from step N on (implies --adversarial). "
+        "Resuming a run trained without one keeps its codec and optimizer state, with a fresh discriminator.",
     ),
     keep_checkpoints: int = typer.Option(3, min=0, help=KEEP_HELP),
     init: str = typer.Option(None, help="Start from these Mimi weights instead of random ones."),
@@ -186,6 +213,7 @@ def codec(
     overrides = {}
     if seed is not None:
         overrides["seed"] = seed
+    overrides.update(_adversarial_schedule(adversarial, adversarial_start_step))
     if init:
         overrides["init"] = init
     if batch_size:

@@ -6,7 +6,7 @@ from typing import Any
 
 from duplex.codec.config import MimiConfig
 from duplex.codec.presets import PresetConfig
-from pydantic import Field
+from pydantic import Field, model_validator
 
 
 class CodecTrainingConfig(PresetConfig):
@@ -25,6 +25,10 @@ class CodecTrainingConfig(PresetConfig):
     mel_weight: float = Field(15.0, ge=0)
     waveform_weight: float = Field(0.0, ge=0)
     adversarial: bool = True
+    # The schedule: reconstruction only (no discriminator step, no adversarial or feature loss) before
+    # this step, adversarial from it on. The discriminator exists from the first step whenever
+    # ``adversarial`` is on, so that checkpoints on both sides of the switch hold it.
+    adversarial_start_step: int = Field(0, ge=0)
     adversarial_weight: float = Field(1.0, ge=0)
     feature_weight: float = Field(2.0, ge=0)
     commitment_weight: float = Field(1.0, ge=0)
@@ -38,6 +42,15 @@ class CodecTrainingConfig(PresetConfig):
     discriminator_n_ffts: list[int] = Field(default_factory=lambda: [2048, 1024, 512, 256, 128], min_length=1)
     validation_segments: int = Field(16, ge=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _schedule_needs_the_discriminator(self) -> CodecTrainingConfig:
+        if self.adversarial_start_step and not self.adversarial:
+            raise ValueError(
+                f"adversarial_start_step is {self.adversarial_start_step} but adversarial is false: set "
+                "adversarial to true to switch the discriminator on at that step, or leave the step at 0"
+            )
+        return self
 
     @property
     def segment_samples(self) -> int:

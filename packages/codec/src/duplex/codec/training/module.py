@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -21,7 +22,14 @@ from duplex.codec.training.metrics import SISDR, CodebookUsage, MelDistance, cod
 from duplex.codec.training.quantizer import CodebookTrainingConfig, QuantizerStepResult, SplitQuantizerTrainer
 from duplex.codec.training.teachers import build_teacher
 from duplex.codec.training.weight_norm import add_weight_norm, fold_weight_norm, has_weight_norm
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+
+# Where Lightning keeps the count of optimizer steps (its ``global_step``) in a checkpoint.
+_STEP_PROGRESS = "epoch_loop.manual_optimization.optim_step_progress"
+# Config fields that size the module's weights.
+_WEIGHT_FIELDS = ("codec.", "init:", "discriminator_", "teacher")
 
 
 class CodecTrainingModule(L.LightningModule):
@@ -63,7 +71,14 @@ class CodecTrainingModule(L.LightningModule):
 
     @property
     def optimizer_steps_per_batch(self) -> int:
+        """2 whenever the run has a discriminator, before ``adversarial_start_step`` too (its step is
+        counted but not taken then): Lightning's step count, and so resuming, does not depend on
+        when the discriminator switched on."""
         return 2 if self.discriminator is not None else 1
+
+    def adversarial_at(self, step: int) -> bool:
+        """Whether the discriminator trains, and the adversarial and feature losses count, at ``step``."""
+        return self.discriminator is not None and step >= self.config.adversarial_start_step
 
     # -- forward ---------------------------------------------------------------------------------
     def reconstruct(
@@ -92,7 +107,10 @@ class CodecTrainingModule(L.LightningModule):
         optimizers = self.optimizers()
         if not isinstance(optimizers, list):
             optimizers = [optimizers]
-        if self.discriminator is not None:
+        adversarial_on = self.adversarial_at(step)
+        if adversarial_on and step == c.adversarial_start_step > 0:
+            rank_zero_info(f"step {step}: the discriminator switches on (adversarial_start_step)")
+        if adversarial_on:
             d_optimizer = optimizers[1]
             real_logits, _ = self.discriminator(wav)
             fake_logits, _ = self.discriminator(estimate.detach())
@@ -102,6 +120,8 @@ class CodecTrainingModule(L.LightningModule):
             self._clip(d_optimizer)
             d_optimizer.step()
             logs["train/discriminator"] = d_loss.detach()
+        elif self.discriminator is not None:  # reconstruction phase: the discriminator idles
+            _count_without_stepping(optimizers[1])
 
         mel = self.mel_loss(estimate, wav)
         loss = c.mel_weight * mel + c.commitment_weight * quantized.commitment
@@ -115,7 +135,7 @@ class CodecTrainingModule(L.LightningModule):
             distill = distillation_loss(self.semantic_projection(quantized.semantic), self.teacher(wav))
             loss = loss + c.distillation_weight * distill
             logs["train/distillation"] = distill.detach()
-        if self.discriminator is not None:
+        if adversarial_on:
             fake_logits, fake_features = self.discriminator(estimate)
             with torch.no_grad():
                 _, real_features = self.discriminator(wav)
@@ -162,6 +182,59 @@ class CodecTrainingModule(L.LightningModule):
             )
         return optimizers
 
+    # -- resuming --------------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume across a change of ``adversarial``: a checkpoint written without a discriminator
+        gets a fresh one (the codec, its optimizer state and the distillation head as saved); one
+        written with a discriminator loses it when the config turns it off. A checkpoint of another
+        model fails here, in one line, rather than in ``load_state_dict``."""
+        trainer = self._trainer
+        if trainer is not None and trainer.strategy.restore_checkpoint_after_setup:
+            return  # FSDP, DeepSpeed: the strategy loads the weights itself, from its own format
+        state = checkpoint["state_dict"]
+        saved = [k for k in state if k.startswith("discriminator.")]
+        saved_per_batch = 2 if saved else 1
+        step = checkpoint.get("global_step", 0) // saved_per_batch
+        if self.discriminator is not None and not saved:
+            start = self.config.adversarial_start_step
+            when = f"; it switches on at step {start}" if start > step else ""
+            rank_zero_info(
+                f"resuming at step {step} from a checkpoint without a discriminator (adversarial was "
+                f"off): the discriminator starts fresh{when}"
+            )
+            state.update({f"discriminator.{k}": v for k, v in self.discriminator.state_dict().items()})
+            # Its optimizer state is not in the checkpoint either: that optimizer starts fresh too.
+        elif self.discriminator is None and saved:
+            rank_zero_info(
+                f"resuming at step {step} with adversarial off: the checkpoint's discriminator is dropped"
+            )
+            for key in saved:
+                del state[key]
+            checkpoint["optimizer_states"] = checkpoint.get("optimizer_states", [])[:1]
+        _rescale_step_count(checkpoint, self.optimizer_steps_per_batch, saved_per_batch)
+        self._check_resumable(checkpoint)
+
+    def _check_resumable(self, checkpoint: dict[str, Any]) -> None:
+        state, own = checkpoint["state_dict"], self.state_dict()
+        differ = sorted(own.keys() ^ state.keys()) + sorted(
+            k
+            for k in own.keys() & state.keys()
+            if getattr(own[k], "shape", None) != getattr(state[k], "shape", None)
+        )
+        if not differ:
+            return
+        saved_config = checkpoint.get("hyper_parameters", {}).get("config")
+        changed = _changed_fields(saved_config, self.config.model_dump(mode="json")) if saved_config else []
+        # The fields that size weights first (a changed learning rate is no reason).
+        changed = [f for f in changed if f.startswith(_WEIGHT_FIELDS)] or changed
+        because = (
+            f"the config changed: {', '.join(changed[:4])}" if changed else f"{len(differ)} weights differ"
+        )
+        raise ValueError(
+            f"cannot resume from a checkpoint of another model ({because}; first weight at odds: "
+            f"{differ[0]}): resume with the config it was trained with, or train into a new output folder"
+        )
+
     # -- validation ------------------------------------------------------------------------------
     @torch.no_grad()
     def validation_step(self, batch: torch.Tensor, batch_index: int) -> None:
@@ -201,3 +274,37 @@ class CodecTrainingModule(L.LightningModule):
         if has_weight_norm(codec):
             fold_weight_norm(codec)
         return codec.save_pretrained(path)
+
+
+def _count_without_stepping(optimizer: LightningOptimizer) -> None:
+    """Count an optimizer step in Lightning's ``global_step`` without taking it: what
+    ``LightningOptimizer.step`` does around the step itself. The idle discriminator's optimizer
+    keeps no state and its weights do not change (under every precision plugin, which a step
+    without gradients would not do: a gradient scaler refuses it)."""
+    optimizer._on_before_step()
+    optimizer._on_after_step()
+
+
+def _rescale_step_count(checkpoint: dict[str, Any], per_batch: int, saved_per_batch: int) -> None:
+    """Lightning's step count (both optimizers') in ``checkpoint``, from ``saved_per_batch`` optimizer
+    steps per batch to ``per_batch``: the batches done stay the same."""
+    if per_batch == saved_per_batch:
+        return
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get(_STEP_PROGRESS, {})
+    for counts in progress.values():
+        for key, value in counts.items():
+            counts[key] = value // saved_per_batch * per_batch
+    if "global_step" in checkpoint:
+        checkpoint["global_step"] = checkpoint["global_step"] // saved_per_batch * per_batch
+
+
+def _changed_fields(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """``name: old -> new`` for each (nested) config field that differs."""
+    changed = []
+    for key in sorted(saved.keys() | current.keys()):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += _changed_fields(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changed.append(f"{prefix}{key}: {old} -> {new}")
+    return changed
