@@ -66,9 +66,18 @@ INLINE void single_row(const float* x, const duplex_weight* w, const float* bias
             wr[r] = (const char*)w->data + row[r] * row_bytes;
         }
         vec8 acc[ROWS_ALONE] = {{0}};
+        /* The next block of rows (contiguous) is pulled into cache at the pace this one is read:
+         * ROWS_ALONE short streams (1 KiB for a row of 1024 int8) leave the hardware prefetcher
+         * behind. */
+        const char* next_block = (const char*)w->data + (n + ROWS_ALONE) * row_bytes;
+        const int prefetch = n + 2 * ROWS_ALONE <= n_end;
+        const int64_t block_step = ROWS_ALONE * 8 * weight_element_size(kind); /* bytes per k step */
 #define ROW_OF(i) row[i]
 #define BODY(A)                                                                  \
     {                                                                            \
+        if (prefetch)                                                            \
+            for (int64_t line = 0; line < block_step; line += 64)                \
+                __builtin_prefetch(next_block + k / 8 * block_step + line, 0, 3); \
         vec8 a = load8(x + k);                                                   \
         for (int r = 0; r < ROWS_ALONE; r++) A[r] += a * weight8(wr[r], k, kind); \
     }
