@@ -58,11 +58,11 @@ def _max_steps(kind: str, preset: str, max_steps: int | None, accelerator: str) 
     return DEFAULT_MAX_STEPS.get((kind, preset), FULL_SIZE_MAX_STEPS)
 
 
-def _check_data(data: Path) -> None:
+def _check_data(data: Path, option: str = "--data") -> None:
     if not data.exists():
         raise RuntimeProblem(
-            f"training data {data} does not exist: pass --data a dataset folder or its .jsonl index "
-            "(`duplex data synth DIR` writes a small one)"
+            f"{'training' if option == '--data' else 'validation'} data {data} does not exist: pass "
+            f"{option} a dataset folder or its .jsonl index (`duplex data synth DIR` writes a small one)"
         )
 
 
@@ -166,6 +166,11 @@ def _check_init(init: str, codec: Path | None, tokenizer: Path | None) -> None:
 def codec(
     data: Path = typer.Option(..., help="Folder of audio files or of a moshi-finetune dataset."),
     output: Path = typer.Option(..., help="Run folder: checkpoints, logs, the exported mimi.safetensors."),
+    validation_data: Path = typer.Option(
+        None,
+        help="Validate on this folder (read like --data) instead of on segments of --data: held-out "
+        "sentences and voices (`duplex data speech DIR --split heldout`) measure generalisation.",
+    ),
     max_steps: int = typer.Option(None, min=1, help=MAX_STEPS_HELP),
     preset: str = typer.Option(
         "mimi",
@@ -206,6 +211,8 @@ def codec(
 ) -> None:
     """Train a Mimi codec; rerunning the same command resumes from the last checkpoint."""
     _check_data(data)
+    if validation_data is not None:
+        _check_data(validation_data, "--validation-data")
     _check_strategy(strategy)
     from duplex.codec.training.config import CodecTrainingConfig
     from duplex.codec.training.run import train_codec
@@ -232,6 +239,7 @@ def codec(
         devices=_devices(devices),
         accelerator=accelerator,
         precision=_precision(precision),
+        validation_data=validation_data,
     )
     typer.echo(f"codec written to {output / 'mimi.safetensors'}")
 

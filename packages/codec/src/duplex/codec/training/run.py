@@ -67,16 +67,24 @@ def train_codec(
     callbacks: Sequence[Callback] = (),
     progress_bar: bool = True,
     keep_checkpoints: int = KEEP_CHECKPOINTS,
+    validation_data: str | Path | None = None,
 ) -> CodecTrainingModule:
-    """Train (or resume, when ``output`` holds a checkpoint) and export ``output/mimi.safetensors``."""
+    """Train (or resume, when ``output`` holds a checkpoint) and export ``output/mimi.safetensors``.
+
+    Validation uses ``config.validation_segments`` segments of ``validation_data`` (read like
+    ``data``) when given, such as sentences and voices training never sees; else of ``data``."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    dataset = AudioSegments.from_folder(data, config.codec.sample_rate, config.segment_samples)
+    rate, samples = config.codec.sample_rate, config.segment_samples
+    dataset = AudioSegments.from_folder(data, rate, samples)
+    held_out = dataset
+    if validation_data is not None:
+        held_out = AudioSegments.from_folder(validation_data, rate, samples)
     module = CodecTrainingModule(config)
     datamodule = StepDataModule(
         dataset,
-        validation_subset(dataset, config.validation_segments),
+        validation_subset(held_out, config.validation_segments),
         config.batch_size,
         checkpoint_every,
         config.seed,
