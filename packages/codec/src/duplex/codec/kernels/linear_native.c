@@ -33,16 +33,17 @@ INLINE float scale_at(const duplex_weight* w, int64_t row, int64_t k, int64_t k_
     return w->scales[row * (k_count / w->group) + k / w->group];
 }
 
-/* Sums over [0, k8) in 8-wide lanes. Per-row scales (and none) apply once to the finished sum;
- * per-group scales (grouped) to each group's partial sums, which then add up in acc. */
-#define GROUPED_SUMS(ACC_COUNT, ACC, BODY, ROW_OF)                                                    \
+/* Sums over [0, k8) in 8-wide lanes into ACC (USED of its SIZE accumulators). Per-row scales (and
+ * none) apply once to the finished sum; per-group scales (grouped) to each group's partial sums,
+ * which then add up in ACC. */
+#define GROUPED_SUMS(SIZE, USED, ACC, BODY, ROW_OF)                                                   \
     if (!grouped) {                                                                                \
         for (int64_t k = 0; k < k8; k += 8) BODY(ACC);                                             \
     } else {                                                                                       \
         for (int64_t g = 0; g < k8; g += w->group) {                                               \
-            vec8 part[ACC_COUNT] = {{0}};                                                          \
+            vec8 part[SIZE] = {{0}};                                                               \
             for (int64_t k = g; k < g + w->group; k += 8) BODY(part);                              \
-            for (int i = 0; i < ACC_COUNT; i++) ACC[i] += part[i] * splat(scale_at(w, ROW_OF(i), g, k_count, kind)); \
+            for (int i = 0; i < (USED); i++) ACC[i] += part[i] * splat(scale_at(w, ROW_OF(i), g, k_count, kind)); \
         }                                                                                          \
     }
 
@@ -81,7 +82,7 @@ INLINE void single_row(const float* x, const duplex_weight* w, const float* bias
         vec8 a = load8(x + k);                                                   \
         for (int r = 0; r < ROWS_ALONE; r++) A[r] += a * weight8(wr[r], k, kind); \
     }
-        GROUPED_SUMS(ROWS_ALONE, acc, BODY, ROW_OF)
+        GROUPED_SUMS(ROWS_ALONE, ROWS_ALONE, acc, BODY, ROW_OF)
 #undef BODY
 #undef ROW_OF
         for (int r = 0; r < rows; r++) {
@@ -125,7 +126,7 @@ INLINE void columns(const float* x, int64_t ldx, const duplex_weight* w, const f
             for (int p = 0; p < together; p++) A[p * ROWS + r] += in[p] * wv;       \
         }                                                                           \
     }
-            GROUPED_SUMS(TOGETHER_MAX * ROWS, acc, BODY, ROW_OF)
+            GROUPED_SUMS(TOGETHER_MAX * ROWS, together * ROWS, acc, BODY, ROW_OF)
 #undef BODY
 #undef ROW_OF
             for (int p = 0; p < present; p++) {
