@@ -1,6 +1,9 @@
-"""`duplex codec encode | decode | roundtrip` on a tiny random Mimi saved to disk."""
+"""`duplex codec encode | decode | roundtrip | evaluate` on a tiny random Mimi saved to disk."""
 
 from __future__ import annotations
+
+import json
+import math
 
 import numpy as np
 import pytest
@@ -96,5 +99,38 @@ def test_clear_errors(checkpoint, stereo_wav, tmp_path):
 def test_help_lists_the_commands():
     result = runner.invoke(app, ["codec", "--help"])
     assert result.exit_code == 0
-    for command in ("encode", "decode", "roundtrip"):
+    for command in ("encode", "decode", "roundtrip", "evaluate"):
         assert command in result.output
+
+
+def test_evaluate_scores_the_round_trip_as_validation_does(checkpoint, tmp_path):
+    """The metrics of `evaluate_codec` (SI-SDR, mel distance, STOI, PESQ, code use) on the segments
+    a training run would validate on; segments too short to score are counted, not fatal."""
+    from duplex.codec.training.data import AudioSegments
+    from duplex.codec.training.evaluate import evaluate_codec
+    from duplex.codec.training.run import validation_subset
+    from duplex.lm.data.synth import SynthConfig, WordSpeaker
+
+    speaker = WordSpeaker(SynthConfig())
+    for i, words in enumerate([("hello", "there", "friend"), ("music", "books", "and", "food")]):
+        speech = np.concatenate([speaker(w, "en+f3") for w in words])
+        soundfile.write(str(tmp_path / f"clip{i}.wav"), speech, 24000)
+    command = ["codec", "evaluate", str(tmp_path), "-c", checkpoint, "--segments", "3"]
+    result = runner.invoke(app, [*command, "--segment-seconds", "0.48", "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output)
+    segments = validation_subset(AudioSegments.from_folder(tmp_path, 24000, 11520), 3)
+    assert scores == pytest.approx(evaluate_codec(Mimi.from_pretrained(checkpoint), segments))
+    assert {"si_sdr", "mel_distance", "stoi", "pesq", "code_perplexity"} <= scores.keys()
+    assert math.isfinite(scores["stoi"]) and 1.0 <= scores["pesq"] <= 4.7 and scores["pesq_skipped"] == 0
+
+    result = runner.invoke(app, [*command, "--segment-seconds", "0.24"])  # too short for either
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines()[1:]}
+    assert "nan  (3 of 3 segments too short or silent to score)" in lines["pesq"]
+    assert "nan  (3 of 3" in lines["stoi"] and "si_sdr" in lines
+
+    result = runner.invoke(app, ["codec", "evaluate", str(tmp_path / "missing"), "-c", checkpoint])
+    assert result.exit_code == 1 and f"{tmp_path / 'missing'} does not exist: pass a folder" in result.output
+    result = runner.invoke(app, ["codec", "evaluate", str(tmp_path / "clip0.wav"), "-c", checkpoint])
+    assert result.exit_code == 1 and "no audio files (or .jsonl index) found" in result.output

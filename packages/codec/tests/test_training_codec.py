@@ -18,7 +18,7 @@ from duplex.codec.training.losses import (
     feature_matching_loss,
     generator_hinge_loss,
 )
-from duplex.codec.training.metrics import SISDR, CodebookUsage, MelDistance, code_perplexity
+from duplex.codec.training.metrics import PESQ, SISDR, STOI, CodebookUsage, MelDistance, code_perplexity
 from duplex.codec.training.module import CodecTrainingModule
 from duplex.codec.training.run import train_codec
 from duplex.codec.training.teachers import MelProjectionTeacher
@@ -30,9 +30,13 @@ torch.set_num_threads(1)
 
 
 def _tiny_config(**overrides) -> CodecTrainingConfig:
-    return CodecTrainingConfig.from_preset(
-        "tiny", segment_seconds=0.24, batch_size=2, validation_segments=2, **overrides
-    )
+    """The tiny preset on 0.24 s segments: too short for STOI and PESQ, which need
+    ``QUALITY_SECONDS``."""
+    overrides = {"segment_seconds": 0.24, "batch_size": 2, "validation_segments": 2, **overrides}
+    return CodecTrainingConfig.from_preset("tiny", **overrides)
+
+
+QUALITY_SECONDS = 0.48  # segments STOI (30 frames of speech, about 0.4 s) and PESQ (0.25 s) can score
 
 
 def test_weight_norm_folds_to_the_same_function():
@@ -89,6 +93,89 @@ def test_si_sdr_matches_torchmetrics():
     metric.update(estimate[2:], target[2:])
     expected = scale_invariant_signal_distortion_ratio(estimate, target, zero_mean=True).mean()
     torch.testing.assert_close(metric.compute(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def speech_clip() -> torch.Tensor:
+    """1.6 s of espeak-ng speech, ``[1, T]`` at 24 kHz."""
+    from duplex.lm.data.synth import SynthConfig, WordSpeaker
+
+    speaker = WordSpeaker(SynthConfig())
+    words = ("hello", "there", "my", "good", "friend")
+    return torch.from_numpy(np.concatenate([speaker(w, "en+m3") for w in words]))[None]
+
+
+def _to_16k(wav: torch.Tensor) -> np.ndarray:
+    from duplex.codec.audio import resample
+
+    return resample(wav, 24000, 16000)[0].numpy()
+
+
+def test_stoi_and_pesq_match_pystoi_and_pesq(speech_clip):
+    """The metrics are pystoi's STOI at 24 kHz and wideband PESQ at 16 kHz, reference first,
+    averaged over the segments of every update."""
+    from pesq import pesq
+    from pystoi import stoi
+
+    g = torch.Generator().manual_seed(0)
+    clean = speech_clip
+    noisy = [clean + level * torch.randn(clean.shape, generator=g) for level in (0.003, 0.1)]
+    estimates, targets = torch.stack(noisy), torch.stack([clean, clean])  # [2, 1, T]
+    expected = {
+        "stoi": [stoi(clean[0].numpy(), e[0].numpy(), 24000) for e in noisy],
+        "pesq": [pesq(16000, _to_16k(clean), _to_16k(e), "wb") for e in noisy],
+    }
+    assert expected["pesq"][1] != pytest.approx(pesq(16000, _to_16k(noisy[1]), _to_16k(clean), "wb"))
+    for name, metric in (("stoi", STOI(24000)), ("pesq", PESQ(24000))):
+        metric.update(estimates[:1], targets[:1])
+        metric.update(estimates[1:], targets[1:])
+        result = metric.compute()
+        assert result["mean"].item() == pytest.approx(np.mean(expected[name]), rel=1e-5), name
+        assert (result["scored"].item(), result["skipped"].item()) == (2, 0)
+        assert expected[name][0] > expected[name][1] + 0.02, name  # more noise, lower score
+        metric.reset()
+        metric.update(clean[None], clean[None])
+        assert metric.compute()["mean"].item() == pytest.approx(1.0 if name == "stoi" else 4.64, abs=0.01)
+
+
+def test_stoi_and_pesq_skip_the_segments_they_cannot_score(speech_clip):
+    """Near-silent references and segments too short to score are skipped and counted, never
+    fatal; a silent estimate of speech gets STOI 0 (PESQ cannot score it: skipped)."""
+    from pesq import pesq
+    from pystoi import stoi
+
+    clean = speech_clip[..., :24000]
+    noisy = clean + 0.01 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    silence = torch.zeros_like(clean)
+    estimates = torch.stack([noisy, noisy, silence, noisy * 1e-4])
+    targets = torch.stack([clean, silence + 1e-4, clean, silence])  # [4, 1, T]
+    short = (noisy[None, ..., :4800], clean[None, ..., :4800])  # 0.2 s
+    good_stoi = stoi(clean[0].numpy(), noisy[0].numpy(), 24000)
+    good_pesq = pesq(16000, _to_16k(clean), _to_16k(noisy), "wb")
+    expected = {"stoi": (good_stoi / 2, 2, 3), "pesq": (good_pesq, 1, 4)}  # (mean, scored, skipped)
+    for name, metric in (("stoi", STOI(24000)), ("pesq", PESQ(24000))):
+        metric.update(*short)
+        assert math.isnan(metric.compute()["mean"].item()), name  # nothing scored yet
+        metric.update(estimates, targets)
+        result = metric.compute()
+        mean, scored, skipped = expected[name]
+        assert result["mean"].item() == pytest.approx(mean, rel=1e-5), name
+        assert (result["scored"].item(), result["skipped"].item()) == (scored, skipped), name
+
+
+def test_validation_logs_no_stoi_or_pesq_without_a_segment_to_score(monkeypatch):
+    """0.24 s segments: no STOI or PESQ in the logs, a warning that says why; the rest as ever."""
+    torch.manual_seed(0)
+    module = CodecTrainingModule(_tiny_config(adversarial=False)).eval()
+    logged: dict[str, torch.Tensor] = {}
+    monkeypatch.setattr(module, "log_dict", lambda values, **_: logged.update(values))
+    module.validation_step(torch.randn(2, 1, module.config.segment_samples) * 0.1, 0)
+    with pytest.warns(UserWarning) as caught:
+        module.on_validation_epoch_end()
+    messages = [str(w.message) for w in caught]
+    assert any("STOI skipped 2 of 2 segments" in m for m in messages), messages
+    assert any("PESQ skipped 2 of 2 segments (near-silent, shorter than 0.25 s" in m for m in messages)
+    assert "val/si_sdr" in logged and not {"val/stoi", "val/pesq"} & logged.keys()
 
 
 def test_codebook_usage_and_perplexity():
@@ -264,17 +351,18 @@ def test_logged_validation_matches_a_fresh_evaluation_of_the_saved_checkpoints(s
     from duplex.codec.training.evaluate import evaluate_codec
     from duplex.codec.training.run import validation_subset
 
-    config = _tiny_config(adversarial=False)
+    config = _tiny_config(adversarial=False, segment_seconds=QUALITY_SECONDS)
     train_codec(speech_dir, tmp_path, config, max_steps=6, checkpoint_every=2, progress_bar=False,
                 accelerator="cpu", keep_checkpoints=0)  # fmt: skip
     val = [r for r in read_metrics(tmp_path) if "val/mel_distance" in r]
     assert len(val) == 3
     dataset = AudioSegments.from_folder(speech_dir, config.codec.sample_rate, config.segment_samples)
     segments = validation_subset(dataset, config.validation_segments)
-    keys = ("si_sdr", "mel_distance", "codebook_usage", "code_perplexity")
+    keys = ("si_sdr", "mel_distance", "codebook_usage", "code_perplexity", "stoi", "pesq")
 
     def assert_matches(logged: dict[str, float], codec: Mimi) -> None:
         fresh = evaluate_codec(codec, segments, per_codebook=True)
+        assert fresh["stoi_skipped"] == fresh["pesq_skipped"] == 0  # every segment scored
         for key in (*keys, *(k for k in fresh if k.startswith("code_perplexity/"))):
             assert logged[f"val/{key}"] == pytest.approx(fresh[key], rel=1e-3, abs=1e-3), key
 
@@ -287,6 +375,12 @@ def test_logged_validation_matches_a_fresh_evaluation_of_the_saved_checkpoints(s
         module.load_state_dict(torch.load(tmp_path / "checkpoints" / f"step-{step}.ckpt")["state_dict"])
         assert_matches(row, module.codec)
     assert val[0]["val/mel_distance"] != val[-1]["val/mel_distance"]
+    assert val[0]["val/pesq"] != val[-1]["val/pesq"] and val[0]["val/stoi"] != val[-1]["val/stoi"]
+    # ... and the run folder's metrics.csv (curves.png's data) holds them, one row per validation
+    with (tmp_path / "metrics.csv").open() as handle:
+        merged = [r for r in csv.DictReader(handle) if r["val/mel_distance"]]
+    for key in ("val/stoi", "val/pesq"):
+        assert [float(r[key]) for r in merged] == pytest.approx([r[key] for r in val], rel=1e-6), key
 
 
 def test_validation_under_inference_mode_uses_the_current_weights():
@@ -310,7 +404,7 @@ def test_validation_under_inference_mode_uses_the_current_weights():
         with torch.inference_mode():
             m.validation_step(wav, 0)
             value = m.val_mel.compute().item()
-        for metric in (m.val_si_sdr, m.val_mel, m.val_usage):
+        for metric in m.validation_metrics():
             metric.reset()
         return value
 

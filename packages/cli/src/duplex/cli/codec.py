@@ -1,4 +1,4 @@
-"""`duplex codec encode | decode | roundtrip`: Mimi on files.
+"""`duplex codec encode | decode | roundtrip | evaluate`: Mimi on files.
 
 Files are run through Mimi in streaming mode, a few seconds per call, so memory stays flat and a
 progress bar can follow long files. Mimi's streaming output does not depend on that chunk size.
@@ -32,7 +32,7 @@ ProgressOption = typer.Option(True, "--progress/--no-progress", help="Progress b
 
 @app.callback()
 def _group() -> None:
-    """Encode and decode audio with the Mimi codec."""
+    """Encode and decode audio with the Mimi codec; score its round trip."""
 
 
 def _fail(message: str, cause: BaseException | None = None) -> None:
@@ -179,3 +179,57 @@ def roundtrip(
     audio = _decode(mimi, codes, progress)[..., : wav.shape[-1]]
     save_audio(output_audio, audio.cpu(), mimi.sample_rate)
     typer.echo(f"{input_audio} -> {output_audio}: {codes.shape[1]} codebooks, {codes.shape[2]} frames")
+
+
+@app.command()
+def evaluate(
+    data: Path = typer.Argument(
+        ...,
+        help="Speech to score: a folder of audio files or a moshi-finetune dataset, read as "
+        "`duplex train codec --data` reads it.",
+    ),
+    checkpoint: str | None = CheckpointOption,
+    num_codebooks: int = typer.Option(8, "--num-codebooks", "-k", help="Codebooks to use (1..32)."),
+    segment_seconds: float = typer.Option(
+        0.96, "--segment-seconds", help="Segment length (rounded to whole frames); training's default."
+    ),
+    segments: int = typer.Option(
+        16,
+        "--segments",
+        min=1,
+        help="Segments to score, picked across the data as training's validation picks them.",
+    ),
+    device: str = DeviceOption,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Score Mimi's round trip on speech segments: SI-SDR, mel distance, STOI, wideband PESQ and
+    code use, the metrics a training run's validation logs."""
+    import json
+
+    try:
+        from duplex.codec.training.data import AudioSegments
+        from duplex.codec.training.evaluate import evaluate_codec
+        from duplex.codec.training.run import validation_subset
+    except ImportError as e:
+        _fail(f"duplex codec evaluate needs the codec's training extra (duplex-codec[train]): {e}", e)
+    if not data.exists():
+        _fail(f"{data} does not exist: pass a folder of audio files or a moshi-finetune dataset")
+    mimi = _load_mimi(checkpoint, num_codebooks, device)
+    frame = mimi.frame_size
+    samples = max(1, round(segment_seconds * mimi.sample_rate / frame)) * frame
+    try:
+        dataset = AudioSegments.from_folder(data, mimi.sample_rate, samples)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e), e)
+    chosen = [segment.to(device) for segment in validation_subset(dataset, segments)]
+    results = evaluate_codec(mimi, chosen)
+    if as_json:
+        typer.echo(json.dumps(results))
+        return
+    seconds = samples / mimi.sample_rate
+    typer.echo(f"{data}: {len(chosen)} segments of {seconds:.2f} s, {mimi.num_codebooks} codebooks")
+    for key, value in results.items():
+        if not key.endswith("_skipped"):
+            skipped = results.get(f"{key}_skipped")
+            note = f"  ({skipped} of {len(chosen)} segments too short or silent to score)" if skipped else ""
+            typer.echo(f"  {key:16s} {value:9.3f}{note}")

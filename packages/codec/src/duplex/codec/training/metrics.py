@@ -1,12 +1,19 @@
-"""Codec metrics (torchmetrics): SI-SDR, mel distance, codebook usage and perplexity."""
+"""Codec metrics (torchmetrics): SI-SDR, mel distance, STOI, wideband PESQ, codebook usage and perplexity."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
+from duplex.codec.audio import resample
 from duplex.codec.training.spectral import MelSpectrogram, log_clamped
+from pesq import PesqError
 from torchmetrics import Metric
+from torchmetrics.functional.audio import (
+    perceptual_evaluation_speech_quality,
+    short_time_objective_intelligibility,
+)
 
 
 def si_sdr(estimate: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -61,6 +68,95 @@ class MelDistance(Metric):
 
     def compute(self) -> torch.Tensor:
         return (self.total / self.count.clamp(min=1)).float()
+
+
+class _PerSegmentScore(Metric):
+    """Mean of a per-segment score that some segments cannot get: those are skipped and counted
+    rather than failing (the mean is NaN when no segment was scored).
+
+    A segment whose reference is near-silent (RMS below ``min_rms``, the training data's own
+    threshold for silence) is skipped too: a speech metric of silence means nothing."""
+
+    higher_is_better = True
+    full_state_update = False
+    name = ""
+    skips = ""  # which segments get skipped, in words
+
+    def __init__(self, sample_rate: int, min_rms: float = 1e-3) -> None:
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.min_rms = min_rms
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("skipped", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, estimate: torch.Tensor, target: torch.Tensor) -> None:
+        """``estimate`` and ``target`` ``[..., T]`` at ``sample_rate``: one score per item."""
+        estimate = estimate.detach().float().reshape(-1, estimate.shape[-1])
+        target = target.detach().float().reshape(-1, target.shape[-1])
+        silent = target.pow(2).mean(dim=-1).sqrt() < self.min_rms
+        estimate, target = self._prepare(estimate.cpu()), self._prepare(target.cpu())
+        for item in range(target.shape[0]):
+            value = None if silent[item] else self._score(estimate[item], target[item])
+            if value is None or not math.isfinite(value):
+                self.skipped += 1
+            else:
+                self.total += value
+                self.count += 1
+
+    def _prepare(self, audio: torch.Tensor) -> torch.Tensor:
+        return audio
+
+    def _score(self, estimate: torch.Tensor, target: torch.Tensor) -> float | None:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """``mean`` over the segments scored (NaN when none was), how many were ``scored`` and
+        ``skipped``."""
+        mean = (self.total / self.count).float() if self.count > 0 else torch.tensor(float("nan"))
+        return {"mean": mean, "scored": self.count.clone(), "skipped": self.skipped.clone()}
+
+
+class STOI(_PerSegmentScore):
+    """Mean STOI (short-time objective intelligibility, 0..1; torchmetrics' ``pystoi`` backend,
+    which resamples to its native 10 kHz itself).
+
+    STOI needs 30 frames (about 0.4 s) of non-silent speech; shorter segments are skipped."""
+
+    name = "STOI"
+    skips = "near-silent, or under 0.4 s once pystoi drops its silent frames"
+
+    def _score(self, estimate: torch.Tensor, target: torch.Tensor) -> float | None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            value = short_time_objective_intelligibility(estimate, target, self.sample_rate).item()
+        if any("Not enough STFT frames" in str(w.message) for w in caught):
+            return None  # pystoi's 1e-5 stand-in for "too short to score"
+        return value
+
+
+class PESQ(_PerSegmentScore):
+    """Mean wideband PESQ (MOS-LQO, about 1..4.64; torchmetrics' ``pesq`` backend) on the audio
+    resampled to 16 kHz.
+
+    PESQ needs 0.25 s; shorter segments, and those it finds no speech in or cannot score (a
+    digitally silent estimate), are skipped."""
+
+    name = "PESQ"
+    skips = "near-silent, shorter than 0.25 s, a silent estimate, or no speech PESQ could find"
+    PESQ_RATE = 16000
+    MIN_SECONDS = 0.25
+
+    def _prepare(self, audio: torch.Tensor) -> torch.Tensor:
+        return resample(audio, self.sample_rate, self.PESQ_RATE)
+
+    def _score(self, estimate: torch.Tensor, target: torch.Tensor) -> float | None:
+        if target.shape[-1] < self.MIN_SECONDS * self.PESQ_RATE or not estimate.abs().max() > 0:
+            return None
+        try:
+            return perceptual_evaluation_speech_quality(estimate, target, self.PESQ_RATE, "wb").item()
+        except PesqError:
+            return None
 
 
 def code_histograms(codes: torch.Tensor, cardinality: int) -> torch.Tensor:

@@ -18,13 +18,22 @@ from duplex.codec.training.losses import (
     feature_matching_loss,
     generator_hinge_loss,
 )
-from duplex.codec.training.metrics import SISDR, CodebookUsage, MelDistance, code_perplexity, si_sdr
+from duplex.codec.training.metrics import (
+    PESQ,
+    SISDR,
+    STOI,
+    CodebookUsage,
+    MelDistance,
+    code_perplexity,
+    si_sdr,
+)
 from duplex.codec.training.quantizer import CodebookTrainingConfig, QuantizerStepResult, SplitQuantizerTrainer
 from duplex.codec.training.teachers import build_teacher
 from duplex.codec.training.weight_norm import add_weight_norm, fold_weight_norm, has_weight_norm
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
+from torchmetrics import Metric
 
 # Where Lightning keeps the count of optimizer steps (its ``global_step``) in a checkpoint.
 _STEP_PROGRESS = "epoch_loop.manual_optimization.optim_step_progress"
@@ -68,6 +77,8 @@ class CodecTrainingModule(L.LightningModule):
         self.val_si_sdr = SISDR()
         self.val_mel = MelDistance(codec_config.sample_rate)
         self.val_usage = CodebookUsage(self.codec.num_codebooks, q.bins)
+        self.val_stoi = STOI(codec_config.sample_rate)
+        self.val_pesq = PESQ(codec_config.sample_rate)
 
     @property
     def optimizer_steps_per_batch(self) -> int:
@@ -243,25 +254,42 @@ class CodecTrainingModule(L.LightningModule):
         self.val_si_sdr.update(estimate, batch)
         self.val_mel.update(estimate, batch)
         self.val_usage.update(codes)
+        self.val_stoi.update(estimate, batch)
+        self.val_pesq.update(estimate, batch)
 
     def on_validation_epoch_end(self) -> None:
         usage = self.val_usage.compute()
         # Perplexity of the codes used over the validation set, per codebook and averaged.
         pairs = zip(usage["codebook"].tolist(), usage["perplexity"], strict=True)
         per_codebook = {f"val/code_perplexity/{k}": value for k, value in pairs}
+        logs = {
+            "val/si_sdr": self.val_si_sdr.compute(),
+            "val/mel_distance": self.val_mel.compute(),
+            "val/codebook_usage": usage["usage"].mean(),
+            "val/code_perplexity": usage["perplexity"].mean(),
+        }
+        for key, metric in (("stoi", self.val_stoi), ("pesq", self.val_pesq)):
+            result = metric.compute()
+            scored, skipped = int(result["scored"]), int(result["skipped"])
+            if scored:  # else not logged: no segment it could score
+                logs[f"val/{key}"] = result["mean"]
+            if skipped:
+                rank_zero_warn(
+                    f"validation: {metric.name} skipped {skipped} of {scored + skipped} segments "
+                    f"({metric.skips})"
+                )
         self.log_dict(
-            {
-                "val/si_sdr": self.val_si_sdr.compute(),
-                "val/mel_distance": self.val_mel.compute(),
-                "val/codebook_usage": usage["usage"].mean(),
-                "val/code_perplexity": usage["perplexity"].mean(),
-            },
+            logs,
             prog_bar=True,
             sync_dist=True,  # already reduced by torchmetrics: averaging equal values changes nothing
         )
         self.log_dict(per_codebook, sync_dist=True)  # in the logs, not the progress bar
-        for metric in (self.val_si_sdr, self.val_mel, self.val_usage):
+        for metric in self.validation_metrics():
             metric.reset()
+
+    def validation_metrics(self) -> tuple[Metric, ...]:
+        """What validation accumulates over its batches (reset once logged)."""
+        return (self.val_si_sdr, self.val_mel, self.val_usage, self.val_stoi, self.val_pesq)
 
     # -- export ----------------------------------------------------------------------------------
     def export(self, path: str | Path) -> Path:
