@@ -136,3 +136,29 @@ def test_codebooks_stay_identical_across_data_parallel_ranks(tmp_path):
     for key, value in states[0].items():
         assert torch.equal(value, states[1][key]), key
     assert all(states[0][k].item() == 1 for k in states[0] if k.endswith("_initialized"))
+
+
+def test_a_quantization_rate_decodes_the_other_items_from_their_unquantized_latent():
+    """Mimi's 50% quantization: a drawn share of the items passes the projected latent through
+    (both RVQs' input and output projections, no codebook), the rest the quantized one; the
+    codebooks learn from all of them, and evaluation always quantizes."""
+    torch.manual_seed(0)
+    ours = SplitResidualVectorQuantizer(QuantizerConfig(**SIZES))
+    full = SplitQuantizerTrainer(ours, CodebookTrainingConfig(), quantizer_dropout=False)
+    latent = torch.randn(16, 12, 10, generator=torch.Generator().manual_seed(1))
+    for _ in range(SIZES["n_q"]):  # k-means initialises one level per step
+        full(latent, training=True, generator=torch.Generator().manual_seed(2))
+    latent = torch.randn(16, 12, 10, generator=torch.Generator().manual_seed(4))  # new data
+    quantized = full(latent, training=False).quantized
+    continuous = sum(rvq.output_proj(rvq.input_proj(latent)) for rvq in (ours.rvq_first, ours.rvq_rest))
+    half = SplitQuantizerTrainer(
+        ours, CodebookTrainingConfig(), quantizer_dropout=False, quantization_rate=0.5
+    )
+    usage = ours.rvq_first.codebooks()[0].cluster_usage.clone()
+    result = half(latent, training=True, generator=torch.Generator().manual_seed(3))
+    chosen = torch.rand(16, generator=torch.Generator().manual_seed(3)) < 0.5
+    assert 0 < int(chosen.sum()) < 16
+    torch.testing.assert_close(result.quantized[chosen], quantized[chosen], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(result.quantized[~chosen], continuous[~chosen], rtol=1e-5, atol=1e-5)
+    assert not torch.equal(ours.rvq_first.codebooks()[0].cluster_usage, usage)  # learnt from all items
+    assert torch.equal(half(latent, training=False).quantized, full(latent, training=False).quantized)

@@ -36,6 +36,9 @@ class CodecTrainingConfig(PresetConfig):
     teacher: str = "mel-projection"
     teacher_dim: int = Field(64, ge=1)
     quantizer_dropout: bool = True
+    # Share of training items decoded from their quantized latent; the others from the unquantized
+    # one (Mimi was trained at 0.5). The codebooks learn from every item either way.
+    quantization_rate: float = Field(1.0, gt=0.0, le=1.0)
     codebook_decay: float | None = Field(None, ge=0.0, le=1.0)  # None: the codec config's (0.99)
     check_unused_every: int = Field(5, ge=1)  # steps between dead-code replacements
     discriminator_channels: int = Field(32, ge=1)

@@ -60,7 +60,10 @@ class CodecTrainingModule(L.LightningModule):
             check_unused_every=config.check_unused_every,
         )
         self.quantizer_trainer = SplitQuantizerTrainer(
-            self.codec.quantizer, codebook_config, quantizer_dropout=config.quantizer_dropout
+            self.codec.quantizer,
+            codebook_config,
+            quantizer_dropout=config.quantizer_dropout,
+            quantization_rate=config.quantization_rate,
         )
         codec_config = self.codec.config
         self.teacher = build_teacher(

@@ -170,11 +170,13 @@ class ResidualQuantizerTrainer:
         training: bool,
         generator: torch.Generator | None,
         step: int | None = None,
+        quantize: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Quantize ``latent [B, C, T]`` with ``num_levels`` levels.
 
         Returns the straight-through output ``[B, C_out, T]``, codes ``[B, K, T]``, the commitment
-        loss averaged over levels, and per-level metrics.
+        loss averaged over levels, and per-level metrics. Items where ``quantize`` (bool ``[B]``)
+        is false pass their projected latent unquantized (the codebooks still learn from them).
         """
         batch, _, frames = latent.shape
         projected = self.rvq.input_proj(latent).transpose(1, 2).reshape(batch * frames, -1)
@@ -199,6 +201,9 @@ class ResidualQuantizerTrainer:
             all_codes.append(codes)
             previous_was_ready = was_ready
         straight_through = projected + (total - projected).detach()
+        if quantize is not None:
+            rows_quantized = quantize.to(projected.device).repeat_interleave(frames)[:, None]
+            straight_through = torch.where(rows_quantized, straight_through, projected)
         out = self.rvq.output_proj(straight_through.view(batch, frames, -1).transpose(1, 2))
         codes = torch.stack(all_codes, dim=1).view(batch, frames, -1).transpose(1, 2)
         return out, codes, torch.stack(losses).mean(), metrics
@@ -212,6 +217,7 @@ class SplitQuantizerTrainer:
         quantizer: SplitResidualVectorQuantizer,
         config: CodebookTrainingConfig | None = None,
         quantizer_dropout: bool = True,
+        quantization_rate: float = 1.0,
     ) -> None:
         self.quantizer = quantizer
         self.config = config or CodebookTrainingConfig(
@@ -220,6 +226,7 @@ class SplitQuantizerTrainer:
             replaced_usage_ratio=quantizer.config.replaced_usage_ratio,
         )
         self.quantizer_dropout = quantizer_dropout
+        self.quantization_rate = quantization_rate
         self.semantic = ResidualQuantizerTrainer(quantizer.rvq_first, self.config)
         self.acoustic = ResidualQuantizerTrainer(quantizer.rvq_rest, self.config)
 
@@ -234,18 +241,26 @@ class SplitQuantizerTrainer:
 
         ``generator`` drives every random choice (k-means seeds, dead-code draws, dropout) and
         ``step`` schedules dead-code checks, so a resumed run repeats the interrupted one exactly.
+        In training, each item is quantized with probability ``quantization_rate`` and otherwise
+        decoded from its unquantized latent, as Mimi was trained (at 0.5): the encoder and decoder
+        learn to reconstruct before the codebooks have settled.
         """
+        quantize = None
+        if training and self.quantization_rate < 1.0:
+            quantize = torch.rand(latent.shape[0], generator=generator) < self.quantization_rate
         semantic_levels = self.quantizer.config.n_q_semantic
         acoustic_levels = self.quantizer.num_codebooks - semantic_levels
         if training and self.quantizer_dropout and acoustic_levels > 1:
             acoustic_levels = int(torch.randint(1, acoustic_levels + 1, (1,), generator=generator).item())
-        semantic, codes, loss, metrics = self.semantic(latent, semantic_levels, training, generator, step)
+        semantic, codes, loss, metrics = self.semantic(
+            latent, semantic_levels, training, generator, step, quantize
+        )
         result = QuantizerStepResult(
             quantized=semantic, codes=codes, commitment=loss, semantic=semantic, metrics=metrics
         )
         if acoustic_levels > 0:
             acoustic, acoustic_codes, acoustic_loss, acoustic_metrics = self.acoustic(
-                latent, acoustic_levels, training, generator, step
+                latent, acoustic_levels, training, generator, step, quantize
             )
             result.quantized = semantic + acoustic
             result.codes = torch.cat([codes, acoustic_codes], dim=1)
