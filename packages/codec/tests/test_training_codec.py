@@ -549,3 +549,18 @@ def test_resuming_with_the_discriminator_turned_off_drops_it():
 def test_an_adversarial_start_step_needs_the_discriminator():
     with pytest.raises(ValueError, match="adversarial_start_step is 5 but adversarial is false"):
         _tiny_config(adversarial=False, adversarial_start_step=5)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_a_fresh_encoder_starts_at_unit_variance_so_its_latent_follows_the_input(preset):
+    """Without the scaling, the random encoder's latent barely moves over time (std 0.006 at the
+    small preset) and training first spends hundreds of steps with every frame on one code."""
+    audio = 0.1 * torch.randn(1, 1, 24_000, generator=torch.Generator().manual_seed(1))
+    spread = {}
+    for scaled in (False, True):
+        torch.manual_seed(0)
+        config = CodecTrainingConfig.from_preset(preset, unit_variance_init=scaled)
+        with torch.no_grad():
+            latent = CodecTrainingModule(config).codec.encode_latent(audio)
+        spread[scaled] = float(latent.std(-1).mean())
+    assert spread[True] > 0.2 and spread[True] > 20 * spread[False], spread

@@ -36,6 +36,9 @@ class CodecTrainingConfig(PresetConfig):
     teacher: str = "mel-projection"
     teacher_dim: int = Field(64, ge=1)
     quantizer_dropout: bool = True
+    # Fresh weights only: the encoder's convolutions scaled to unit output variance before training
+    # (without it, the first ~500 steps of the small preset map every frame to one code).
+    unit_variance_init: bool = True
     # Share of training items decoded from their quantized latent; the others from the unquantized
     # one (Mimi was trained at 0.5). The codebooks learn from every item either way.
     quantization_rate: float = Field(1.0, gt=0.0, le=1.0)

@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from duplex.codec.calibration import calibration_audio, unit_variance
 from duplex.codec.mimi import Mimi
 from duplex.codec.training.config import CodecTrainingConfig
 from duplex.codec.training.discriminator import MultiScaleSTFTDiscriminator
@@ -51,6 +52,8 @@ class CodecTrainingModule(L.LightningModule):
             self.codec = Mimi.from_pretrained(config.init, num_codebooks=config.codec.quantizer.n_q).train()
         else:
             self.codec = Mimi(config.codec)
+            if config.unit_variance_init:
+                scale_encoder_to_unit_variance(self.codec)
         add_weight_norm(self.codec)
         q = self.codec.quantizer.config
         codebook_config = CodebookTrainingConfig(
@@ -305,6 +308,16 @@ class CodecTrainingModule(L.LightningModule):
         if has_weight_norm(codec):
             fold_weight_norm(codec)
         return codec.save_pretrained(path)
+
+
+@torch.no_grad()
+def scale_encoder_to_unit_variance(codec: Mimi) -> None:
+    """Scale a random encoder's convolutions to unit output variance on a calibration signal (as
+    LSUV does). Freshly initialised, the encoder's latent barely varies over time, and training
+    first spends hundreds of steps with every frame on one code while the decoder learns the
+    average sound; scaled, it tells frames apart from the first step."""
+    audio = calibration_audio(codec.sample_rate)
+    unit_variance(codec.encoder, lambda: codec.encode_latent(audio))
 
 
 def _count_without_stepping(optimizer: LightningOptimizer) -> None:
