@@ -5,26 +5,26 @@ it early during collection; setting the mode here lets the kernel tests run Trit
 whatever the collection order.
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def reference_checkpoint_info(directory):  # noqa: ANN001, ANN201
-    """The reference's CheckpointInfo of a local checkpoint directory in the official layout (as
-    written by duplex: model, mimi, tokenizer, config.json and mimi_config.json)."""
-    from moshi.models import loaders
+def _benchmarks_reference():  # noqa: ANN202
+    """benchmarks/reference.py, the one definition of the oracle's glue (the benchmarks are scripts,
+    not a package: loaded from its path)."""
+    path = Path(__file__).parent / "benchmarks" / "reference.py"
+    spec = importlib.util.spec_from_file_location("duplex_benchmarks_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    return loaders.CheckpointInfo.from_hf_repo(
-        "unused/unused",
-        moshi_weights=directory / "model.safetensors",
-        mimi_weights=directory / "mimi.safetensors",
-        tokenizer=directory / "tokenizer.model",
-        config_path=directory / "config.json",
-        mimi_config_path=directory / "mimi_config.json",
-    )
+
+reference_checkpoint_info = _benchmarks_reference().reference_checkpoint_info
 
 
 @pytest.fixture(scope="session")
