@@ -96,3 +96,14 @@ def test_an_output_that_is_a_file_fails_in_one_line(tmp_path):
     (tmp_path / "out").write_text("")
     result = runner.invoke(app, ["data", "speech", str(tmp_path / "out"), "--clips", "1"])
     assert result.exit_code == 1 and "is a file: pass a folder" in result.output
+
+
+def test_conversations_are_written_as_a_dataset_the_lm_reads(tmp_path):
+    from duplex.lm.data import load_dataset
+
+    result = runner.invoke(app, ["data", "conversations", str(tmp_path / "train"), "-n", "2", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 train conversations" in result.output and "32 scripted questions" in result.output
+    assert len(load_dataset(tmp_path / "train")) == 2 and (tmp_path / "train" / "tokenizer.model").is_file()
+    bad = runner.invoke(app, ["data", "conversations", str(tmp_path / "x"), "--split", "test"])
+    assert bad.exit_code == 2 and "unknown split 'test'" in bad.output and bad.output.count("error:") == 1

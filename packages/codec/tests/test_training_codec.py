@@ -21,6 +21,7 @@ from duplex.codec.training.losses import (
 from duplex.codec.training.metrics import PESQ, SISDR, STOI, CodebookUsage, MelDistance, code_perplexity
 from duplex.codec.training.module import CodecTrainingModule
 from duplex.codec.training.run import train_codec
+from duplex.codec.training.schedule import warmup_cosine
 from duplex.codec.training.teachers import MelProjectionTeacher
 from duplex.codec.training.trainer import read_metrics
 from duplex.codec.training.weight_norm import add_weight_norm, fold_weight_norm, has_weight_norm
@@ -288,13 +289,24 @@ def speech_dir(tmp_path_factory):
     return out
 
 
+def test_warmup_then_cosine_decay():
+    factors = [warmup_cosine(step, 10, 2, 0.1) for step in range(12)]
+    assert factors[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert factors[6] == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the decay
+    assert factors[10:] == pytest.approx([0.1, 0.1])  # past the end (a run extended on resume): the last rate
+    assert all(a >= b for a, b in zip(factors[2:], factors[3:], strict=False))
+    assert [warmup_cosine(step, 10, 0, 1.0) for step in range(10)] == [1.0] * 10  # constant
+
+
 def test_short_run_learns_logs_and_exports(speech_dir, tmp_path):
-    config = _tiny_config(adversarial=True)
+    config = _tiny_config(adversarial=True, warmup_steps=2, final_learning_rate_ratio=0.5)
     train_codec(speech_dir, tmp_path, config, max_steps=8, checkpoint_every=4, progress_bar=False)
     rows = read_metrics(tmp_path)
     train = [r for r in rows if "train/loss" in r]
     val = [r for r in rows if "val/si_sdr" in r]
     assert len(train) == 8 and len(val) == 2
+    expected_rates = [config.learning_rate * warmup_cosine(step, 8, 2, 0.5) for step in range(8)]
+    assert [r["train/lr"] for r in train] == pytest.approx(expected_rates)
     assert train[-1]["train/waveform_l1"] < train[0]["train/waveform_l1"]
     for key in ("val/mel_distance", "val/codebook_usage", "val/code_perplexity", "train/discriminator"):
         assert all(math.isfinite(r[key]) for r in (val if key.startswith("val") else train))

@@ -156,6 +156,18 @@ def test_save_and_load_round_trip(tmp_path: Path):
     assert torch.equal(from_file.text_linear.weight, model.text_linear.weight)
 
 
+def test_float16_weights_run_in_float32_on_a_cpu_unless_asked(tmp_path: Path):
+    """CPUs have no fast float16 arithmetic: a float16 file (the bundled demo's) loads widened."""
+    torch.manual_seed(0)
+    LMModel(LMConfig.from_preset("tiny")).half().save_pretrained(tmp_path)
+    stored = load_file(tmp_path / "model.safetensors")
+    assert stored["text_linear.weight"].dtype == torch.float16
+    loaded = LMModel.from_pretrained(tmp_path, device="cpu")
+    assert loaded.dtype == torch.float32
+    assert torch.equal(loaded.text_linear.weight, stored["text_linear.weight"].float())
+    assert LMModel.from_pretrained(tmp_path, dtype=torch.float16).dtype == torch.float16  # asked for
+
+
 def test_reference_weights_in_official_and_in_memory_names(tmp_path: Path):
     """The reference's test weights are stored fused; the per-step spelling loads too."""
     state = load_file(ASSETS / "test_lm_model.safetensors")

@@ -87,6 +87,37 @@ def speech(
     )
 
 
+@app.command("conversations")
+def conversations(
+    output: Path = typer.Argument(
+        ..., help="Folder to write the conversations and their data.jsonl index into."
+    ),
+    count: int = typer.Option(1200, "--count", "-n", min=1, help="How many conversations to make."),
+    split: str = typer.Option(
+        "train",
+        help="train: users in the training voices, 1-2 questions each, plus a tokenizer of the script; "
+        "heldout: each question of the script in turn, in voices training never uses (the test set).",
+    ),
+    seed: int = typer.Option(
+        0, help="Seed of every draw (a conversation depends only on the seed and its number)."
+    ),
+) -> None:
+    """Write scripted conversations (moshi-finetune format): a user asks the demo's questions, the model
+    gives each its one spoken answer, with pauses, overlaps and backchannels."""
+    from duplex.lm.data.conversations import SCRIPT, write_conversations
+    from duplex.lm.data.speech import SPLITS
+
+    if split not in SPLITS:
+        raise usage_error(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}", "--split")
+    if output.exists() and not output.is_dir():
+        raise RuntimeProblem(f"{output} is a file: pass a folder (new, or holding a dataset to replace)")
+    index = write_conversations(output, count, split=split, seed=seed)
+    minutes = sum(json.loads(line)["duration"] for line in index.read_text().splitlines()) / 60
+    typer.echo(
+        f"wrote {count} {split} conversations ({minutes:.1f} min, {len(SCRIPT)} scripted questions): {index}"
+    )
+
+
 @app.command("check")
 def check(data: Path = typer.Argument(..., help="A dataset folder or its .jsonl index.")) -> None:
     """Validate a moshi-finetune dataset: files, stereo audio, alignments within the audio."""

@@ -67,7 +67,8 @@ class CheckpointBundle:
         numerics: Numerics = "fast",
         quantize: WeightFormat | LowPrecisionConfig | None = None,
     ) -> LMModel:
-        """The LM in eval mode; floating weights are cast to ``dtype`` (default: as stored);
+        """The LM in eval mode; floating weights are cast to ``dtype`` (default: as stored, float16
+        widened to float32 on a CPU);
         ``numerics``: ``"fast"`` or ``"reference"`` (see :class:`~duplex.lm.model.LMModel`);
         ``quantize``: "bf16" or "int8" matmul weights, narrowed as they are read.
         A Hibiki model's text embedding of ``</s>`` is PAD's, as the reference loads it

@@ -503,6 +503,27 @@ def _moshi_7b() -> dict[str, Any]:
 LMConfig.preset("moshi-7b")(_moshi_7b)
 
 
+@LMConfig.preset("demo")
+def _demo() -> dict[str, Any]:
+    """The bundled demo's structure: the official one at about 11 M parameters, for the small codec
+    (8 of its 1024-bin codebooks per speaker); trains on a CPU in under an hour."""
+    return {
+        **_moshi_7b(),
+        "dim": 256,
+        "text_card": 200,
+        "card": 1024,
+        "num_heads": 4,
+        "num_layers": 4,
+        "context": 250,
+        "depformer_dim": 128,
+        "depformer_dim_feedforward": int(4.125 * 128),
+        "depformer_num_heads": 4,
+        "depformer_num_layers": 2,
+        # The first codebook (semantic) gets its own depformer weights, the acoustic ones share one set.
+        "depformer_weights_per_step_schedule": [0, 1, 1, 1, 1, 1, 1, 1],
+    }
+
+
 @LMConfig.preset("moshi-341m")
 def _moshi_341m() -> dict[str, Any]:
     """The official structure scaled down (the speed benchmark's model)."""

@@ -189,7 +189,8 @@ def build_lm(
     """``cls(config, numerics=numerics)`` with the weights file loaded strictly (and LoRA applied),
     in eval mode.
 
-    Floating weights are cast to ``dtype`` (default: as stored); with ``fuse`` the LoRA weights
+    Floating weights are cast to ``dtype`` (default: as stored, except float16 on a CPU, which runs
+    in float32); with ``fuse`` the LoRA weights
     are folded into the base weights. ``quantize`` ("bf16" or "int8") stores the matmul weights in
     low precision as they are read (docs/nn-api.md)."""
     if lora_weights is not None and not config.lora:
@@ -200,6 +201,10 @@ def build_lm(
     # narrowed as read: a float file quantized at load never has all its float tensors in memory
     state, _ = read_safetensors(weights, device=device or "cpu", transform=narrowing(model, dtype))
     load_lm_state_dict(model, state, dtype, source=weights)
+    on_cpu = torch.device(device or "cpu").type == "cpu"
+    if dtype is None and on_cpu and config.low_precision is None:
+        if any(p.dtype is torch.float16 for p in model.parameters()):
+            model.float()  # CPUs have no fast float16 arithmetic: a float16 file runs widened
     if config.model_type == "hibiki":
         # Hibiki sometimes samples EOS too early; embedding EOS like PAD makes it harmless.
         with torch.no_grad():

@@ -14,11 +14,15 @@ without downloading anything. The directory holds what an official checkpoint ho
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
+# The trained demo (examples/train_demo.py --ship): what the commands use without --checkpoint.
+BUNDLED_DEMO = Path(__file__).parent / "demo_model"
 DEMO_VERSION = "3"  # bump when the demo changes: the cached copy is rebuilt
 DEMO_SEED = 1234
+EXAMPLE_VOICE = "en-us+Annie"  # a held-out voice of duplex data speech / conversations
+EXAMPLE_RATE = 24000
+EXAMPLE_ANSWER_ROOM_S = 4.0
 TEXT_VOCAB = 64
 MIMI_CODEBOOKS = 4
 
@@ -67,15 +71,28 @@ def default_checkpoint() -> Path:
 
 
 def example_wav(path: str | Path = "examples/hello.wav") -> Path:
-    """An example utterance spoken by espeak-ng (written once, if missing)."""
+    """The demo's first scripted question, "Hello, how are you today?", spoken by espeak-ng in a voice
+    the demo never heard, followed by room for the answer (written once, if missing): 24 kHz mono
+    over a quiet noise floor, as the demo's users were recorded."""
     path = Path(path)
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = "Hello! How are you doing today? I would like to talk about the weather."
-        try:
-            subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
-        except FileNotFoundError:
-            raise RuntimeError(
-                "espeak-ng is needed to make the example wav (apt install espeak-ng)"
-            ) from None
+    if path.is_file():
+        return path
+    import numpy as np
+    import soundfile
+    import torch
+    from duplex.codec.audio import resample
+    from duplex.lm.data.conversations import SCRIPT
+    from duplex.lm.data.speech.espeak import Prosody, speak
+    from duplex.lm.data.speech.noise import noise_floor
+
+    wav, rate = speak(SCRIPT[0].question, EXAMPLE_VOICE, Prosody(rate_wpm=160))
+    speech = resample(torch.from_numpy(wav), rate, EXAMPLE_RATE).numpy()
+    speech *= 0.1 / max(float(np.abs(speech).max()), 1e-9)
+    lead, room = round(0.5 * EXAMPLE_RATE), round(EXAMPLE_ANSWER_ROOM_S * EXAMPLE_RATE)
+    audio = noise_floor(lead + len(speech) + room, -60.0, 0.5, np.random.default_rng(0), EXAMPLE_RATE)
+    audio[lead : lead + len(speech)] += speech
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + f".partial-{os.getpid()}.wav")
+    soundfile.write(str(partial), audio, EXAMPLE_RATE, subtype="PCM_16")
+    partial.replace(path)
     return path

@@ -19,6 +19,10 @@ class CodecTrainingConfig(PresetConfig):
     learning_rate: float = Field(3e-4, gt=0)
     discriminator_learning_rate: float = Field(3e-4, gt=0)
     betas: tuple[float, float] = (0.5, 0.9)
+    # Both learning rates rise linearly over warmup_steps, then decay along a half cosine to
+    # final_learning_rate_ratio of their value at the run's last step (1: constant).
+    warmup_steps: int = Field(0, ge=0)
+    final_learning_rate_ratio: float = Field(1.0, gt=0, le=1)
     gradient_clip: float | None = 1.0
     # Loss weights. The official Mimi used adversarial and feature losses only; a reconstruction
     # term (mel, and optionally waveform L1) makes short runs on small data converge.
@@ -99,6 +103,9 @@ def _small() -> dict[str, Any]:
         "batch_size": 8,
         "learning_rate": 1e-3,
         "discriminator_learning_rate": 1e-3,
+        "betas": (0.8, 0.99),
+        "warmup_steps": 200,
+        "final_learning_rate_ratio": 0.05,
         "waveform_weight": 10.0,
         "mel_weight": 1.0,
         "adversarial": False,

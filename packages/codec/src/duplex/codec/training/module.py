@@ -29,6 +29,7 @@ from duplex.codec.training.metrics import (
     si_sdr,
 )
 from duplex.codec.training.quantizer import CodebookTrainingConfig, QuantizerStepResult, SplitQuantizerTrainer
+from duplex.codec.training.schedule import warmup_cosine
 from duplex.codec.training.teachers import build_teacher
 from duplex.codec.training.weight_norm import add_weight_norm, fold_weight_norm, has_weight_norm
 from lightning.pytorch.core.optimizer import LightningOptimizer
@@ -124,6 +125,7 @@ class CodecTrainingModule(L.LightningModule):
         optimizers = self.optimizers()
         if not isinstance(optimizers, list):
             optimizers = [optimizers]
+        logs["train/lr"] = torch.tensor(self._set_learning_rates(optimizers, step))
         adversarial_on = self.adversarial_at(step)
         if adversarial_on and step == c.adversarial_start_step > 0:
             rank_zero_info(f"step {step}: the discriminator switches on (adversarial_start_step)")
@@ -180,6 +182,19 @@ class CodecTrainingModule(L.LightningModule):
         self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False, batch_size=wav.shape[0])
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=wav.shape[0])
         return loss
+
+    def _set_learning_rates(self, optimizers: list[LightningOptimizer], step: int) -> float:
+        """Sets the rates of ``step`` and returns the codec's. The schedule is a function of the step
+        alone, so resuming needs no scheduler state."""
+        c = self.config
+        total = max(1, self.trainer.max_steps // self.optimizer_steps_per_batch)
+        factor = warmup_cosine(step, total, c.warmup_steps, c.final_learning_rate_ratio)
+        for optimizer, base in zip(
+            optimizers, (c.learning_rate, c.discriminator_learning_rate), strict=False
+        ):
+            for group in optimizer.param_groups:
+                group["lr"] = base * factor
+        return c.learning_rate * factor
 
     def _clip(self, optimizer: torch.optim.Optimizer) -> None:
         if self.config.gradient_clip:

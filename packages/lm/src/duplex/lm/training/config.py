@@ -44,3 +44,17 @@ def _tiny() -> dict[str, Any]:
         "semantic_weight": 10.0,
         "validation_segments": 8,
     }
+
+
+@LMTrainingConfig.preset("demo")
+def _demo() -> dict[str, Any]:
+    """The bundled demo's LM run (the ``demo`` LM preset): 10 s segments hold a whole scripted
+    exchange; a from-scratch learning rate."""
+    return {
+        "segment_frames": 125,
+        "batch_size": 8,
+        "learning_rate": 1e-3,
+        "warmup_steps": 100,
+        "semantic_weight": 10.0,
+        "validation_segments": 16,
+    }

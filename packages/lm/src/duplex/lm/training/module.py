@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
+from duplex.codec.training.schedule import warmup_cosine
 from duplex.lm.model import LMModel
 from duplex.lm.training.config import LMTrainingConfig
 from duplex.lm.training.loss import model_loss
@@ -66,13 +65,9 @@ class LMTrainingModule(L.LightningModule):
         )
         total = max(self.trainer.max_steps, 1) if self.trainer is not None else 1
 
-        def schedule(step: int) -> float:
-            if step < c.warmup_steps:
-                return (step + 1) / (c.warmup_steps + 1)
-            progress = min(1.0, (step - c.warmup_steps) / max(1, total - c.warmup_steps))
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, total, c.warmup_steps, final_ratio=0.1)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):  # noqa: ANN001, ANN201

@@ -64,15 +64,16 @@ class Clip:
         }
 
 
-def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+def draw_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(*bounds))
 
 
-def _integer(rng: np.random.Generator, bounds: tuple[int, int]) -> int:
+def draw_integer(rng: np.random.Generator, bounds: tuple[int, int]) -> int:
     return int(rng.integers(bounds[0], bounds[1] + 1))
 
 
-def _trim(wav: np.ndarray) -> np.ndarray:
+def trim_silence(wav: np.ndarray) -> np.ndarray:
+    """``wav`` without its silent edges (espeak-ng pads sentences with exact zeros)."""
     loud = np.flatnonzero(np.abs(wav) > _SILENT)
     return wav[loud[0] : loud[-1] + 1] if len(loud) else wav[:0]
 
@@ -96,9 +97,9 @@ class SpeechGenerator:
         config = self.config
         return (
             voice,
-            _integer(rng, config.rate_wpm),
-            _integer(rng, config.pitch),
-            _integer(rng, config.word_gap),
+            draw_integer(rng, config.rate_wpm),
+            draw_integer(rng, config.pitch),
+            draw_integer(rng, config.word_gap),
         )
 
     def _speech(
@@ -112,16 +113,18 @@ class SpeechGenerator:
         espeak_rate = 0
         while not pieces or sum(map(len, pieces)) < config.seconds * espeak_rate:
             text = self.sentences[int(rng.integers(len(self.sentences)))]
-            jitter = _uniform(rng, (-config.rate_jitter, config.rate_jitter))
+            jitter = draw_uniform(rng, (-config.rate_jitter, config.rate_jitter))
             prosody = Prosody(
                 rate_wpm=int(np.clip(round(rate_wpm * (1 + jitter)), 80, 450)),
-                pitch=int(np.clip(pitch + _integer(rng, (-config.pitch_jitter, config.pitch_jitter)), 0, 99)),
-                pitch_range=_integer(rng, config.pitch_range),
+                pitch=int(
+                    np.clip(pitch + draw_integer(rng, (-config.pitch_jitter, config.pitch_jitter)), 0, 99)
+                ),
+                pitch_range=draw_integer(rng, config.pitch_range),
                 word_gap=word_gap,
             )
-            gap = _uniform(rng, config.sentence_gap_s)
+            gap = draw_uniform(rng, config.sentence_gap_s)
             wav, espeak_rate = speak(text, voice.name, prosody, self._exe)
-            wav = _trim(wav)
+            wav = trim_silence(wav)
             if not len(wav):
                 raise RuntimeError(f"espeak-ng wrote silence for {text!r} in voice {voice.name!r}")
             if pieces:
@@ -137,12 +140,12 @@ class SpeechGenerator:
         rng = np.random.default_rng([seed, index])
         voice, *speaker = self._speaker(rng)
         speech, utterances = self._speech(rng, voice, *speaker)
-        gain = 10 ** ((_uniform(rng, config.speech_dbfs) - active_dbfs(speech, config.sample_rate)) / 20)
+        gain = 10 ** ((draw_uniform(rng, config.speech_dbfs) - active_dbfs(speech, config.sample_rate)) / 20)
         speech = speech * min(gain, PEAK / max(float(np.abs(speech).max()), 1e-9))
-        noise_dbfs = _uniform(rng, config.noise_dbfs)
-        colour = _uniform(rng, config.noise_colour)
-        lead = round(_uniform(rng, config.lead_s) * config.sample_rate)
-        tail = round(_uniform(rng, config.tail_s) * config.sample_rate)
+        noise_dbfs = draw_uniform(rng, config.noise_dbfs)
+        colour = draw_uniform(rng, config.noise_colour)
+        lead = round(draw_uniform(rng, config.lead_s) * config.sample_rate)
+        tail = round(draw_uniform(rng, config.tail_s) * config.sample_rate)
         frames = -(-(lead + len(speech) + tail) // config.frame_samples)
         audio = noise_floor(frames * config.frame_samples, noise_dbfs, colour, rng, config.sample_rate)
         audio[lead : lead + len(speech)] += speech

@@ -1,0 +1,16 @@
+"""Scripted spoken conversations for the demo model: a user asks, the model answers."""
+
+from duplex.lm.data.conversations.config import ConversationConfig
+from duplex.lm.data.conversations.dataset import write_conversations
+from duplex.lm.data.conversations.generator import Conversation, ConversationGenerator
+from duplex.lm.data.conversations.script import SCRIPT, Exchange, words
+
+__all__ = [
+    "SCRIPT",
+    "Conversation",
+    "ConversationConfig",
+    "ConversationGenerator",
+    "Exchange",
+    "words",
+    "write_conversations",
+]

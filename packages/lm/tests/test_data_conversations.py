@@ -1,0 +1,121 @@
+"""Scripted conversations for the demo LM: one fixed recording per answer, varied users, word times
+where the words are, held-out voices, overlaps, and a dataset the LM trains on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from duplex.lm.data import load_dataset
+from duplex.lm.data.conversations import (
+    SCRIPT,
+    ConversationConfig,
+    ConversationGenerator,
+    words,
+    write_conversations,
+)
+from duplex.lm.data.conversations.generator import USER_SPEAKER
+from duplex.lm.data.format import MAIN_SPEAKER
+from duplex.lm.data.interleave import TEXT_PAD, text_stream
+from duplex.lm.data.speech import HELDOUT_VOICES, TRAIN_VOICES
+from duplex.lm.tokenizer import TextTokenizer
+
+RATE = 24000
+
+
+@pytest.fixture(scope="module")
+def generator() -> ConversationGenerator:
+    return ConversationGenerator(TRAIN_VOICES[:6])
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory) -> dict:
+    train = tmp_path_factory.mktemp("conversations")
+    heldout = tmp_path_factory.mktemp("conversations-heldout")
+    write_conversations(train, 6, "train", seed=3)
+    write_conversations(heldout, 3, "heldout", seed=3)
+    return {"train": train, "heldout": heldout}
+
+
+def _records(folder) -> list[dict]:
+    return [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
+
+
+def _span(audio: np.ndarray, seconds: list[float], channel: int) -> np.ndarray:
+    start, end = (round(t * RATE) for t in seconds)
+    return audio[start:end, channel]
+
+
+def test_a_conversation_depends_only_on_its_seed_and_number(generator):
+    a = generator.conversation(seed=1, index=5)
+    b = ConversationGenerator(TRAIN_VOICES[:6]).conversation(seed=1, index=5)
+    other = generator.conversation(seed=1, index=6)
+    assert np.array_equal(a.audio, b.audio) and a.alignments == b.alignments
+    assert not np.array_equal(a.audio[: len(other.audio)], other.audio[: len(a.audio)])
+
+
+def test_words_and_times_follow_the_script(generator):
+    conversation = generator.conversation(seed=0, index=2, questions=[4, 9])
+    audio, duration = conversation.audio, len(conversation.audio) / RATE
+    assert audio.shape[1] == 2 and len(audio) % 1920 == 0
+    main = [w for w in conversation.alignments if w[2] == MAIN_SPEAKER]
+    assert [w[0] for w in main] == words(SCRIPT[4].answer) + words(SCRIPT[9].answer)
+    for exchange, question in zip(conversation.exchanges, (4, 9), strict=True):
+        assert exchange["question"] == question
+        q_start, q_end = exchange["question_s"]
+        a_start, a_end = exchange["answer_s"]
+        assert 0 < q_start < q_end <= duration and 0 < a_start < a_end <= duration
+        spoken = [w for w in conversation.alignments if q_start <= w[1][0] < q_end and w[2] == USER_SPEAKER]
+        assert [w[0] for w in spoken] == words(SCRIPT[question].question)
+        # the answer is on the model's channel, loud, and silent (noise floor only) on the user's before it
+        assert np.sqrt(np.mean(_span(audio, exchange["answer_s"], 0) ** 2)) > 0.01
+    for word, (start, end), _ in conversation.alignments:
+        assert 0 <= start < end <= duration, word
+
+
+def test_each_answer_is_one_recording_whoever_asks(generator):
+    """The model has one reply to learn per question: the same samples under a different noise floor."""
+    one = generator.conversation(seed=0, index=0, questions=[7])
+    two = generator.conversation(seed=0, index=1, questions=[7])
+    assert one.voice != two.voice or one.exchanges[0]["question_s"] != two.exchanges[0]["question_s"]
+    a = _span(one.audio, one.exchanges[0]["answer_s"], 0)
+    b = _span(two.audio, two.exchanges[0]["answer_s"], 0)
+    n = min(len(a), len(b))
+    assert abs(len(a) - len(b)) <= 1
+    assert np.corrcoef(a[:n], b[:n])[0, 1] > 0.99
+
+
+def test_the_model_may_start_before_the_user_has_finished():
+    overlapping = ConversationGenerator(TRAIN_VOICES[:2], ConversationConfig(answer_gap_s=(-0.2, -0.2)))
+    exchange = overlapping.conversation(seed=0, index=0, questions=[0]).exchanges[0]
+    assert exchange["answer_s"][0] == pytest.approx(exchange["question_s"][1] - 0.2, abs=1e-5)
+
+
+def test_heldout_asks_every_question_in_voices_training_never_uses(datasets):
+    records = _records(datasets["heldout"])
+    assert [r["exchanges"][0]["question"] for r in records] == [0, 1, 2]
+    heldout_names = {v.name for v in HELDOUT_VOICES}
+    assert all(r["voice"] in heldout_names for r in records)
+    assert not heldout_names & {v.name for v in TRAIN_VOICES}
+    assert not (datasets["heldout"] / "tokenizer.model").exists()
+
+
+def test_the_dataset_is_one_the_lm_trains_on(datasets):
+    folder = datasets["train"]
+    dialogues = load_dataset(folder)  # the moshi-finetune reader's checks
+    assert len(dialogues) == 6
+    audio, rate = soundfile.read(str(folder / _records(folder)[0]["path"]), dtype="int16")
+    assert rate == RATE and audio.shape[1] == 2
+    assert np.mean(audio == 0) < 0.01  # a noise floor on both channels, no digital silence
+    tokenizer = TextTokenizer.from_file(folder / "tokenizer.model")
+    stream = text_stream(dialogues[0].words, tokenizer.encode, round(dialogues[0].audio.duration * 12.5))
+    text = tokenizer.decode([t for t in stream.tolist() if t not in (TEXT_PAD, 0)])
+    expected = " ".join(
+        " ".join(words(SCRIPT[e["question"]].answer)) for e in _records(folder)[0]["exchanges"]
+    )
+    assert text.split() == expected.split()
+    first_word = int(_records(folder)[0]["exchanges"][0]["answer_s"][0] * 12.5)
+    assert torch.all(stream[: first_word - 1] == TEXT_PAD)  # silent until the answer (then EPAD, its words)
