@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from duplex.stream.demo import build_demo_checkpoint
+from duplex.stream.demo import build_tiny_checkpoint
 from duplex.stream.engine import DuplexEngine
 from duplex.stream.pipeline import MoshiPipeline
 from duplex.stream.slots import SamplingParams
@@ -88,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    checkpoint = args.checkpoint or build_demo_checkpoint(Path(tempfile.mkdtemp()) / "tiny")
+    checkpoint = args.checkpoint or build_tiny_checkpoint(Path(tempfile.mkdtemp()) / "tiny")
     pipeline = MoshiPipeline.from_checkpoint(checkpoint)
     reference = None if args.no_reference else reference_step_times(checkpoint, args.steps, args.warmup)
 

@@ -35,7 +35,7 @@ from duplex.codec import Mimi, MimiConfig, graphs
 from duplex.lm.config import LMConfig
 from duplex.lm.generate import LMGen
 from duplex.lm.model import LMModel
-from duplex.stream.demo import demo_lm_config
+from duplex.stream.demo import tiny_lm_config
 from duplex.stream.engine import DuplexEngine
 from duplex.stream.pipeline import MoshiPipeline
 from duplex.stream.slots import SamplingParams
@@ -182,7 +182,7 @@ def main() -> None:
     if args.dry_run:
         device, lm_dtype = torch.device("cpu"), torch.float32
         sizes, steps = args.sizes or [1, 2], min(args.steps, 6)
-        lm_config = LMConfig.model_validate(demo_lm_config())  # the LM matched to the tiny Mimi
+        lm_config = LMConfig.model_validate(tiny_lm_config())  # the LM matched to the tiny Mimi
         mimi_config = MimiConfig.from_preset("tiny")
         # no CUDA graphs on a CPU: "replaying" runs the step again on the recorded buffers
         graphs.record_cuda_graph = lambda step, inputs: lambda: step(*inputs)

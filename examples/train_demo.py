@@ -36,7 +36,7 @@ from duplex.codec.training.config import CodecTrainingConfig
 from duplex.codec.training.data import AudioSegments
 from duplex.codec.training.evaluate import evaluate_codec
 from duplex.codec.training.run import train_codec, validation_subset
-from duplex.lm.data.conversations import write_conversations
+from duplex.lm.data.conversations import SCRIPT, write_conversations
 from duplex.lm.data.speech import SentenceSource, SpeechConfig, write_speech_dataset
 from duplex.lm.training.config import LMTrainingConfig
 from duplex.lm.training.run import train_lm
@@ -48,7 +48,7 @@ FULL = {
     "speech_clips": 3000,
     "heldout_clips": 100,
     "codec_steps": 12000,
-    "conversations": 1200,
+    "conversations": 2400,
     "lm_steps": 2500,
     "codec_segments": 64,
 }
@@ -61,6 +61,15 @@ QUICK = {
     "codec_segments": 4,
 }
 HELDOUT_QUESTIONS_QUICK = 2
+
+
+def written(folder: Path, manifest: str, **expected) -> bool:
+    """Whether ``folder`` already holds the dataset ``expected`` describes (its manifest says so)."""
+    path = folder / manifest
+    if not path.is_file():
+        return False
+    made = json.loads(path.read_text())
+    return all(made.get(key) == value for key, value in expected.items())
 
 
 def save(results: dict, out: Path) -> None:
@@ -157,9 +166,13 @@ def main(argv: list[str] | None = None) -> dict:
     conversations, heldout_conversations = out / "conversations", out / "conversations-heldout"
     if "conversations" not in seconds:
         start = time.time()
-        write_conversations(conversations, sizes["conversations"], "train", seed=args.seed)
-        questions = HELDOUT_QUESTIONS_QUICK if args.quick else 32
-        write_conversations(heldout_conversations, questions, "heldout", seed=args.seed)
+        questions = HELDOUT_QUESTIONS_QUICK if args.quick else len(SCRIPT)
+        for folder, count, split in (
+            (conversations, sizes["conversations"], "train"),
+            (heldout_conversations, questions, "heldout"),
+        ):
+            if not written(folder, "conversations.json", conversations=count, seed=args.seed, split=split):
+                write_conversations(folder, count, split, seed=args.seed)
         seconds["conversations"] = time.time() - start
         save(results, out)
 

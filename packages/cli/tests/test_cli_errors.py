@@ -16,7 +16,7 @@ import pytest
 import soundfile
 import torch
 from duplex.cli.app import app
-from duplex.stream.demo import build_demo_checkpoint
+from duplex.stream.demo import build_tiny_checkpoint
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -40,7 +40,7 @@ def _dialogue(folder: Path, seconds: float = 2.0) -> Path:
 def files(tmp_path_factory) -> dict[str, Path]:
     """The good files and one broken copy of each kind the table needs."""
     root = tmp_path_factory.mktemp("mistakes")
-    demo = build_demo_checkpoint(root / "demo")
+    demo = build_tiny_checkpoint(root / "demo")
     good = _dialogue(root / "data")
     paths = {"root": root, "demo": demo, "data": good, "wav": good / "audio" / "d0.wav"}
 

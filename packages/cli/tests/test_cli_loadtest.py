@@ -7,13 +7,13 @@ import threading
 
 import pytest
 from duplex.cli.app import app
-from duplex.stream.demo import build_demo_checkpoint
+from duplex.stream.demo import build_tiny_checkpoint
 from typer.testing import CliRunner
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return build_demo_checkpoint(tmp_path_factory.mktemp("demo") / "tiny")
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("demo") / "tiny")
 
 
 class ServerThread:

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import soundfile
 from duplex.cli.app import app
-from duplex.stream.demo import build_demo_checkpoint
+from duplex.stream.demo import build_tiny_checkpoint
 from typer.testing import CliRunner
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return build_demo_checkpoint(tmp_path_factory.mktemp("demo") / "tiny")
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("demo") / "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +45,9 @@ def test_run_streams_a_file_and_writes_the_reply_and_a_timed_transcript(checkpoi
     assert [p["frame"] for p in pieces] == sorted({p["frame"] for p in pieces})
 
 
-def test_run_without_arguments_uses_the_bundled_demo_and_example(tmp_path, monkeypatch):
-    """From any folder: the example and the demo go to the cache, the reply to the current folder."""
-    from duplex.stream.demo import DEMO_VERSION
-
+def test_run_without_arguments_answers_the_example_with_the_bundled_demo(tmp_path, monkeypatch):
+    """From any folder: the example goes to the cache, the reply to the current folder, and the
+    bundled demo answers the example's question ("Hello, how are you today?")."""
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -56,7 +55,8 @@ def test_run_without_arguments_uses_the_bundled_demo_and_example(tmp_path, monke
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["reply.json", "reply.wav"]
     assert (tmp_path / "cache" / "duplex" / "hello.wav").is_file()
-    assert (tmp_path / "cache" / "duplex" / f"demo-tiny-v{DEMO_VERSION}" / "config.json").is_file()
+    text = next(line for line in result.output.splitlines() if line.startswith("text: "))
+    assert "i am doing well" in text.lower(), text
     verdict = result.output.strip().splitlines()[-1]
     assert verdict.startswith("mean step: ") and "real-time factor" in verdict
     assert ": kept up" in verdict or "slower than real time, a live call would fall behind" in verdict

@@ -292,10 +292,10 @@ def test_lm_init_from_an_official_layout_folder_exports(dataset, tmp_path):
     from duplex.codec.checkpoint import read_safetensors
     from duplex.lm.training.config import LMTrainingConfig
     from duplex.lm.training.run import train_lm
-    from duplex.stream.demo import build_demo_checkpoint
+    from duplex.stream.demo import build_tiny_checkpoint
     from safetensors.torch import save_file
 
-    official = build_demo_checkpoint(tmp_path / "official")
+    official = build_tiny_checkpoint(tmp_path / "official")
     tensors, _ = read_safetensors(official / "mimi.safetensors")
     save_file(tensors, str(official / "mimi.safetensors"))  # no duplex metadata
     config = LMTrainingConfig.from_preset("tiny", segment_frames=16, batch_size=2, validation_segments=2)

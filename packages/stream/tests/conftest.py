@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from duplex.stream.audio import load_mono
-from duplex.stream.demo import build_demo_checkpoint
+from duplex.stream.demo import build_tiny_checkpoint
 
 # The test modules import their helpers (stream_helpers.py) from this directory.
 sys.path.insert(0, str(Path(__file__).parent))
@@ -17,7 +17,7 @@ SAMPLE_RATE = 24_000
 
 @pytest.fixture(scope="session")
 def demo_checkpoint(tmp_path_factory) -> Path:
-    return build_demo_checkpoint(tmp_path_factory.mktemp("demo") / "tiny")
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("demo") / "tiny")
 
 
 @pytest.fixture(scope="session")

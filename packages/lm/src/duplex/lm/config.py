@@ -505,7 +505,7 @@ LMConfig.preset("moshi-7b")(_moshi_7b)
 
 @LMConfig.preset("demo")
 def _demo() -> dict[str, Any]:
-    """The bundled demo's structure: the official one at about 11 M parameters, for the small codec
+    """The bundled demo's structure: the official one at about 10 M parameters, for the small codec
     (8 of its 1024-bin codebooks per speaker); trains on a CPU in under an hour."""
     return {
         **_moshi_7b(),

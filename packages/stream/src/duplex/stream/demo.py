@@ -1,8 +1,13 @@
-"""A tiny checkpoint in the official layout, for tests, benchmarks and the quickstart.
+"""The checkpoints and the example input that duplex ships.
 
-The weights are random (from a fixed seed), so the model babbles; what it shows is the whole
-pipeline (Mimi, the LM, the tokenizer, the engine, the server) running end to end on a laptop CPU
-without downloading anything. The directory holds what an official checkpoint holds:
+- The bundled demo (``demo_model/``, what every command uses without ``--checkpoint``): a small
+  Mimi and a small Moshi LM trained from nothing by ``examples/train_demo.py`` to answer a few
+  dozen scripted questions (docs/architecture.md §8). Its ``results.json`` holds the scores and
+  the recipe that made it.
+- A tiny checkpoint with random weights (``build_tiny_checkpoint``, from a fixed seed) for tests
+  and benchmarks: the whole pipeline at toy size, built in a second.
+
+Both hold what an official checkpoint holds:
 
     config.json                   LM config + loader keys (mimi_name, mimi_config_name, tokenizer_name)
     model.safetensors             LM weights (official key names)
@@ -16,18 +21,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# The trained demo (examples/train_demo.py --ship): what the commands use without --checkpoint.
 BUNDLED_DEMO = Path(__file__).parent / "demo_model"
-DEMO_VERSION = "3"  # bump when the demo changes: the cached copy is rebuilt
-DEMO_SEED = 1234
 EXAMPLE_VOICE = "en-us+Annie"  # a held-out voice of duplex data speech / conversations
 EXAMPLE_RATE = 24000
 EXAMPLE_ANSWER_ROOM_S = 4.0
+TINY_SEED = 1234
 TEXT_VOCAB = 64
 MIMI_CODEBOOKS = 4
 
 
-def demo_lm_config() -> dict:
+def tiny_lm_config() -> dict:
     """The official LM structure at toy size, matched to the tiny Mimi (32 bins, 8 codebooks)."""
     from duplex.lm.config import LMConfig
 
@@ -43,12 +46,12 @@ def demo_lm_config() -> dict:
     return config.to_dict()
 
 
-def build_demo_checkpoint(directory: str | Path, seed: int = DEMO_SEED) -> Path:
+def build_tiny_checkpoint(directory: str | Path, seed: int = TINY_SEED) -> Path:
     """Write the tiny checkpoint to ``directory`` (same seed, same files); returns the directory."""
     from duplex.lm.config import LMConfig
     from duplex.lm.random_checkpoint import write_random_checkpoint
 
-    return write_random_checkpoint(directory, LMConfig.model_validate(demo_lm_config()), seed=seed)
+    return write_random_checkpoint(directory, LMConfig.model_validate(tiny_lm_config()), seed=seed)
 
 
 def cache_root() -> Path:
@@ -58,16 +61,13 @@ def cache_root() -> Path:
 
 
 def default_checkpoint() -> Path:
-    """The bundled tiny checkpoint, built once into the user's cache directory."""
-    cache = cache_root() / f"demo-tiny-v{DEMO_VERSION}"
-    if not (cache / "config.json").is_file():
-        partial = cache.with_name(cache.name + f".partial-{os.getpid()}")
-        build_demo_checkpoint(partial)
-        try:
-            partial.rename(cache)
-        except OSError:  # another process got there first
-            pass
-    return cache
+    """The bundled demo checkpoint, installed with duplex-stream."""
+    if not (BUNDLED_DEMO / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the bundled demo checkpoint is missing from this install ({BUNDLED_DEMO}): reinstall "
+            "duplex-stream, or pass --checkpoint"
+        )
+    return BUNDLED_DEMO
 
 
 def example_wav(path: str | Path = "examples/hello.wav") -> Path:

@@ -1,4 +1,4 @@
-"""A conversation dataset on disk, in the moshi-finetune format (docs/architecture.md §7).
+"""A conversation dataset on disk, in the moshi-finetune format (docs/architecture.md §8.2).
 
 ``audio/conversation_NNNNNN.wav`` (16-bit stereo: the model left, the user right) with its word
 alignments in ``.json`` beside it, the ``data.jsonl`` index (each line also says which questions
