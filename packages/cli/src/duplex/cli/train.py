@@ -34,7 +34,7 @@ def _devices(devices: str) -> int | str:
 # --max-steps when not given: what a CPU does in minutes for the tiny presets, a real run otherwise.
 DEFAULT_MAX_STEPS = {("codec", "tiny"): 150, ("lm", "tiny"): 300}
 FULL_SIZE_MAX_STEPS = 1000
-CPU_PRESETS = ("tiny", "small")  # sized for a CPU: no warning
+CPU_PRESETS = ("tiny", "small", "demo")  # sized for a CPU: no warning
 KEEP_HELP = "How many step-N.ckpt files to keep, the newest (0: all); last.ckpt is kept besides."
 MAX_STEPS_HELP = (
     "Training steps (batches; generator steps for the codec). Default: 150 (codec) / 300 (LM) with "
@@ -253,7 +253,10 @@ def lm(
     ),
     lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters only (saved as lora.safetensors)."),
     max_steps: int = typer.Option(None, min=1, help=MAX_STEPS_HELP),
-    preset: str = typer.Option("moshi", help="Training preset: moshi (the official recipe) or tiny."),
+    preset: str = typer.Option(
+        "moshi",
+        help="Training preset: moshi (the official recipe), demo (the bundled demo's, on a CPU) or tiny.",
+    ),
     keep_checkpoints: int = typer.Option(3, min=0, help=KEEP_HELP),
     codec: Path = typer.Option(None, help="Mimi weights (default: the checkpoint's)."),
     tokenizer: Path = typer.Option(None, help="SentencePiece model (default: the checkpoint's)."),

@@ -27,6 +27,7 @@ class CodecTrainingConfig(PresetConfig):
     # Loss weights. The official Mimi used adversarial and feature losses only; a reconstruction
     # term (mel, and optionally waveform L1) makes short runs on small data converge.
     mel_weight: float = Field(15.0, ge=0)
+    mel_linear_weight: float = Field(1.0, ge=0)  # inside the mel loss: L2 of mel magnitudes (log-mel L1: 1)
     waveform_weight: float = Field(0.0, ge=0)
     adversarial: bool = True
     # The schedule: reconstruction only (no discriminator step, no adversarial or feature loss) before

@@ -74,7 +74,7 @@ class CodecTrainingModule(L.LightningModule):
             config.teacher, codec_config.sample_rate, codec_config.frame_rate, dim=config.teacher_dim
         )
         self.semantic_projection = nn.Conv1d(codec_config.seanet.dimension, config.teacher_dim, 1)
-        self.mel_loss = MultiScaleMelLoss(codec_config.sample_rate)
+        self.mel_loss = MultiScaleMelLoss(codec_config.sample_rate, linear_weight=config.mel_linear_weight)
         self.discriminator = (
             MultiScaleSTFTDiscriminator(config.discriminator_n_ffts, config.discriminator_channels)
             if config.adversarial
