@@ -99,7 +99,8 @@ class ConversationGenerator:
         weights = [len(self._speak(w, c.model_voice, prosody)) for w in tokens]
         return Spoken(audio, _spread(tokens, weights, len(audio) / c.sample_rate))
 
-    def question(self, text: str, voice: Voice, prosody: Prosody, dbfs: float) -> Spoken:
+    def user_says(self, text: str, voice: Voice, prosody: Prosody, dbfs: float) -> Spoken:
+        """``text`` in the user's voice and delivery, at ``dbfs``; words spread by length."""
         c = self.config
         audio = _level(self._speak(text, voice.name, prosody), dbfs, c.sample_rate)
         tokens = words(text)
@@ -127,7 +128,7 @@ class ConversationGenerator:
         for number, q in enumerate(questions):
             if number:
                 t += draw_uniform(rng, c.next_question_gap_s)
-            asked = self.question(self.script[q].question, voice, prosody, dbfs)
+            asked = self.user_says(self.script[q].question, voice, prosody, dbfs)
             placed.append((1, t, asked, USER_SPEAKER))
             question_start, question_end = t, t + len(asked.audio) / rate
             t = max(question_end + draw_uniform(rng, c.answer_gap_s), t + 0.3)
@@ -137,7 +138,7 @@ class ConversationGenerator:
             if rng.random() < c.backchannel_probability:
                 said = BACKCHANNELS[int(rng.integers(len(BACKCHANNELS)))]
                 at = draw_uniform(rng, (t + 0.3, max(t + 0.3, answer_end - 0.4)))
-                placed.append((1, at, self.question(said, voice, prosody, dbfs - 4), USER_SPEAKER))
+                placed.append((1, at, self.user_says(said, voice, prosody, dbfs - 4), USER_SPEAKER))
             exchanges.append(
                 {
                     "question": q,
