@@ -124,15 +124,17 @@ def main(argv: list[str] | None = None) -> dict:
             (speech, sizes["speech_clips"], "train"),
             (heldout_speech, sizes["heldout_clips"], "heldout"),
         ):
-            write_speech_dataset(
-                folder,
-                clips,
-                seed=args.seed,
-                split=split,
-                config=SpeechConfig(),
-                source=sources,
-                workers=1 if args.quick else args.threads,
-            )
+            if not written(folder, "speech.json", clips=clips, seed=args.seed, split=split):
+                workers = 1 if args.quick else args.threads
+                write_speech_dataset(
+                    folder,
+                    clips,
+                    seed=args.seed,
+                    split=split,
+                    config=SpeechConfig(),
+                    source=sources,
+                    workers=workers,
+                )
         seconds["speech"] = time.time() - start
         save(results, out)
 

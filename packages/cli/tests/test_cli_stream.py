@@ -45,9 +45,12 @@ def test_run_streams_a_file_and_writes_the_reply_and_a_timed_transcript(checkpoi
     assert [p["frame"] for p in pieces] == sorted({p["frame"] for p in pieces})
 
 
-def test_run_without_arguments_answers_the_example_with_the_bundled_demo(tmp_path, monkeypatch):
-    """From any folder: the example goes to the cache, the reply to the current folder, and the
-    bundled demo answers the example's question ("Hello, how are you today?")."""
+def test_run_without_arguments_uses_the_default_checkpoint_and_example(tmp_path, monkeypatch):
+    """From any folder: the example and the default checkpoint go to the cache, the reply to the
+    current folder."""
+    from duplex.stream import demo
+
+    monkeypatch.setattr(demo, "BUNDLED_DEMO", tmp_path / "no-trained-demo")
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -55,11 +58,19 @@ def test_run_without_arguments_answers_the_example_with_the_bundled_demo(tmp_pat
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["reply.json", "reply.wav"]
     assert (tmp_path / "cache" / "duplex" / "hello.wav").is_file()
-    text = next(line for line in result.output.splitlines() if line.startswith("text: "))
-    assert "i am doing well" in text.lower(), text
+    assert (tmp_path / "cache" / "duplex" / f"demo-tiny-v{demo.TINY_VERSION}" / "config.json").is_file()
     verdict = result.output.strip().splitlines()[-1]
     assert verdict.startswith("mean step: ") and "real-time factor" in verdict
     assert ": kept up" in verdict or "slower than real time, a live call would fall behind" in verdict
+
+
+def test_a_shipped_trained_demo_is_the_default(tmp_path, monkeypatch):
+    from duplex.stream import demo
+
+    monkeypatch.setattr(demo, "BUNDLED_DEMO", demo.build_tiny_checkpoint(tmp_path / "shipped"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert demo.default_checkpoint() == tmp_path / "shipped"
+    assert not (tmp_path / "cache" / "duplex" / f"demo-tiny-v{demo.TINY_VERSION}").exists()
 
 
 def test_run_with_int8_weights_writes_the_reply(checkpoint, speech_wav, tmp_path, built_lms):

@@ -1,11 +1,12 @@
 """The checkpoints and the example input that duplex ships.
 
-- The bundled demo (``demo_model/``, what every command uses without ``--checkpoint``): a small
-  Mimi and a small Moshi LM trained from nothing by ``examples/train_demo.py`` to answer a few
-  dozen scripted questions (docs/architecture.md §8). Its ``results.json`` holds the scores and
-  the recipe that made it.
-- A tiny checkpoint with random weights (``build_tiny_checkpoint``, from a fixed seed) for tests
-  and benchmarks: the whole pipeline at toy size, built in a second.
+- The trained demo (``demo_model/``, written by ``examples/train_demo.py --ship``): a small Mimi
+  and a small Moshi LM trained from nothing to answer a few dozen scripted questions
+  (docs/architecture.md §8), with the ``results.json`` of the run that made it. None is shipped
+  yet (see the README); the commands use it once it is there.
+- A tiny checkpoint with random weights (``build_tiny_checkpoint``, from a fixed seed): the
+  default until then, and the one of the tests and benchmarks. It runs the whole pipeline at toy
+  size on a laptop CPU, built in a second, but it babbles.
 
 Both hold what an official checkpoint holds:
 
@@ -26,6 +27,7 @@ EXAMPLE_VOICE = "en-us+Annie"  # a held-out voice of duplex data speech / conver
 EXAMPLE_RATE = 24000
 EXAMPLE_ANSWER_ROOM_S = 4.0
 TINY_SEED = 1234
+TINY_VERSION = "3"  # bump when the tiny checkpoint changes: the cached copy is rebuilt
 TEXT_VOCAB = 64
 MIMI_CODEBOOKS = 4
 
@@ -61,13 +63,20 @@ def cache_root() -> Path:
 
 
 def default_checkpoint() -> Path:
-    """The bundled demo checkpoint, installed with duplex-stream."""
-    if not (BUNDLED_DEMO / "config.json").is_file():
-        raise FileNotFoundError(
-            f"the bundled demo checkpoint is missing from this install ({BUNDLED_DEMO}): reinstall "
-            "duplex-stream, or pass --checkpoint"
-        )
-    return BUNDLED_DEMO
+    """What the commands use without ``--checkpoint``: the trained demo once one is shipped in
+    ``demo_model/`` (``examples/train_demo.py --ship``), else the random tiny checkpoint, built once
+    into the user's cache directory."""
+    if (BUNDLED_DEMO / "config.json").is_file():
+        return BUNDLED_DEMO
+    cache = cache_root() / f"demo-tiny-v{TINY_VERSION}"
+    if not (cache / "config.json").is_file():
+        partial = cache.with_name(cache.name + f".partial-{os.getpid()}")
+        build_tiny_checkpoint(partial)
+        try:
+            partial.rename(cache)
+        except OSError:  # another process got there first
+            pass
+    return cache
 
 
 def example_wav(path: str | Path = "examples/hello.wav") -> Path:
