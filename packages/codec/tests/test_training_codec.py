@@ -296,6 +296,7 @@ def test_warmup_then_cosine_decay():
     assert factors[10:] == pytest.approx([0.1, 0.1])  # past the end (a run extended on resume): the last rate
     assert all(a >= b for a, b in zip(factors[2:], factors[3:], strict=False))
     assert [warmup_cosine(step, 10, 0, 1.0) for step in range(10)] == [1.0] * 10  # constant
+    assert [warmup_cosine(step, None, 2, 0.1) for step in (0, 2, 100)] == pytest.approx([1 / 3, 1.0, 1.0])
 
 
 def test_short_run_learns_logs_and_exports(speech_dir, tmp_path):

@@ -187,7 +187,8 @@ class CodecTrainingModule(L.LightningModule):
         """Sets the rates of ``step`` and returns the codec's. The schedule is a function of the step
         alone, so resuming needs no scheduler state."""
         c = self.config
-        total = max(1, self.trainer.max_steps // self.optimizer_steps_per_batch)
+        max_steps = self._trainer.max_steps if self._trainer is not None else -1  # -1: no known end
+        total = max_steps // self.optimizer_steps_per_batch if max_steps > 0 else None
         factor = warmup_cosine(step, total, c.warmup_steps, c.final_learning_rate_ratio)
         for optimizer, base in zip(
             optimizers, (c.learning_rate, c.discriminator_learning_rate), strict=False
