@@ -190,8 +190,8 @@ def build_lm(
     in eval mode.
 
     Floating weights are cast to ``dtype`` (default: as stored, except float16 on a CPU, which runs
-    in float32); with ``fuse`` the LoRA weights are folded into the base weights. ``quantize`` ("bf16" or "int8") stores the matmul weights in
-    low precision as they are read (docs/nn-api.md)."""
+    in float32); with ``fuse`` the LoRA weights are folded into the base weights. ``quantize``
+    ("bf16" or "int8") stores the matmul weights in low precision as they are read (docs/nn-api.md)."""
     if lora_weights is not None and not config.lora:
         raise CheckpointError(f"{weights}: lora_name is set but the config has lora=false")
     config = with_low_precision(config, quantize, weights)
