@@ -17,8 +17,7 @@ from duplex.lm.data.conversations import (
     words,
     write_conversations,
 )
-from duplex.lm.data.conversations.generator import USER_SPEAKER
-from duplex.lm.data.format import MAIN_SPEAKER
+from duplex.lm.data.format import MAIN_SPEAKER, USER_SPEAKER
 from duplex.lm.data.interleave import TEXT_PAD, text_stream
 from duplex.lm.data.speech import HELDOUT_VOICES, TRAIN_VOICES
 from duplex.lm.tokenizer import TextTokenizer

@@ -19,6 +19,7 @@ from pathlib import Path
 import soundfile
 
 MAIN_SPEAKER = "SPEAKER_MAIN"
+USER_SPEAKER = "SPEAKER_USER"  # what duplex's own datasets call the other side
 # Words may end this much after the audio (timings are rounded by aligners).
 TIMING_TOLERANCE_S = 0.05
 # The index's duration may differ from the audio's by this much (or this fraction of it): indexes

@@ -20,9 +20,8 @@ import numpy as np
 import soundfile
 import torch
 from duplex.codec.audio import resample
-from duplex.lm.data.format import MAIN_SPEAKER
+from duplex.lm.data.format import MAIN_SPEAKER, USER_SPEAKER
 
-USER_SPEAKER = "SPEAKER_USER"
 DEFAULT_VOICES = ("en+m3", "en+f3")
 
 _VOCABULARY = (

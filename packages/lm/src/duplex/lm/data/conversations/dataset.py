@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 
 import soundfile
-import torch
 from duplex.lm.data.conversations.config import ConversationConfig
 from duplex.lm.data.conversations.generator import ConversationGenerator
 from duplex.lm.data.conversations.script import BACKCHANNELS, SCRIPT, words
+from duplex.lm.data.speech.dataset import one_torch_thread
 from duplex.lm.data.speech.splits import Split, check_split
 from duplex.lm.data.speech.voices import voices
 
@@ -48,10 +48,8 @@ def write_conversations(
     (output / "audio").mkdir(parents=True, exist_ok=True)
     user_voices = [v for v in voices(split) if v.name != config.model_voice]
     generator = ConversationGenerator(user_voices, config)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the resampling is small: threads only contend
     lines = []
-    try:
+    with one_torch_thread():
         for index in range(count):
             asked = [index % len(SCRIPT)] if split == "heldout" else None
             conversation = generator.conversation(seed, index, asked)
@@ -60,8 +58,6 @@ def write_conversations(
             alignments = {"alignments": conversation.alignments}
             (output / relative).with_suffix(".json").write_text(json.dumps(alignments))
             lines.append(json.dumps({"path": relative, **conversation.record()}))
-    finally:
-        torch.set_num_threads(threads)
     index_path = output / INDEX_NAME
     index_path.write_text("\n".join(lines) + "\n")
     manifest = {

@@ -23,14 +23,12 @@ import torch
 from duplex.codec.audio import resample
 from duplex.lm.data.conversations.config import ConversationConfig
 from duplex.lm.data.conversations.script import BACKCHANNELS, SCRIPT, Exchange, words
-from duplex.lm.data.format import MAIN_SPEAKER
-from duplex.lm.data.speech.clips import PEAK, draw_integer, draw_uniform, trim_silence
+from duplex.lm.data.format import MAIN_SPEAKER, USER_SPEAKER
+from duplex.lm.data.speech.clips import draw_integer, draw_uniform, trim_silence
 from duplex.lm.data.speech.espeak import Prosody, require_espeak, speak
-from duplex.lm.data.speech.levels import active_dbfs
+from duplex.lm.data.speech.levels import at_level
 from duplex.lm.data.speech.noise import noise_floor
 from duplex.lm.data.speech.voices import Voice
-
-USER_SPEAKER = "SPEAKER_USER"
 
 
 @dataclass(frozen=True)
@@ -57,11 +55,6 @@ class Conversation:
             "voice": self.voice.name,
             "exchanges": self.exchanges,
         }
-
-
-def _level(audio: np.ndarray, dbfs: float, sample_rate: int) -> np.ndarray:
-    gain = 10 ** ((dbfs - active_dbfs(audio, sample_rate)) / 20)
-    return (audio * min(gain, PEAK / max(float(np.abs(audio).max()), 1e-9))).astype(np.float32)
 
 
 class ConversationGenerator:
@@ -92,7 +85,7 @@ class ConversationGenerator:
         """The model's one recording of answer ``index``, at the model's level, with word times."""
         c = self.config
         prosody = Prosody(rate_wpm=c.model_rate_wpm, pitch=c.model_pitch)
-        audio = _level(
+        audio = at_level(
             self._speak(self.script[index].answer, c.model_voice, prosody), c.model_dbfs, c.sample_rate
         )
         tokens = words(self.script[index].answer)
@@ -102,7 +95,7 @@ class ConversationGenerator:
     def user_says(self, text: str, voice: Voice, prosody: Prosody, dbfs: float) -> Spoken:
         """``text`` in the user's voice and delivery, at ``dbfs``; words spread by length."""
         c = self.config
-        audio = _level(self._speak(text, voice.name, prosody), dbfs, c.sample_rate)
+        audio = at_level(self._speak(text, voice.name, prosody), dbfs, c.sample_rate)
         tokens = words(text)
         return Spoken(audio, _spread(tokens, [len(w) + 1 for w in tokens], len(audio) / c.sample_rate))
 

@@ -18,11 +18,10 @@ import torch
 from duplex.codec.audio import resample
 from duplex.lm.data.speech.config import SpeechConfig
 from duplex.lm.data.speech.espeak import Prosody, require_espeak, speak
-from duplex.lm.data.speech.levels import active_dbfs
+from duplex.lm.data.speech.levels import active_dbfs, at_level
 from duplex.lm.data.speech.noise import noise_floor
 from duplex.lm.data.speech.voices import Voice
 
-PEAK = 10 ** (-1 / 20)  # speech is turned down if its peak would pass -1 dBFS
 _SILENT = 2 / 2**15  # espeak-ng's 16-bit silence, with a margin
 
 
@@ -140,8 +139,7 @@ class SpeechGenerator:
         rng = np.random.default_rng([seed, index])
         voice, *speaker = self._speaker(rng)
         speech, utterances = self._speech(rng, voice, *speaker)
-        gain = 10 ** ((draw_uniform(rng, config.speech_dbfs) - active_dbfs(speech, config.sample_rate)) / 20)
-        speech = speech * min(gain, PEAK / max(float(np.abs(speech).max()), 1e-9))
+        speech = at_level(speech, draw_uniform(rng, config.speech_dbfs), config.sample_rate)
         noise_dbfs = draw_uniform(rng, config.noise_dbfs)
         colour = draw_uniform(rng, config.noise_colour)
         lead = round(draw_uniform(rng, config.lead_s) * config.sample_rate)

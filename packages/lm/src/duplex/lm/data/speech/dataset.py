@@ -58,7 +58,9 @@ def _worker_clip(job: tuple[Path, int, int]) -> dict[str, Any]:
 
 
 @contextmanager
-def _one_torch_thread() -> Iterator[None]:
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for the block: dataset writers resample small clips, where threads only
+    contend."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -77,7 +79,7 @@ def _records(
     """The index records of clips ``0 .. clips - 1`` in order, each written as it is made."""
     if workers <= 1:
         generator = SpeechGenerator(*generator_args)
-        with _one_torch_thread():
+        with one_torch_thread():
             for index in range(clips):
                 yield _write_clip(generator, output, seed, index)
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 _FLOOR = 1e-12
+PEAK = 10 ** (-1 / 20)  # speech is turned down if its peak would pass -1 dBFS
 
 
 def dbfs(samples: np.ndarray) -> float:
@@ -26,3 +27,10 @@ def active_dbfs(
     power = np.mean(np.square(samples[:usable].reshape(-1, frame), dtype=np.float64), axis=1)
     active = power[power >= power.max() * 10 ** (-below_peak_db / 10)]
     return float(10 * np.log10(max(float(active.mean()), _FLOOR**2)))
+
+
+def at_level(samples: np.ndarray, target_dbfs: float, sample_rate: int) -> np.ndarray:
+    """``samples`` scaled so that their :func:`active_dbfs` is ``target_dbfs``, or less where the peak
+    would pass ``PEAK``."""
+    gain = 10 ** ((target_dbfs - active_dbfs(samples, sample_rate)) / 20)
+    return samples * min(gain, PEAK / max(float(np.abs(samples).max()), 1e-9))
