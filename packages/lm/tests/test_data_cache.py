@@ -95,6 +95,35 @@ def test_dataset_segments(synth_dir, tmp_path):
     assert cache.encoded_files == 2
 
 
+@pytest.mark.parametrize("pack", [False, True])
+def test_overlapping_windows_cover_every_frame(pack):
+    lengths = [7, 30, 12]
+    sequences = [torch.arange(n).repeat(3, 1) + 100 * i for i, n in enumerate(lengths)]
+    dataset = MultistreamDataset(sequences, segment_frames=10, hop_frames=4, pack=pack)
+    windows = torch.stack([dataset[i] for i in range(len(dataset))])
+    assert windows.shape[1:] == (3, 10)
+    joined = torch.cat(sequences, dim=-1)
+    if pack:  # end to end: only the very last window holds filler, and every window is data
+        assert len(dataset) == 1 + -(-(joined.shape[-1] - 10) // 4)
+        for i, window in enumerate(windows):
+            expected = joined[:, 4 * i : 4 * i + 10]
+            assert torch.equal(window[:, : expected.shape[-1]], expected)
+        assert (windows[:-1] != -1).all()
+    else:  # per dialogue: a short one is filled up, and no window mixes two dialogues
+        assert torch.equal(windows[0, :, :7], sequences[0]) and (windows[0, :, 7:] == -1).all()
+        for window in windows:
+            owners = {int(v) // 100 for v in window[0] if v >= 0}
+            assert len(owners) == 1
+    # Every frame of every dialogue is in some window.
+    seen = {int(v) for v in windows[:, 0].flatten() if v >= 0}
+    assert seen == {int(v) for v in joined[0]}
+
+
+def test_windows_reject_a_hop_longer_than_the_window():
+    with pytest.raises(ValueError, match="hop_frames"):
+        MultistreamDataset([torch.zeros(3, 20, dtype=torch.long)], segment_frames=10, hop_frames=11)
+
+
 def test_a_corrupt_entry_is_encoded_again_and_orphans_are_cleaned(synth_dir, tmp_path):
     import os
     import time

@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from duplex.codec.presets import PresetConfig
-from pydantic import Field
+from pydantic import Field, model_validator
 
 
 class LMTrainingConfig(PresetConfig):
     segment_frames: int = Field(100, ge=2)  # 8 s at 12.5 Hz
+    # Training windows start every hop (None: every segment_frames); pack lays the dialogues end
+    # to end first, so no window is filled up (see duplex.lm.data.MultistreamDataset).
+    segment_hop_frames: int | None = Field(None, ge=1)
+    pack_dialogues: bool = False
     batch_size: int = Field(4, ge=1)
     learning_rate: float = Field(2e-5, gt=0)
     lora_learning_rate: float = Field(2e-4, gt=0)
@@ -24,6 +28,15 @@ class LMTrainingConfig(PresetConfig):
     text_weight: float = Field(1.0, ge=0)
     validation_segments: int = Field(16, ge=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _hop_fits_the_segment(self) -> LMTrainingConfig:
+        if self.segment_hop_frames is not None and self.segment_hop_frames > self.segment_frames:
+            raise ValueError(
+                f"segment_hop_frames ({self.segment_hop_frames}) must not exceed segment_frames "
+                f"({self.segment_frames}): windows would skip frames"
+            )
+        return self
 
 
 @LMTrainingConfig.preset("moshi")
@@ -48,10 +61,13 @@ def _tiny() -> dict[str, Any]:
 
 @LMTrainingConfig.preset("demo")
 def _demo() -> dict[str, Any]:
-    """The bundled demo's LM run (the ``demo`` LM preset): 10 s segments hold a whole scripted
-    exchange; a from-scratch learning rate."""
+    """The bundled demo's LM run (the ``demo`` LM preset): the scripted conversations packed end
+    to end, 10 s windows every 4.8 s (so each exchange of up to 5 s is whole in one); a from-scratch
+    learning rate."""
     return {
         "segment_frames": 125,
+        "segment_hop_frames": 60,
+        "pack_dialogues": True,
         "batch_size": 8,
         "learning_rate": 1e-3,
         "warmup_steps": 100,

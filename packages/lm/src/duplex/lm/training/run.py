@@ -173,7 +173,13 @@ def train_lm(
     start.codec.num_codebooks = model.config.dep_q
     cache = TokenCache(output / "token_cache", start.codec)
     dataset = MultistreamDataset.from_folder(
-        data, cache, start.tokenizer.encode, model.config.dep_q, config.segment_frames
+        data,
+        cache,
+        start.tokenizer.encode,
+        model.config.dep_q,
+        config.segment_frames,
+        hop_frames=config.segment_hop_frames,
+        pack=config.pack_dialogues,
     )
     if lora:
         torch.manual_seed(config.seed)
