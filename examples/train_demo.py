@@ -36,7 +36,7 @@ from duplex.codec.training.config import CodecTrainingConfig
 from duplex.codec.training.data import AudioSegments
 from duplex.codec.training.evaluate import evaluate_codec
 from duplex.codec.training.run import train_codec, validation_subset
-from duplex.lm.data.conversations import SCRIPT, write_conversations
+from duplex.lm.data.conversations import SCRIPT, script_digest, write_conversations
 from duplex.lm.data.speech import SentenceSource, SpeechConfig, write_speech_dataset
 from duplex.lm.training.config import LMTrainingConfig
 from duplex.lm.training.run import train_lm
@@ -105,9 +105,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--ship", action="store_true", help=f"Copy the result over {BUNDLED_DEMO}.")
+    parser.add_argument(
+        "--codec-steps", type=int, help="Train the codec this many steps (default: the recipe's)."
+    )
+    parser.add_argument("--lm-steps", type=int, help="Train the LM this many steps (default: the recipe's).")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    sizes = QUICK if args.quick else FULL
+    sizes = dict(QUICK if args.quick else FULL)
+    for stage in ("codec", "lm"):
+        steps = getattr(args, f"{stage}_steps")
+        if steps is not None:
+            if steps < 1:
+                parser.error(f"--{stage}-steps must be at least 1, got {steps}")
+            sizes[f"{stage}_steps"] = steps
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
@@ -173,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
             (conversations, sizes["conversations"], "train"),
             (heldout_conversations, questions, "heldout"),
         ):
-            if not written(folder, "conversations.json", conversations=count, seed=args.seed, split=split):
+            made = {"conversations": count, "seed": args.seed, "split": split, "script": script_digest()}
+            if not written(folder, "conversations.json", **made):
                 write_conversations(folder, count, split, seed=args.seed)
         seconds["conversations"] = time.time() - start
         save(results, out)

@@ -118,3 +118,18 @@ def test_the_dataset_is_one_the_lm_trains_on(datasets):
     assert text.split() == expected.split()
     first_word = int(_records(folder)[0]["exchanges"][0]["answer_s"][0] * 12.5)
     assert torch.all(stream[: first_word - 1] == TEXT_PAD)  # silent until the answer (then EPAD, its words)
+
+
+def test_no_two_answers_open_with_the_same_word():
+    openings = [words(exchange.answer)[0] for exchange in SCRIPT]
+    assert len(set(openings)) == len(SCRIPT)
+
+
+def test_the_manifest_names_the_script(datasets, monkeypatch):
+    from duplex.lm.data.conversations import dataset as module
+
+    manifest = json.loads((datasets["train"] / "conversations.json").read_text())
+    assert manifest["script"] == module.script_digest()
+    edited = (SCRIPT[0].__class__(SCRIPT[0].question, "Fine."), *SCRIPT[1:])
+    monkeypatch.setattr(module, "SCRIPT", edited)
+    assert module.script_digest() != manifest["script"]  # a dataset of the old script reads as stale

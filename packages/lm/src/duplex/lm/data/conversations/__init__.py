@@ -1,7 +1,7 @@
 """Scripted spoken conversations for the demo model: a user asks, the model answers."""
 
 from duplex.lm.data.conversations.config import ConversationConfig
-from duplex.lm.data.conversations.dataset import write_conversations
+from duplex.lm.data.conversations.dataset import script_digest, write_conversations
 from duplex.lm.data.conversations.generator import Conversation, ConversationGenerator
 from duplex.lm.data.conversations.script import SCRIPT, Exchange, words
 
@@ -11,6 +11,7 @@ __all__ = [
     "ConversationConfig",
     "ConversationGenerator",
     "Exchange",
+    "script_digest",
     "words",
     "write_conversations",
 ]

@@ -9,6 +9,7 @@ the script in turn, in voices the train split never uses: the LM's test set.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -29,6 +30,13 @@ def script_corpus() -> list[str]:
     """The script's sentences as the text stream writes them (lower case, no punctuation)."""
     sentences = [e.answer for e in SCRIPT] + [e.question for e in SCRIPT] + list(BACKCHANNELS)
     return [" ".join(words(s)) for s in sentences]
+
+
+def script_digest() -> str:
+    """A short digest of the script (questions, answers, backchannels): datasets written from
+    another script are not this one's, whatever their count and seed."""
+    text = json.dumps([[e.question, e.answer] for e in SCRIPT] + [list(BACKCHANNELS)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def write_conversations(
@@ -64,6 +72,7 @@ def write_conversations(
         "split": split,
         "seed": seed,
         "conversations": count,
+        "script": script_digest(),
         "config": config.model_dump(mode="json"),
     }
     (output / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
