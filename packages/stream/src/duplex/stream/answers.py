@@ -3,7 +3,8 @@ conversations`` (each question of the script, in a voice training never used) pl
 full pipeline as a live call, one question per call.
 
 For each question: the words of the model's text stream against the script's answer (correct
-when the answer's words come out in order, and the word accuracy, 1 - word error rate), and the
+when the answer's words come out in order, and the word accuracy, 1 - word error rate), which
+script answer they are closest to (the reply the model chose: ``choice_accuracy``), and the
 mel-cepstral distance (DTW-aligned) between the model's spoken reply and the codec's own
 rendering of the recorded answer. ``mcd_other_answer_db`` is the same distance to the rendering of
 another answer: the level a reply that says the wrong thing sits at.
@@ -31,6 +32,7 @@ class AnswerScore:
     expected: str
     heard: str
     correct: bool
+    closest_answer: int  # the script answer nearest to what was heard (the model's choice)
     word_accuracy: float
     mcd_db: float
     mcd_other_answer_db: float
@@ -49,6 +51,18 @@ def says(heard: list[str], expected: list[str]) -> bool:
     """Whether ``expected`` occurs in ``heard`` as consecutive words."""
     n = len(expected)
     return any(heard[i : i + n] == expected for i in range(len(heard) - n + 1))
+
+
+def closest_answer(heard: list[str]) -> int:
+    """The script answer whose words are fewest edits from ``heard``'s best-matching stretch of
+    the same length: the reply the model chose, even when it garbles a word of it."""
+
+    def distance(expected: list[str]) -> int:
+        n = len(expected)
+        stretches = [heard[i : i + n] for i in range(max(len(heard) - n, 0) + 1)]
+        return min(edit_distance(expected, stretch) for stretch in stretches)
+
+    return min(range(len(SCRIPT)), key=lambda i: distance(words(SCRIPT[i].answer)))
 
 
 def active_part(pcm: np.ndarray, sample_rate: int, below_peak_db: float = 35.0) -> np.ndarray:
@@ -110,6 +124,7 @@ def evaluate_answers(
                 expected=" ".join(expected),
                 heard=" ".join(heard),
                 correct=says(heard, expected),
+                closest_answer=closest_answer(heard),
                 word_accuracy=max(0.0, 1 - edit_distance(expected, heard) / len(expected)),
                 mcd_db=mel_cepstral_distance(reply, torch.from_numpy(renderings[question]), rate),
                 mcd_other_answer_db=mel_cepstral_distance(reply, torch.from_numpy(renderings[other]), rate),
@@ -119,6 +134,7 @@ def evaluate_answers(
     return {
         "questions": count,
         "answer_accuracy": sum(s.correct for s in scores) / count,
+        "choice_accuracy": sum(s.closest_answer == s.question for s in scores) / count,
         "word_accuracy": sum(s.word_accuracy for s in scores) / count,
         "mcd_db": sum(s.mcd_db for s in scores) / count,
         "mcd_other_answer_db": sum(s.mcd_other_answer_db for s in scores) / count,
