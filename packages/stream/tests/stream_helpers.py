@@ -30,9 +30,13 @@ def make_pipeline(checkpoint: Path, **sampling) -> MoshiPipeline:
 
 
 class RunningServer:
-    """A server on 127.0.0.1 (free port) in a background thread, for the duration of a ``with``."""
+    """A server on 127.0.0.1 (free port) in a background thread, for the duration of a ``with``.
+
+    Admission by step time is off unless a test sets ``overload_ratio``: a CI machine busy with
+    other work steps slower than real time, and only the overload test is about that."""
 
     def __init__(self, engine: DuplexEngine, **config) -> None:
+        config.setdefault("overload_ratio", None)
         self.server = DuplexServer(engine, ServerConfig(host="127.0.0.1", port=0, **config))
         self._ready = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)

@@ -593,7 +593,7 @@ def test_overload_refuses_newcomers_counts_drops_and_tells_the_talker():
             _, metrics = await fetch(server.http + "/metrics")
             return notes, newcomer, health, metrics
 
-    with serve(EchoPipeline(delay_s=0.12), backlog=4) as server:
+    with serve(EchoPipeline(delay_s=0.12), backlog=4, overload_ratio=1.0) as server:
         notes, (reason, code), health, metrics = asyncio.run(scenario(server))
     assert reason.startswith("server overloaded: recent p95 step time") and "80 ms frame budget" in reason
     assert code == 1013 and '"overloaded": true' in health
