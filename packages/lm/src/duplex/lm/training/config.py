@@ -26,6 +26,10 @@ class LMTrainingConfig(PresetConfig):
     semantic_weight: float = Field(100.0, ge=0)
     text_padding_weight: float = Field(0.5, ge=0)
     text_weight: float = Field(1.0, ge=0)
+    # Per training window: each acoustic user codebook dropped (zero token) with this probability,
+    # and each user code replaced by a random one with that (duplex.lm.training.augment).
+    user_codebook_dropout: float = Field(0.0, ge=0, le=1)
+    user_code_noise: float = Field(0.0, ge=0, le=1)
     validation_segments: int = Field(16, ge=1)
     seed: int = 0
 

@@ -6,6 +6,7 @@ import lightning as L
 import torch
 from duplex.codec.training.schedule import warmup_cosine
 from duplex.lm.model import LMModel
+from duplex.lm.training.augment import corrupt_user_audio
 from duplex.lm.training.config import LMTrainingConfig
 from duplex.lm.training.loss import model_loss
 from duplex.lm.training.metrics import LMMetrics
@@ -25,7 +26,11 @@ class LMTrainingModule(L.LightningModule):
         return model_loss(self.model, codes, self.config)
 
     def training_step(self, codes: torch.Tensor, batch_index: int) -> torch.Tensor:
-        output, loss = self._loss(codes)
+        c, model = self.config, self.model.config
+        inputs = corrupt_user_audio(
+            codes, model.dep_q, model.card, c.user_codebook_dropout, c.user_code_noise
+        )
+        output, loss = self._loss(inputs)
         with torch.no_grad():
             self.train_metrics.update(output, codes)
             metrics = self.train_metrics.compute()
