@@ -38,3 +38,27 @@ def test_noise_replaces_a_share_of_user_codes_and_keeps_zero_tokens():
 def test_no_corruption_is_the_batch_itself():
     codes = _codes()
     assert corrupt_user_audio(codes, DEP_Q, CARD, 0.0, 0.0) is codes
+
+
+def test_training_steps_see_the_corrupted_user_audio_and_score_the_model_streams():
+    """With every acoustic user codebook dropped, a training step's loss is the loss of the batch
+    whose acoustic user codebooks are zero tokens, against the same (uncorrupted) targets."""
+    from duplex.lm.config import LMConfig
+    from duplex.lm.model import LMModel
+    from duplex.lm.training.config import LMTrainingConfig
+    from duplex.lm.training.loss import model_loss
+    from duplex.lm.training.module import LMTrainingModule
+
+    torch.manual_seed(0)
+    model = LMModel(LMConfig.from_preset("tiny"))
+    c = model.config
+    config = LMTrainingConfig.from_preset("tiny").model_copy(update={"user_codebook_dropout": 1.0})
+    module = LMTrainingModule(model, config)
+    module.log = module.log_dict = lambda *args, **kwargs: None
+    codes = torch.randint(0, c.card, (2, 1 + c.n_q, 12))
+    codes[:, 0] = torch.randint(0, c.text_card, (2, 12))
+    silenced = codes.clone()
+    silenced[:, 2 + c.dep_q :] = ZERO_TOKEN
+    expected = model_loss(model, silenced, config)[1].total
+    assert module.training_step(codes, 0).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert model_loss(model, codes, config)[1].total.item() != pytest.approx(expected.item(), rel=1e-3)
