@@ -14,7 +14,10 @@ resumes from its last checkpoint):
 3. ``conversations``, ``conversations-heldout``: ``duplex data conversations``;
 4. ``lm``: the ``demo`` LM preset from random weights, on the codec's tokens;
 5. ``demo``: the checkpoint in the official layout with float16 weights, and its answers to every
-   scripted question asked in held-out voices (``duplex.stream.answers``).
+   scripted question asked in held-out voices (``duplex.stream.answers``);
+6. ``choice``: teacher-forced, how often the LM opens the right answer
+   (``duplex.lm.training.choice``) in its training conversations, in ``conversations-new`` (new
+   conversations in the training voices) and in the held-out ones: memorising versus learning.
 
 Everything is drawn from ``--seed``. The numbers go to ``OUTPUT/results.json`` and are printed;
 ``--ship`` copies ``OUTPUT/demo`` over the bundled demo (``duplex.stream.demo``).
@@ -36,8 +39,11 @@ from duplex.codec.training.config import CodecTrainingConfig
 from duplex.codec.training.data import AudioSegments
 from duplex.codec.training.evaluate import evaluate_codec
 from duplex.codec.training.run import train_codec, validation_subset
+from duplex.lm.checkpoint import load_checkpoint
+from duplex.lm.data import TokenCache
 from duplex.lm.data.conversations import SCRIPT, script_digest, write_conversations
 from duplex.lm.data.speech import SentenceSource, SpeechConfig, write_speech_dataset
+from duplex.lm.training.choice import answer_choice_accuracy
 from duplex.lm.training.config import LMTrainingConfig
 from duplex.lm.training.run import train_lm
 from duplex.stream.answers import evaluate_answers
@@ -51,6 +57,7 @@ FULL = {
     "conversations": 2400,
     "lm_steps": 2500,
     "codec_segments": 64,
+    "new_conversations": 64,
 }
 QUICK = {
     "speech_clips": 16,
@@ -59,6 +66,7 @@ QUICK = {
     "conversations": 8,
     "lm_steps": 2,
     "codec_segments": 4,
+    "new_conversations": 2,
 }
 HELDOUT_QUESTIONS_QUICK = 2
 
@@ -217,6 +225,28 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "answers.json").write_text(json.dumps(answers, indent=2) + "\n")
         results["demo_megabytes"] = round(sum(f.stat().st_size for f in demo.iterdir()) / 1e6, 1)
         save(results, out)
+    # 6. teacher-forced answer choice ---------------------------------------------------------------
+    if "choice" not in results:
+        new_conversations = out / "conversations-new"
+        count, seed = sizes["new_conversations"], args.seed + 1
+        made = {"conversations": count, "seed": seed, "split": "train", "script": script_digest()}
+        if not written(new_conversations, "conversations.json", **made):
+            write_conversations(new_conversations, count, "train", seed=seed)
+        bundle = load_checkpoint(out / "lm" / "checkpoint")
+        lm = bundle.lm(dtype=torch.float32)
+        codec = bundle.mimi()
+        codec.num_codebooks = lm.config.dep_q
+        cache = TokenCache(out / "lm" / "token_cache", codec)
+        encode = bundle.text_tokenizer().encode
+        results["choice"] = {
+            name: answer_choice_accuracy(lm, folder, cache, encode, limit=count)
+            for name, folder in (
+                ("training conversations", conversations),
+                ("new conversations, training voices", new_conversations),
+                ("held-out voices", heldout_conversations),
+            )
+        }
+        save(results, out)
     if args.ship:
         if BUNDLED_DEMO.exists():
             shutil.rmtree(BUNDLED_DEMO)
@@ -240,6 +270,10 @@ def report(results: dict) -> None:
         f"MCD {a['mcd_db']:.2f} dB "
         f"(to another answer: {a['mcd_other_answer_db']:.2f} dB)"
     )
+    print("teacher-forced, the right answer opened (with the user silenced):")
+    for name, scores in results["choice"].items():
+        shown = f"{scores['accuracy']:.0%} ({scores['accuracy_user_silenced']:.0%})"
+        print(f"  {name}: {shown} of {scores['exchanges']} exchanges")
     took = {stage: round(seconds) for stage, seconds in results["seconds"].items()}
     print(f"demo checkpoint: {results['demo_megabytes']} MB; seconds per stage: {took}")
 

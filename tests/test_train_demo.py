@@ -36,6 +36,9 @@ def test_the_quick_recipe_trains_scores_and_exports_the_demo(recipe, tmp_path, m
         assert {"stoi", "pesq", "si_sdr", "mel_distance", "code_perplexity"} <= set(scores)
     answers = results["answers"]
     assert answers["questions"] == 2 and 0 <= answers["answer_accuracy"] <= 1 and answers["mcd_db"] > 0
+    choice = results["choice"]
+    assert choice["held-out voices"]["exchanges"] == 2 and choice["training conversations"]["exchanges"] >= 2
+    assert all(0 <= c["accuracy"] <= 1 and 0 <= c["accuracy_user_silenced"] <= 1 for c in choice.values())
     # the checkpoint in the official layout, float16 on disk, shipped with its results
     files = {p.name for p in shipped.iterdir()}
     assert files == {"config.json", "model.safetensors", "mimi.safetensors", "mimi_config.json",
@@ -50,3 +53,4 @@ def test_the_quick_recipe_trains_scores_and_exports_the_demo(recipe, tmp_path, m
     # a second run finds every stage done: nothing retrains, the numbers stay
     again = recipe.main(["--quick", "--output", str(tmp_path / "run"), "--threads", "2"])
     assert again["seconds"] == results["seconds"] and again["answers"] == answers
+    assert again["choice"] == choice

@@ -133,3 +133,41 @@ def test_the_manifest_names_the_script(datasets, monkeypatch):
     edited = (SCRIPT[0].__class__(SCRIPT[0].question, "Fine."), *SCRIPT[1:])
     monkeypatch.setattr(module, "SCRIPT", edited)
     assert module.script_digest() != manifest["script"]  # a dataset of the old script reads as stale
+
+
+def test_answer_choice_is_scored_at_each_answers_first_token_with_and_without_the_user(datasets, tmp_path):
+    """An LM that knows the answer only while it hears the user scores 1, and 0 silenced; the
+    tokens it is scored on are the first tokens of the answers asked, in order."""
+    from types import SimpleNamespace
+
+    from duplex.lm.data import TokenCache
+    from duplex.lm.training.choice import answer_choice_accuracy
+
+    class FrameCodec(torch.nn.Module):
+        sample_rate, cardinality = RATE, 16
+
+        def encode(self, wav: torch.Tensor) -> torch.Tensor:  # 2 codebooks, one code per 80 ms
+            frames = torch.nn.functional.pad(wav, (0, -wav.shape[-1] % 1920)).unflatten(-1, (-1, 1920))
+            return (frames.abs().mean(-1) * 1e4).long().expand(-1, 2, -1) % 16
+
+    scored: list[int] = []
+
+    class Oracle(torch.nn.Module):
+        config = SimpleNamespace(dep_q=2)
+
+        def forward(self, codes: torch.Tensor) -> SimpleNamespace:
+            logits = torch.zeros(codes.shape[0], 1, codes.shape[-1], 200)
+            for b, window in enumerate(codes):
+                target = int(window[0, -1])
+                hears_the_user = bool((window[3:] >= 0).any())
+                logits[b, 0, -1, target if hears_the_user else (target + 1) % 200] = 1.0
+                scored.append(target) if b == 0 else None
+            return SimpleNamespace(text_logits=logits)
+
+    folder = datasets["train"]
+    tokenizer = TextTokenizer.from_file(folder / "tokenizer.model")
+    cache = TokenCache(tmp_path / "cache", FrameCodec())
+    result = answer_choice_accuracy(Oracle(), folder, cache, tokenizer.encode)
+    asked = [e["question"] for r in _records(folder) for e in r["exchanges"]]
+    assert result == {"exchanges": len(asked), "accuracy": 1.0, "accuracy_user_silenced": 0.0}
+    assert scored == [tokenizer.encode(words(SCRIPT[q].answer)[0])[0] for q in asked]

@@ -1,6 +1,7 @@
 import pytest
 import torch
-from duplex.lm.training.augment import ZERO_TOKEN, corrupt_user_audio
+from duplex.lm.data import ZERO_TOKEN
+from duplex.lm.training.augment import corrupt_user_audio
 
 DEP_Q, CARD = 4, 64
 

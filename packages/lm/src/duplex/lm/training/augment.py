@@ -12,8 +12,7 @@ model's input changes: the user's stream is never a target (docs/architecture.md
 from __future__ import annotations
 
 import torch
-
-ZERO_TOKEN = -1
+from duplex.lm.data.interleave import ZERO_TOKEN
 
 
 def corrupt_user_audio(
