@@ -21,7 +21,6 @@ def corrupt_user_audio(
     card: int,
     codebook_dropout: float,
     code_noise: float,
-    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """A copy of training ``codes [B, 1 + n_q, T]`` (text, model audio, user audio) with the user's
     audio corrupted; ``codes`` itself is left as it is."""
@@ -35,11 +34,11 @@ def corrupt_user_audio(
     user_codes = out[:, user]
     valid = user_codes >= 0
     if code_noise > 0:
-        noisy = torch.rand(batch, books, length, generator=generator, device=device) < code_noise
-        random = torch.randint(0, card, (batch, books, length), generator=generator, device=device)
+        noisy = torch.rand(batch, books, length, device=device) < code_noise
+        random = torch.randint(0, card, (batch, books, length), device=device)
         user_codes.copy_(torch.where(noisy & valid, random.to(codes.dtype), user_codes))
     if codebook_dropout > 0:
-        dropped = torch.rand(batch, books, 1, generator=generator, device=device) < codebook_dropout
+        dropped = torch.rand(batch, books, 1, device=device) < codebook_dropout
         dropped[:, 0] = False  # the semantic codebook carries the words
         user_codes.masked_fill_(dropped & valid, ZERO_TOKEN)
     return out
