@@ -95,6 +95,31 @@ def test_streamed_text_speaks_the_same_as_whole_text(synth):
     np.testing.assert_allclose(np.concatenate(pieces), whole.audio, atol=1e-6)
 
 
+def test_text_that_comes_late_speaks_the_same(synth):
+    """A step asked for before the words it reads ahead have come waits for them instead of
+    padding, so stepping between words changes nothing."""
+    text = "Hello there, how are you doing today?"
+    whole = synth.generate([text], [["alice"]], temperature=0.0)[0]
+    pieces, held = [], 0
+    with synth.stream(["alice"], temperature=0.0) as stream:
+        for word in text.split():
+            stream.add_text(word)
+            for _ in range(3):
+                before = stream.batch.offsets[0]
+                pcm = stream.step()
+                held += stream.batch.offsets[0] == before
+                if pcm is not None:
+                    pieces.append(pcm)
+        stream.close()
+        while not stream.finished:
+            pcm = stream.step()
+            if pcm is not None:
+                pieces.append(pcm)
+    assert held > 0
+    assert [w.text for w in stream.words] == [w.text for w in whole.words]
+    np.testing.assert_allclose(np.concatenate(pieces), whole.audio, atol=1e-6)
+
+
 def test_bad_inputs_fail_clearly(synth, tts_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="unknown voice 'carol'.*known voices: alice, bob"):
         synth.conditions(["carol"], cfg=2.0)

@@ -48,12 +48,13 @@ def test_kyutais_tts_client_writes_the_speech(tts, tmp_path):
     np.testing.assert_allclose(audio, expected, atol=1e-4)
 
 
-async def _speak(port: int, query: str, words: list[str]) -> list[dict]:
+async def _speak(port: int, query: str, words: list[str], pause_s: float = 0.0) -> list[dict]:
     received = []
     url = f"ws://127.0.0.1:{port}/api/tts_streaming?{query}"
     async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
         for word in words:
             await ws.send_bytes(msgpack.packb({"type": "Text", "text": word}))
+            await asyncio.sleep(pause_s)
         await ws.send_bytes(msgpack.packb({"type": "Eos"}))
         async for frame in ws:
             if frame.type == aiohttp.WSMsgType.BINARY:
@@ -90,6 +91,32 @@ def test_streams_at_once_each_speak_as_alone(tts):
         assert [w["text"] for w in words] == [w.text for w in alone.words]
         for sent, word in zip(words, alone.words, strict=True):
             assert sent["start_s"] == pytest.approx(word.start) and sent["stop_s"] == pytest.approx(word.end)
+
+
+async def _say_one_word_and_leave(port: int) -> None:
+    url = f"ws://127.0.0.1:{port}/api/tts_streaming?voice=alice&format=PcmMessagePack"
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        await ws.send_bytes(msgpack.packb({"type": "Text", "text": "Hello"}))
+        await asyncio.sleep(0.5)  # its stream now waits for the words it reads ahead
+
+
+def test_text_that_trickles_in_speaks_as_if_sent_at_once(tts):
+    """Words sent slower than the engine steps (as from a language model) give the same speech:
+    the stream waits for the words it reads ahead instead of padding; a client that leaves while
+    its stream waits frees its place."""
+    synth = Synthesizer.from_checkpoint(tts)
+    engine = DuplexEngine(TtsPipeline(synth, temperature=0.6), max_conversations=1)
+    engine.warmup()
+    with RunningServer(engine) as server:
+        asyncio.run(_say_one_word_and_leave(server.port))
+        messages = asyncio.run(
+            _speak(server.port, "voice=bob&seed=4&format=PcmMessagePack", TEXT.split(), 0.15)
+        )
+    alone = synth.generate([TEXT], [["bob"]], temperature=0.6, seed=4)[0]
+    assert messages[0] == {"type": "Ready"}
+    audio = np.concatenate([np.asarray(m["pcm"], np.float32) for m in messages if m["type"] == "Audio"])
+    np.testing.assert_allclose(audio, alone.audio, atol=1e-5)
+    assert [m["text"] for m in messages if m["type"] == "Text"] == [w.text for w in alone.words]
 
 
 def test_mistakes_get_an_error(tts):

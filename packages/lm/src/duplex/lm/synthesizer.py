@@ -351,6 +351,12 @@ class SpeechBatch:
         if self.states[row] is not None:
             self.states[row].open = False
 
+    def needs_text(self, row: int) -> bool:
+        """Whether ``row`` should wait for more text before its next step (see
+        :meth:`~duplex.lm.tts_machine.State.needs_text`)."""
+        state = self.states[row]
+        return state is not None and state.needs_text(self.synth.machine.second_stream_ahead)
+
     def done(self, row: int) -> bool:
         state = self.states[row]
         if state is None or state.end_step is None:
@@ -445,8 +451,9 @@ class TextStream:
         return self.batch.words(self.row)
 
     def step(self) -> np.ndarray | None:
-        """Advance one step; the next 80 ms of audio once the delay has passed (None before)."""
-        if self.finished:
+        """Advance one step; the next 80 ms of audio once the delay has passed (None before, and
+        None without advancing while the words it must read ahead have not come yet)."""
+        if self.finished or self.batch.needs_text(self.row):
             return None
         return self.batch.step([self.row]).get(self.row)
 

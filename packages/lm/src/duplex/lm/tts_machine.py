@@ -14,6 +14,10 @@ The machine grants or overrides it:
   ``(second + 1) * card + first``, the muxed id the model's text embedding splits again;
 * with no entry left, the stream ends (``end_step``), unless the text is still coming in
   (``State.open``): then it pads and waits.
+
+A stream whose text is still coming should not be stepped while :meth:`State.needs_text`: the
+next word and the ``second_stream_ahead`` words after it are not all there yet. Holding the step
+until they arrive makes the speech the same however, and however fast, the text comes in.
 """
 
 from __future__ import annotations
@@ -42,6 +46,17 @@ class State:
 
     def add(self, entries: Iterable[Entry]) -> None:
         self.entries.extend(entries)
+
+    def needs_text(self, ahead: int) -> bool:
+        """Whether a word start now would lack the next word or its ``ahead`` followers."""
+        if not self.open:
+            return False
+        words = 0
+        for entry in self.entries:
+            words += bool(entry.tokens)
+            if words > ahead:
+                return False
+        return True
 
     def tokens_ahead(self, ahead: int) -> list[int]:
         """The tokens of the ``ahead``-th upcoming entry that has any."""

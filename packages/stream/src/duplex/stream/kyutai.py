@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -318,12 +319,14 @@ async def _speak(server: DuplexServer, ws: web.WebSocketResponse, request: web.R
     conversation, replies, evicted = joined
     pipeline.open_row(conversation.slot, **settings)
     tick = np.zeros(server.engine.frame_size, dtype=np.float32)
-    receiver = asyncio.create_task(_receive_text(server, ws, pipeline, conversation.slot))
+    text_came = asyncio.Event()
+    receiver = asyncio.create_task(_receive_text(server, ws, pipeline, conversation.slot, text_came))
     try:
         await ws.send_bytes(pack({"type": "Ready"}))
         for _ in range(TICKS_AHEAD):
             server.runner.push(conversation, tick)
-        await _send_speech(server, ws, replies, lambda: server.runner.push(conversation, tick))
+        more_text = functools.partial(_more_text, receiver, text_came)
+        await _send_speech(server, ws, replies, lambda: server.runner.push(conversation, tick), more_text)
     except (ConnectionError, aiohttp.ClientError, TimeoutError):
         pass
     finally:
@@ -333,10 +336,22 @@ async def _speak(server: DuplexServer, ws: web.WebSocketResponse, request: web.R
         await _leave(server, ws, conversation, evicted)
 
 
-async def _send_speech(server: DuplexServer, ws: web.WebSocketResponse, replies, tick) -> None:  # noqa: ANN001
+async def _more_text(receiver: asyncio.Task, text_came: asyncio.Event) -> bool:
+    """Wait for more text: True once some came, False if the client stopped sending."""
+    await text_came.wait()
+    text_came.clear()
+    return not receiver.done()
+
+
+async def _send_speech(server: DuplexServer, ws: web.WebSocketResponse, replies, tick, more_text) -> None:  # noqa: ANN001
     timeout = server.config.send_timeout_s
     while (reply := await replies.get()) is not None:
         step = reply.extra
+        if step.waiting:  # the row was not stepped: tick again once more text has come
+            if not await more_text():
+                return
+            tick()
+            continue
         if step.pcm is not None:
             message = {"type": "Audio", "pcm": [float(x) for x in step.pcm]}
             await asyncio.wait_for(ws.send_bytes(pack(message)), timeout)
@@ -348,39 +363,51 @@ async def _send_speech(server: DuplexServer, ws: web.WebSocketResponse, replies,
         tick()  # the next step, now that this one is sent (a slow reader slows its own stream)
 
 
-async def _receive_text(server: DuplexServer, ws: web.WebSocketResponse, pipeline, row: int) -> None:  # noqa: ANN001
+async def _receive_text(
+    server: DuplexServer, ws: web.WebSocketResponse, pipeline, row: int, text_came
+) -> None:  # noqa: ANN001, E501
+    """Hand the client's text to ``row`` as it comes, setting ``text_came`` after each message and
+    when the client stops sending."""
     config = server.config
-    while True:
-        try:
-            message = await ws.receive(timeout=config.idle_timeout_s)
-        except TimeoutError:
-            server.closed_by_limit.labels("idle").inc()
-            await _send_error(server, ws, f"no text for {config.idle_timeout_s:g} s: closing", 1000)
-            return
-        if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
-            return
-        if message.type == aiohttp.WSMsgType.ERROR:
-            return
-        try:
-            if message.type == aiohttp.WSMsgType.TEXT:  # a plain text frame is text to say
-                pipeline.add_text(row, message.data)
-                continue
-            if message.data == b"\0":  # the binary end of text
-                pipeline.close_text(row)
-                continue
-            parsed = unpack(message.data)
-            kind = parsed["type"]
-            if kind == "Text":
-                if not isinstance(parsed.get("text"), str):
-                    raise ProtocolError('a Text message needs "text": a string')
-                pipeline.add_text(row, parsed["text"])
-            elif kind == "Eos":
-                pipeline.close_text(row)
-            elif kind == "Voice":
-                raise ProtocolError("Voice messages are not supported: choose the voice with ?voice=NAME")
-            else:
-                raise ProtocolError(f"unknown message type {kind!r} (expected Text or Eos)")
-        except ProtocolError as error:
-            server.protocol_errors.inc()
-            await _send_error(server, ws, str(error), CLOSE_UNSUPPORTED_DATA)
-            return
+    try:
+        while True:
+            try:
+                message = await ws.receive(timeout=config.idle_timeout_s)
+            except TimeoutError:
+                server.closed_by_limit.labels("idle").inc()
+                await _send_error(server, ws, f"no text for {config.idle_timeout_s:g} s: closing", 1000)
+                return
+            if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                return
+            if message.type == aiohttp.WSMsgType.ERROR:
+                return
+            try:
+                _take_text_message(pipeline, row, message)
+            except ProtocolError as error:
+                server.protocol_errors.inc()
+                await _send_error(server, ws, str(error), CLOSE_UNSUPPORTED_DATA)
+                return
+            text_came.set()
+    finally:
+        text_came.set()
+
+
+def _take_text_message(pipeline, row: int, message: aiohttp.WSMessage) -> None:  # noqa: ANN001
+    if message.type == aiohttp.WSMsgType.TEXT:  # a plain text frame is text to say
+        pipeline.add_text(row, message.data)
+        return
+    if message.data == b"\0":  # the binary end of text
+        pipeline.close_text(row)
+        return
+    parsed = unpack(message.data)
+    kind = parsed["type"]
+    if kind == "Text":
+        if not isinstance(parsed.get("text"), str):
+            raise ProtocolError('a Text message needs "text": a string')
+        pipeline.add_text(row, parsed["text"])
+    elif kind == "Eos":
+        pipeline.close_text(row)
+    elif kind == "Voice":
+        raise ProtocolError("Voice messages are not supported: choose the voice with ?voice=NAME")
+    else:
+        raise ProtocolError(f"unknown message type {kind!r} (expected Text or Eos)")

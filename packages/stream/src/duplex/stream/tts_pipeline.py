@@ -9,7 +9,9 @@ step. A row starts on its first step after a reset, with the conditions its conn
 (:meth:`TtsPipeline.open_row`).
 
 Each reply's ``extra`` is a :class:`TtsStep`: the step's audio (None before the delay has passed),
-the words whose times became known, and whether the row has finished speaking.
+the words whose times became known, and whether the row has finished speaking. A row whose next
+words have not come yet is not stepped (``waiting``), so its speech does not depend on how fast
+its text arrives; its connection ticks again when more text comes.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class TtsStep:
     pcm: np.ndarray | None
     words: list[Word] = field(default_factory=list)
     finished: bool = False
+    waiting: bool = False  # not stepped: the row needs more text first
 
 
 @dataclass
@@ -120,10 +123,14 @@ class TtsPipeline:
         rows = [int(row) for row in np.flatnonzero(active)]
         for row in rows:
             self._take_text(batch, row)
-        out = batch.step(rows) if rows else {}
+        waiting = [row for row in rows if batch.needs_text(row)]
+        stepping = [row for row in rows if row not in waiting]
+        out = batch.step(stepping) if stepping else {}
         n = len(active)
         extra = np.empty(n, dtype=object)
-        for row in rows:
+        for row in waiting:
+            extra[row] = TtsStep(None, waiting=True)
+        for row in stepping:
             state = self._rows[row]
             state.steps += 1
             finished = batch.done(row) or state.steps >= state.max_steps
