@@ -61,6 +61,13 @@ class RunningServer:
     def ws(self) -> str:
         return f"ws://127.0.0.1:{self.port}/api/chat"
 
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until no conversation holds a slot; whether that happened within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self.server.engine.slots.active and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not self.server.engine.slots.active
+
     def __enter__(self) -> RunningServer:
         self._thread.start()
         if not self._ready.wait(30):

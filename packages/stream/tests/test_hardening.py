@@ -74,12 +74,6 @@ def tone(seconds: float) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
 
 
-def wait_idle(server, timeout=5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while server.server.engine.slots.active and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
 # -- 1. query parameters, and rows that fail ---------------------------------------------------------
 @pytest.mark.parametrize(
     ("query", "named"),
@@ -490,7 +484,7 @@ def test_idle_conversations_are_closed():
 
     with serve(idle_timeout_s=0.6, heartbeat_s=None) as server:
         message, closing, metrics = asyncio.run(scenario(server))
-        wait_idle(server)
+        server.wait_idle()
         assert server.server.engine.slots.active == 0
     assert message.data[0] == Kind.ERROR and "no audio for 0.6 s" in message.data.decode()
     assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1000
@@ -514,7 +508,7 @@ def test_a_peer_that_does_not_answer_the_heartbeat_is_closed():
 
     with serve(idle_timeout_s=30, heartbeat_s=0.3) as server:
         got, closed_after, metrics = asyncio.run(scenario(server))
-        wait_idle(server)
+        server.wait_idle()
         assert server.server.engine.slots.active == 0
     assert got.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), got
     assert closed_after < 2.0

@@ -109,6 +109,7 @@ def test_text_that_trickles_in_speaks_as_if_sent_at_once(tts):
     engine.warmup()
     with RunningServer(engine) as server:
         asyncio.run(_say_one_word_and_leave(server.port))
+        assert server.wait_idle(30), "the stream of a client that left while it waited holds its slot"
         messages = asyncio.run(
             _speak(server.port, "voice=bob&seed=4&format=PcmMessagePack", TEXT.split(), 0.15)
         )

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -319,14 +319,13 @@ async def _speak(server: DuplexServer, ws: web.WebSocketResponse, request: web.R
     conversation, replies, evicted = joined
     pipeline.open_row(conversation.slot, **settings)
     tick = np.zeros(server.engine.frame_size, dtype=np.float32)
-    text_came = asyncio.Event()
-    receiver = asyncio.create_task(_receive_text(server, ws, pipeline, conversation.slot, text_came))
+    ticks = _Ticks(lambda: server.runner.push(conversation, tick))
+    receiver = asyncio.create_task(_receive_text(server, ws, pipeline, conversation.slot, ticks))
     try:
         await ws.send_bytes(pack({"type": "Ready"}))
         for _ in range(TICKS_AHEAD):
-            server.runner.push(conversation, tick)
-        more_text = functools.partial(_more_text, receiver, text_came)
-        await _send_speech(server, ws, replies, lambda: server.runner.push(conversation, tick), more_text)
+            ticks.push()
+        await _send_speech(server, ws, replies, ticks, conversation.slot, receiver)
     except (ConnectionError, aiohttp.ClientError, TimeoutError):
         pass
     finally:
@@ -336,21 +335,37 @@ async def _speak(server: DuplexServer, ws: web.WebSocketResponse, request: web.R
         await _leave(server, ws, conversation, evicted)
 
 
-async def _more_text(receiver: asyncio.Task, text_came: asyncio.Event) -> bool:
-    """Wait for more text: True once some came, False if the client stopped sending."""
-    await text_came.wait()
-    text_came.clear()
-    return not receiver.done()
+class _Ticks:
+    """A TTS stream's requests for a step. A step that found too little text to read ahead parks
+    its tick; the next text message (or the client's leaving) sends the parked ticks again. Both
+    sides run on the event loop, so parking and releasing never interleave."""
+
+    def __init__(self, push: Callable[[], None]) -> None:
+        self.push, self.parked = push, 0
+
+    def park(self) -> None:
+        self.parked += 1
+
+    def release(self) -> None:
+        for _ in range(self.parked):
+            self.push()
+        self.parked = 0
 
 
-async def _send_speech(server: DuplexServer, ws: web.WebSocketResponse, replies, tick, more_text) -> None:  # noqa: ANN001
+async def _send_speech(
+    server: DuplexServer, ws, replies, ticks: _Ticks, row: int, receiver: asyncio.Task
+) -> None:  # noqa: ANN001, E501
     timeout = server.config.send_timeout_s
+    pipeline = server.engine.pipeline
     while (reply := await replies.get()) is not None:
         step = reply.extra
-        if step.waiting:  # the row was not stepped: tick again once more text has come
-            if not await more_text():
+        if step.waiting:  # not stepped: step again once the text it lacked has come
+            if pipeline.has_queued_text(row):  # it came after the step began
+                ticks.push()
+            elif receiver.done():  # and none will come
                 return
-            tick()
+            else:
+                ticks.park()
             continue
         if step.pcm is not None:
             message = {"type": "Audio", "pcm": [float(x) for x in step.pcm]}
@@ -360,14 +375,12 @@ async def _send_speech(server: DuplexServer, ws: web.WebSocketResponse, replies,
             await asyncio.wait_for(ws.send_bytes(pack(message)), timeout)
         if step.finished:
             return
-        tick()  # the next step, now that this one is sent (a slow reader slows its own stream)
+        ticks.push()  # the next step, now that this one is sent (a slow reader slows its own stream)
 
 
-async def _receive_text(
-    server: DuplexServer, ws: web.WebSocketResponse, pipeline, row: int, text_came
-) -> None:  # noqa: ANN001, E501
-    """Hand the client's text to ``row`` as it comes, setting ``text_came`` after each message and
-    when the client stops sending."""
+async def _receive_text(server: DuplexServer, ws, pipeline, row: int, ticks: _Ticks) -> None:  # noqa: ANN001
+    """Hand the client's text to ``row`` as it comes, releasing the parked ticks after each message
+    and when the client stops sending."""
     config = server.config
     try:
         while True:
@@ -387,9 +400,9 @@ async def _receive_text(
                 server.protocol_errors.inc()
                 await _send_error(server, ws, str(error), CLOSE_UNSUPPORTED_DATA)
                 return
-            text_came.set()
+            ticks.release()
     finally:
-        text_came.set()
+        ticks.release()
 
 
 def _take_text_message(pipeline, row: int, message: aiohttp.WSMessage) -> None:  # noqa: ANN001

@@ -11,7 +11,7 @@ step. A row starts on its first step after a reset, with the conditions its conn
 Each reply's ``extra`` is a :class:`TtsStep`: the step's audio (None before the delay has passed),
 the words whose times became known, and whether the row has finished speaking. A row whose next
 words have not come yet is not stepped (``waiting``), so its speech does not depend on how fast
-its text arrives; its connection ticks again when more text comes.
+its text arrives; its connection sends the tick again when more text comes.
 """
 
 from __future__ import annotations
@@ -115,6 +115,11 @@ class TtsPipeline:
     def close_text(self, row: int) -> None:
         with self._lock:
             self._rows[row].texts.append(None)
+
+    def has_queued_text(self, row: int) -> bool:
+        """Whether text came for ``row`` that its next step has still to take."""
+        with self._lock:
+            return bool(self._rows[row].texts)
 
     # -- stepping (the engine thread) -----------------------------------------------------------
     def step(self, pcm: np.ndarray, active: np.ndarray) -> StepOutput:
