@@ -80,42 +80,32 @@ def test_greedy_generation_matches_the_reference(synth, reference, tts_checkpoin
         assert all(a.start <= b.start for a, b in zip(speech.words, speech.words[1:], strict=False))
 
 
-def test_streamed_text_speaks_the_same_as_whole_text(synth):
-    whole = synth.generate(["Hello there, how are you doing today?"], [["alice"]], temperature=0.0)[0]
-    pieces = []
-    with synth.stream(["alice"], temperature=0.0) as stream:
-        for word in "Hello there, how are you doing today?".split():
-            stream.add_text(word)
-        stream.close()
-        while not stream.finished:
-            pcm = stream.step()
-            if pcm is not None:
-                pieces.append(pcm)
-    assert [w.text for w in stream.words] == [w.text for w in whole.words]
-    np.testing.assert_allclose(np.concatenate(pieces), whole.audio, atol=1e-6)
-
-
-def test_text_that_comes_late_speaks_the_same(synth):
-    """A step asked for before the words it reads ahead have come waits for them instead of
-    padding, so stepping between words changes nothing."""
+@pytest.mark.parametrize("steps_between_words", [0, 3])
+def test_streamed_text_speaks_the_same_as_whole_text(synth, steps_between_words):
+    """Text given word by word speaks as the whole text; a step asked for before the words it
+    reads ahead have come waits for them instead of padding, so stepping between words changes
+    nothing."""
     text = "Hello there, how are you doing today?"
     whole = synth.generate([text], [["alice"]], temperature=0.0)[0]
     pieces, held = [], 0
+
+    def step(stream) -> None:  # noqa: ANN001
+        nonlocal held
+        before = stream.batch.offsets[0]
+        pcm = stream.step()
+        held += stream.batch.offsets[0] == before
+        if pcm is not None:
+            pieces.append(pcm)
+
     with synth.stream(["alice"], temperature=0.0) as stream:
         for word in text.split():
             stream.add_text(word)
-            for _ in range(3):
-                before = stream.batch.offsets[0]
-                pcm = stream.step()
-                held += stream.batch.offsets[0] == before
-                if pcm is not None:
-                    pieces.append(pcm)
+            for _ in range(steps_between_words):
+                step(stream)
         stream.close()
         while not stream.finished:
-            pcm = stream.step()
-            if pcm is not None:
-                pieces.append(pcm)
-    assert held > 0
+            step(stream)
+    assert (held > 0) == (steps_between_words > 0)
     assert [w.text for w in stream.words] == [w.text for w in whole.words]
     np.testing.assert_allclose(np.concatenate(pieces), whole.audio, atol=1e-6)
 
