@@ -40,12 +40,12 @@ def _rows(output):
     return read_metrics(output)
 
 
-def _run(setup, output, init, steps, **kwargs):
+def _run(setup, output, init, steps, config=None, **kwargs):
     return train_lm(
         setup / "data",
         output,
         init,
-        _config(),
+        config or _config(),
         max_steps=steps,
         codec=setup / "mimi.safetensors",
         tokenizer=setup / "data" / "tokenizer.model",
@@ -108,6 +108,18 @@ def test_lora_fine_tuning(setup, tmp_path):
         # The exported checkpoint names its LoRA file; loading fuses it.
         fused = load_checkpoint(tmp_path / "lora" / "checkpoint").lm()
         torch.testing.assert_close(fused(codes).text_logits, expected.text_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_the_user_transcript_trains_beside_and_stays_out_of_the_checkpoint(setup, tmp_path):
+    config = _config(user_text_weight=1.0, user_text_delay_frames=2)
+    module = _run(setup, tmp_path, "preset:tiny", 2, config=config)
+    rows = _rows(tmp_path)
+    train = [r["train/user_text_loss"] for r in rows if "train/loss" in r]
+    val = [r["val/user_text_loss"] for r in rows if "val/loss" in r]
+    assert len(train) == 2 and len(val) == 2 and all(map(math.isfinite, train + val))
+    assert module.user_text_head is not None
+    exported = LMModel.from_pretrained(tmp_path / "checkpoint").state_dict()
+    assert exported.keys() == LMModel(module.model.config).state_dict().keys()
 
 
 def test_bf16_mixed_precision(setup, tmp_path):

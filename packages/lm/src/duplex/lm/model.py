@@ -14,6 +14,7 @@ un-delayed time; the returned logits are aligned with them (docs/architecture.md
     out.mask         [B, dep_q, T]             false where a delay leaves no context, or code == -1
     out.text_logits  [B, 1, T, text_card_out]  predicts codes[:, :1]
     out.text_mask    [B, 1, T]
+    out.hidden       [B, T, dim]               the temporal state of each (delayed) step
 
 Generation goes through :class:`duplex.lm.generate.LMGen`.
 """
@@ -48,6 +49,7 @@ class LMOutput:
     mask: torch.Tensor
     text_logits: torch.Tensor
     text_mask: torch.Tensor
+    hidden: torch.Tensor
 
 
 def delay_codes(codes: torch.Tensor, delays: list[int], fill: torch.Tensor) -> torch.Tensor:
@@ -390,4 +392,4 @@ class LMModel(StreamingModule[StreamingState], NumericsPolicy):
         mask &= codes[:, 1 : 1 + self.dep_q] != ZERO_TOKEN
         text_logits, text_mask = undelay_logits(text_logits, self.delays[:1])
         text_mask &= codes[:, :1] != ZERO_TOKEN
-        return LMOutput(logits, mask, text_logits, text_mask)
+        return LMOutput(logits, mask, text_logits, text_mask, hidden)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from duplex.lm.data.format import Dialogue
+from duplex.lm.data.format import USER_SPEAKER, Dialogue
 from duplex.lm.data.interleave import FRAME_RATE, TEXT_EPAD, TEXT_PAD, ZERO_TOKEN, multistream, text_stream
 from duplex.lm.data.token_cache import TokenCache
 from duplex.lm.registry import DATA_SOURCES
@@ -21,8 +21,11 @@ def dialogue_sequence(
     frame_rate: float = FRAME_RATE,
     pad_id: int = TEXT_PAD,
     epad_id: int = TEXT_EPAD,
+    user_text: bool = False,
 ) -> torch.Tensor:
-    """The full multistream sequence ``[1 + 2K, F]`` of one dialogue."""
+    """The full multistream sequence ``[1 + 2K, F]`` of one dialogue; with ``user_text``, the
+    user's words as a text stream follow as one more row (``[2 + 2K, F]``): a training target
+    (``duplex.lm.training.user_text``), never an LM input."""
     codes = cache.codes(dialogue.entry.audio_path)  # [2, K_codec, F]
     if codes.shape[1] < num_codebooks:
         raise ValueError(
@@ -30,7 +33,13 @@ def dialogue_sequence(
         )
     codes = codes[:, :num_codebooks]
     text = text_stream(dialogue.words, tokenize, codes.shape[-1], frame_rate, pad_id, epad_id)
-    return multistream(text, codes[0], codes[1])
+    sequence = multistream(text, codes[0], codes[1])
+    if not user_text:
+        return sequence
+    heard = text_stream(
+        dialogue.words, tokenize, codes.shape[-1], frame_rate, pad_id, epad_id, speaker=USER_SPEAKER
+    )
+    return torch.cat([sequence, heard[None]], dim=0)
 
 
 class MultistreamDataset(Dataset):
@@ -91,11 +100,15 @@ class MultistreamDataset(Dataset):
         source: str = "moshi-finetune",
         hop_frames: int | None = None,
         pack: bool = False,
+        user_text: bool = False,
     ) -> MultistreamDataset:
         """Read ``data`` with the data source registered as ``source`` (entry-point group
-        ``duplex.data_sources``: a callable ``(path) -> list[Dialogue]``)."""
+        ``duplex.data_sources``: a callable ``(path) -> list[Dialogue]``); ``user_text`` adds the
+        user's text stream as a last row (see :func:`dialogue_sequence`)."""
         dialogues = DATA_SOURCES.get(source)(data)
-        sequences = [dialogue_sequence(d, cache, tokenize, num_codebooks) for d in dialogues]
+        sequences = [
+            dialogue_sequence(d, cache, tokenize, num_codebooks, user_text=user_text) for d in dialogues
+        ]
         return cls(sequences, segment_frames, hop_frames, pack)
 
     def __len__(self) -> int:

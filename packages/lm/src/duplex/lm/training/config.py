@@ -30,6 +30,10 @@ class LMTrainingConfig(PresetConfig):
     # and each user code replaced by a random one with that (duplex.lm.training.augment).
     user_codebook_dropout: float = Field(0.0, ge=0, le=1)
     user_code_noise: float = Field(0.0, ge=0, le=1)
+    # Weight of the training-only transcript of the user (duplex.lm.training.user_text): the
+    # temporal state predicts the user's words this many frames after they start; 0 turns it off.
+    user_text_weight: float = Field(0.0, ge=0)
+    user_text_delay_frames: int = Field(6, ge=0)
     validation_segments: int = Field(16, ge=1)
     seed: int = 0
 
@@ -77,4 +81,5 @@ def _demo() -> dict[str, Any]:
         "warmup_steps": 100,
         "semantic_weight": 10.0,
         "validation_segments": 16,
+        "user_text_weight": 1.0,
     }

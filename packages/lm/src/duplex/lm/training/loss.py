@@ -43,6 +43,14 @@ def _weighted_cross_entropy(
     return (ce * w).sum() / w.sum().clamp(min=1e-8), ce
 
 
+def text_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, padding_id: int, padding_weight: float
+) -> torch.Tensor:
+    """Mean cross-entropy of a text stream over ``mask``, padding positions weighing ``padding_weight``."""
+    weights = torch.where(targets == padding_id, padding_weight, 1.0)
+    return _weighted_cross_entropy(logits, targets, mask, weights)[0]
+
+
 def multistream_loss(
     logits: torch.Tensor,
     mask: torch.Tensor,
@@ -56,9 +64,9 @@ def multistream_loss(
 ) -> MultistreamLoss:
     """Loss of one training forward (docs/architecture.md §3.6 outputs) against ``codes [B, 1 + n_q, T]``."""
     dep_q = logits.shape[1]
-    text_targets = codes[:, :1]
-    text_weights = torch.where(text_targets == text_padding_id, text_padding_weight, 1.0)
-    text_loss, _ = _weighted_cross_entropy(text_logits, text_targets, text_mask, text_weights)
+    text_loss = text_cross_entropy(
+        text_logits, codes[:, :1], text_mask, text_padding_id, text_padding_weight
+    )
     audio_targets = codes[:, 1 : 1 + dep_q]
     codebook_weights = torch.ones(dep_q, device=logits.device)
     codebook_weights[0] = semantic_weight

@@ -10,6 +10,7 @@ from duplex.lm.training.augment import corrupt_user_audio
 from duplex.lm.training.config import LMTrainingConfig
 from duplex.lm.training.loss import model_loss
 from duplex.lm.training.metrics import LMMetrics
+from duplex.lm.training.user_text import UserTextHead
 
 
 class LMTrainingModule(L.LightningModule):
@@ -21,16 +22,34 @@ class LMTrainingModule(L.LightningModule):
         self.save_hyperparameters({"config": config.model_dump(mode="json"), "lora": lora})
         self.train_metrics = LMMetrics()
         self.val_metrics = LMMetrics()
-
-    def _loss(self, codes: torch.Tensor):  # noqa: ANN202
-        return model_loss(self.model, codes, self.config)
-
-    def training_step(self, codes: torch.Tensor, batch_index: int) -> torch.Tensor:
-        c, model = self.config, self.model.config
-        inputs = corrupt_user_audio(
-            codes, model.dep_q, model.card, c.user_codebook_dropout, c.user_code_noise
+        self.user_text_head = (
+            UserTextHead(model.config.dim, model.config.text_card, config.user_text_delay_frames)
+            if config.user_text_weight > 0
+            else None
         )
-        output, loss = self._loss(inputs)
+
+    def _loss(self, batch: torch.Tensor, corrupt: bool = False):  # noqa: ANN202
+        """The model's outputs on ``batch`` (its codes, then with a user text head the user's text
+        stream as a last row), their loss and the user text loss (None without the head)."""
+        c, model = self.config, self.model.config
+        codes = batch[:, : 1 + model.n_q]
+        if corrupt:
+            codes = corrupt_user_audio(
+                codes, model.dep_q, model.card, c.user_codebook_dropout, c.user_code_noise
+            )
+        output, loss = model_loss(self.model, codes, c)
+        if self.user_text_head is None:
+            return output, loss, None
+        user_text = batch[:, 1 + model.n_q]
+        heard = self.user_text_head.loss(
+            output.hidden, user_text, model.existing_text_padding_id, c.text_padding_weight
+        )
+        loss.total = loss.total + c.user_text_weight * heard
+        return output, loss, heard
+
+    def training_step(self, batch: torch.Tensor, batch_index: int) -> torch.Tensor:
+        codes = batch[:, : 1 + self.model.config.n_q]
+        output, loss, heard = self._loss(batch, corrupt=True)
         with torch.no_grad():
             self.train_metrics.update(output, codes)
             metrics = self.train_metrics.compute()
@@ -42,16 +61,20 @@ class LMTrainingModule(L.LightningModule):
             "train/audio_loss": loss.audio.detach(),
             **{f"train/{name}": value for name, value in metrics.items()},
         }
+        if heard is not None:
+            logs["train/user_text_loss"] = heard.detach()
         batch = codes.shape[0]
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch)
         self.log("loss", loss.total.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=batch)
         return loss.total
 
     @torch.no_grad()
-    def validation_step(self, codes: torch.Tensor, batch_index: int) -> None:
-        output, loss = self._loss(codes)
-        self.val_metrics.update(output, codes)
-        self.log("val/loss", loss.total, on_epoch=True, batch_size=codes.shape[0], sync_dist=True)
+    def validation_step(self, batch: torch.Tensor, batch_index: int) -> None:
+        output, loss, heard = self._loss(batch)
+        self.val_metrics.update(output, batch[:, : 1 + self.model.config.n_q])
+        self.log("val/loss", loss.total, on_epoch=True, batch_size=batch.shape[0], sync_dist=True)
+        if heard is not None:
+            self.log("val/user_text_loss", heard, on_epoch=True, batch_size=batch.shape[0], sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_metrics.compute()
@@ -61,7 +84,7 @@ class LMTrainingModule(L.LightningModule):
 
     def configure_optimizers(self):  # noqa: ANN201
         c = self.config
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        parameters = [p for p in self.parameters() if p.requires_grad]
         if not parameters:
             raise ValueError("the model has no trainable parameters")
         learning_rate = c.lora_learning_rate if self.lora else c.learning_rate

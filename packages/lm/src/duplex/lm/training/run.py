@@ -180,6 +180,7 @@ def train_lm(
         config.segment_frames,
         hop_frames=config.segment_hop_frames,
         pack=config.pack_dialogues,
+        user_text=config.user_text_weight > 0,
     )
     if lora:
         torch.manual_seed(config.seed)
