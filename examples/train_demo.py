@@ -1,7 +1,7 @@
 """Train the bundled demo from nothing: a small Mimi on varied espeak-ng speech, then a small Moshi
 LM on scripted spoken conversations with that codec, and score both on voices they never heard.
 
-    uv run python examples/train_demo.py --output runs/demo            # the recipe (about 1.5 h)
+    uv run python examples/train_demo.py --output runs/demo            # the recipe (about 2.5 h on 2 cores)
     uv run python examples/train_demo.py --output runs/demo --quick    # a few steps of each stage
 
 Stages (a finished stage is skipped when the command is run again; an interrupted training
@@ -11,7 +11,9 @@ resumes from its last checkpoint):
    held-out voices and sentences);
 2. ``codec``: the ``small`` codec preset, then STOI, PESQ, SI-SDR, mel distance and used-code
    perplexity on the held-out clips, at all 16 codebooks and at the 8 the LM uses;
-3. ``conversations``, ``conversations-heldout``: ``duplex data conversations``;
+3. ``conversations``, ``conversations-heldout``: ``duplex data conversations``, the training ones
+   in shards drawn from consecutive seeds (``conversations``, ``conversations-s1``, ...) that one
+   index, ``conversations-all``, lists together;
 4. ``lm``: the ``demo`` LM preset from random weights, on the codec's tokens;
 5. ``demo``: the checkpoint in the official layout with float16 weights, and its answers to every
    scripted question asked in held-out voices (``duplex.stream.answers``);
@@ -42,6 +44,7 @@ from duplex.codec.training.run import train_codec, validation_subset
 from duplex.lm.checkpoint import load_checkpoint
 from duplex.lm.data import TokenCache
 from duplex.lm.data.conversations import SCRIPT, script_digest, write_conversations
+from duplex.lm.data.conversations.dataset import INDEX_NAME, TOKENIZER_NAME
 from duplex.lm.data.speech import SentenceSource, SpeechConfig, write_speech_dataset
 from duplex.lm.training.choice import answer_choice_accuracy
 from duplex.lm.training.config import LMTrainingConfig
@@ -55,6 +58,7 @@ FULL = {
     "heldout_clips": 100,
     "codec_steps": 12000,
     "conversations": 2400,
+    "conversation_shards": 3,
     "lm_steps": 2500,
     "codec_segments": 64,
     "new_conversations": 64,
@@ -64,6 +68,7 @@ QUICK = {
     "heldout_clips": 4,
     "codec_steps": 2,
     "conversations": 8,
+    "conversation_shards": 2,
     "lm_steps": 2,
     "codec_segments": 4,
     "new_conversations": 2,
@@ -78,6 +83,21 @@ def written(folder: Path, manifest: str, **expected) -> bool:
         return False
     made = json.loads(path.read_text())
     return all(made.get(key) == value for key, value in expected.items())
+
+
+def combined_index(shards: list[Path], target: Path) -> Path:
+    """A dataset folder whose index lists the conversations of every shard (the audio stays where
+    it is), with the first shard's tokenizer."""
+    target.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for shard in shards:
+        for line in (shard / INDEX_NAME).read_text().splitlines():
+            record = json.loads(line)
+            record["path"] = os.path.relpath(shard / record["path"], target)
+            lines.append(json.dumps(record))
+    (target / INDEX_NAME).write_text("\n".join(lines) + "\n")
+    shutil.copyfile(shards[0] / TOKENIZER_NAME, target / TOKENIZER_NAME)
+    return target
 
 
 def save(results: dict, out: Path) -> None:
@@ -183,17 +203,20 @@ def main(argv: list[str] | None = None) -> dict:
         save(results, out)
 
     # 3. conversations -----------------------------------------------------------------------------
-    conversations, heldout_conversations = out / "conversations", out / "conversations-heldout"
+    shards = [out / "conversations"]
+    shards += [out / f"conversations-s{k}" for k in range(1, sizes["conversation_shards"])]
+    conversations, heldout_conversations = shards[0], out / "conversations-heldout"
+    all_conversations = out / "conversations-all"
     if "conversations" not in seconds:
         start = time.time()
         questions = HELDOUT_QUESTIONS_QUICK if args.quick else len(SCRIPT)
-        for folder, count, split in (
-            (conversations, sizes["conversations"], "train"),
-            (heldout_conversations, questions, "heldout"),
-        ):
-            made = {"conversations": count, "seed": args.seed, "split": split, "script": script_digest()}
+        planned = [(f, sizes["conversations"], "train", args.seed + k) for k, f in enumerate(shards)]
+        planned.append((heldout_conversations, questions, "heldout", args.seed))
+        for folder, count, split, seed in planned:
+            made = {"conversations": count, "seed": seed, "split": split, "script": script_digest()}
             if not written(folder, "conversations.json", **made):
-                write_conversations(folder, count, split, seed=args.seed)
+                write_conversations(folder, count, split, seed=seed)
+        combined_index(shards, all_conversations)
         seconds["conversations"] = time.time() - start
         save(results, out)
 
@@ -202,13 +225,13 @@ def main(argv: list[str] | None = None) -> dict:
     if "lm" not in seconds:
         start = time.time()
         train_lm(
-            conversations,
+            all_conversations,
             out / "lm",
             "preset:demo",
             lm_config,
             sizes["lm_steps"],
             codec=codec_path,
-            tokenizer=conversations / "tokenizer.model",
+            tokenizer=all_conversations / TOKENIZER_NAME,
             checkpoint_every=min(250, sizes["lm_steps"]),
             progress_bar=not args.quick,
         )
@@ -228,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 6. teacher-forced answer choice ---------------------------------------------------------------
     if "choice" not in results:
         new_conversations = out / "conversations-new"
-        count, seed = sizes["new_conversations"], args.seed + 1
+        count, seed = sizes["new_conversations"], args.seed + len(shards)  # a seed training never drew
         made = {"conversations": count, "seed": seed, "split": "train", "script": script_digest()}
         if not written(new_conversations, "conversations.json", **made):
             write_conversations(new_conversations, count, "train", seed=seed)

@@ -32,6 +32,14 @@ def test_the_quick_recipe_trains_scores_and_exports_the_demo(recipe, tmp_path, m
     finally:
         torch.set_num_threads(threads)
     assert set(results["seconds"]) == {"speech", "codec", "conversations", "lm"}
+    # the LM trained on both shards of conversations (seeds 0 and 1), each conversation once
+    run = tmp_path / "run"
+    trained = [json.loads(line)["path"] for line in (run / "conversations-all" / "data.jsonl").open()]
+    assert len(trained) == len(set(trained)) == 16
+    assert {(run / "conversations-all" / p).resolve().parent.parent.name for p in trained} == {
+        "conversations",
+        "conversations-s1",
+    }
     for scores in results["codec"].values():
         assert {"stoi", "pesq", "si_sdr", "mel_distance", "code_perplexity"} <= set(scores)
     answers = results["answers"]

@@ -73,6 +73,25 @@ def test_a_shipped_trained_demo_is_the_default(tmp_path, monkeypatch):
     assert not (tmp_path / "cache" / "duplex" / f"demo-tiny-v{demo.TINY_VERSION}").exists()
 
 
+def test_the_bundled_demo_answers_the_example_question(tmp_path, monkeypatch):
+    """A newcomer's first ``duplex run``: the shipped demo hears "Hello, how are you today?" in a
+    voice it never heard and says its scripted answer."""
+    from duplex.lm.data.conversations import SCRIPT
+    from duplex.lm.data.conversations.script import words
+    from duplex.stream import demo
+
+    assert demo.default_checkpoint() == demo.BUNDLED_DEMO
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, ["run", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    transcript = json.loads((tmp_path / "reply.json").read_text())
+    assert transcript["text"].split() == words(SCRIPT[0].answer)
+    reply, rate = soundfile.read(tmp_path / "reply.wav")
+    spoken = reply[round(transcript["pieces"][0]["start"] * rate) :]
+    assert np.sqrt(np.mean(spoken**2)) > 0.01  # it says it out loud, not in silence
+
+
 def test_run_with_int8_weights_writes_the_reply(checkpoint, speech_wav, tmp_path, built_lms):
     out = tmp_path / "reply.wav"
     args = ["run", "--checkpoint", str(checkpoint), "--quantize", "int8", "--greedy", "--no-progress"]

@@ -521,6 +521,9 @@ def _demo() -> dict[str, Any]:
         "depformer_num_layers": 2,
         # The first codebook (semantic) gets its own depformer weights, the acoustic ones share one set.
         "depformer_weights_per_step_schedule": [0, 1, 1, 1, 1, 1, 1, 1],
+        # It answers from a fixed script: its most likely answer is the one it chose, and greedy
+        # decoding is what its scores measure (docs/architecture.md §8.3).
+        "lm_gen_config": {"use_sampling": False},
     }
 
 

@@ -2,11 +2,11 @@
 
 - The trained demo (``demo_model/``, written by ``examples/train_demo.py --ship``): a small Mimi
   and a small Moshi LM trained from nothing to answer a few dozen scripted questions
-  (docs/architecture.md §8), with the ``results.json`` of the run that made it. None is shipped
-  yet (see the README); the commands use it once it is there.
+  (docs/architecture.md §8), with the ``results.json`` of the run that made it: the commands'
+  default.
 - A tiny checkpoint with random weights (``build_tiny_checkpoint``, from a fixed seed): the
-  default until then, and the one of the tests and benchmarks. It runs the whole pipeline at toy
-  size on a laptop CPU, built in a second, but it babbles.
+  default where no trained demo is shipped, and the one of the tests and benchmarks. It runs the
+  whole pipeline at toy size on a laptop CPU, built in a second, but it babbles.
 
 Both hold what an official checkpoint holds:
 

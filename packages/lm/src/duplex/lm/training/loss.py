@@ -64,9 +64,7 @@ def multistream_loss(
 ) -> MultistreamLoss:
     """Loss of one training forward (docs/architecture.md §3.6 outputs) against ``codes [B, 1 + n_q, T]``."""
     dep_q = logits.shape[1]
-    text_loss = text_cross_entropy(
-        text_logits, codes[:, :1], text_mask, text_padding_id, text_padding_weight
-    )
+    text_loss = text_cross_entropy(text_logits, codes[:, :1], text_mask, text_padding_id, text_padding_weight)
     audio_targets = codes[:, 1 : 1 + dep_q]
     codebook_weights = torch.ones(dep_q, device=logits.device)
     codebook_weights[0] = semantic_weight

@@ -63,9 +63,9 @@ class LMTrainingModule(L.LightningModule):
         }
         if heard is not None:
             logs["train/user_text_loss"] = heard.detach()
-        batch = codes.shape[0]
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch)
-        self.log("loss", loss.total.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=batch)
+        size = codes.shape[0]
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=size)
+        self.log("loss", loss.total.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=size)
         return loss.total
 
     @torch.no_grad()
