@@ -117,6 +117,20 @@ def test_train_codec_sets_the_adversarial_schedule(tmp_path, monkeypatch):
     assert "adversarial_start_step is 300 but adversarial is false" in result.output
 
 
+def test_train_codec_overfit_reaches_the_run_and_refuses_validation_data(tmp_path, monkeypatch):
+    from duplex.codec.training import run
+
+    used = []
+    monkeypatch.setattr(run, "train_codec", lambda data, output, config, **kw: used.append(kw))
+    base = ["train", "codec", "--data", str(tmp_path), "--output", str(tmp_path / "run"), "--max-steps", "1"]
+    result = runner.invoke(app, [*base, "--preset", "tiny", "--accelerator", "cpu", "--overfit", "8"])
+    assert result.exit_code == 0, result.output
+    assert used[-1]["overfit_segments"] == 8 and used[-1]["validation_data"] is None
+    result = runner.invoke(app, [*base, "--overfit", "8", "--validation-data", str(tmp_path)])
+    assert result.exit_code == 2 and "leave out --validation-data" in result.output
+    assert len(used) == 1
+
+
 def test_small_codec_preset_is_about_4m_parameters():
     from duplex.codec.training.config import CodecTrainingConfig
 

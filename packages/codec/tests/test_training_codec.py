@@ -328,6 +328,36 @@ def test_short_run_learns_logs_and_exports(speech_dir, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+def test_an_overfit_run_trains_and_validates_on_the_same_few_segments(speech_dir, tmp_path):
+    from duplex.codec.training.data import AudioSegments
+    from duplex.codec.training.run import validation_subset
+
+    class Batches(Callback):
+        def __init__(self) -> None:
+            self.train, self.val = [], []
+
+        def on_train_batch_start(self, trainer, module, batch, index) -> None:  # noqa: ANN001
+            self.train.extend(batch)
+
+        def on_validation_batch_start(self, trainer, module, batch, index, dataloader_index=0) -> None:  # noqa: ANN001
+            self.val.extend(batch)
+
+    config = _tiny_config(adversarial=False)
+    dataset = AudioSegments.from_folder(speech_dir, config.codec.sample_rate, config.segment_samples)
+    chosen = validation_subset(dataset, 2)
+    assert len(dataset) > len(chosen) == 2
+    seen = Batches()
+    train_codec(speech_dir, tmp_path, config, max_steps=4, checkpoint_every=2, progress_bar=False,
+                accelerator="cpu", callbacks=[seen], overfit_segments=2)  # fmt: skip
+    assert len(seen.train) == 4 * config.batch_size
+    assert all(any(torch.equal(item, segment) for segment in chosen) for item in seen.train)
+    assert len(seen.val) % 2 == 0 and seen.val
+    for item, segment in zip(seen.val, chosen * (len(seen.val) // 2), strict=True):
+        assert torch.equal(item, segment)
+    with pytest.raises(ValueError, match="validates on the segments it trains on"):
+        train_codec(speech_dir, tmp_path, config, max_steps=1, validation_data=speech_dir, overfit_segments=2)
+
+
 def test_curves_merge_resumed_sessions_and_group_metrics(tmp_path):
     from duplex.codec.training.curves import panel_of, write_curves
 

@@ -171,6 +171,12 @@ def codec(
         help="Validate on this folder (read like --data) instead of on segments of --data: held-out "
         "sentences and voices (`duplex data speech DIR --split heldout`) measure generalisation.",
     ),
+    overfit: int = typer.Option(
+        None,
+        min=1,
+        help="Train and validate on the same N segments of --data: whether the model and losses can "
+        "reach a quality at all, whatever the amount of speech (not with --validation-data).",
+    ),
     max_steps: int = typer.Option(None, min=1, help=MAX_STEPS_HELP),
     preset: str = typer.Option(
         "mimi",
@@ -213,6 +219,10 @@ def codec(
     _check_data(data)
     if validation_data is not None:
         _check_data(validation_data, "--validation-data")
+        if overfit is not None:
+            raise usage_error(
+                "--overfit validates on the segments it trains on: leave out --validation-data", "--overfit"
+            )
     _check_strategy(strategy)
     from duplex.codec.training.config import CodecTrainingConfig
     from duplex.codec.training.run import train_codec
@@ -240,6 +250,7 @@ def codec(
         accelerator=accelerator,
         precision=_precision(precision),
         validation_data=validation_data,
+        overfit_segments=overfit,
     )
     typer.echo(f"codec written to {output / 'mimi.safetensors'}")
 

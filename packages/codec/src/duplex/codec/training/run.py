@@ -68,23 +68,38 @@ def train_codec(
     progress_bar: bool = True,
     keep_checkpoints: int = KEEP_CHECKPOINTS,
     validation_data: str | Path | None = None,
+    overfit_segments: int | None = None,
 ) -> CodecTrainingModule:
     """Train (or resume, when ``output`` holds a checkpoint) and export ``output/mimi.safetensors``.
 
     Validation uses ``config.validation_segments`` segments of ``validation_data`` (read like
-    ``data``) when given, such as sentences and voices training never sees; else of ``data``."""
+    ``data``) when given, such as sentences and voices training never sees; else of ``data``.
+
+    ``overfit_segments=N`` trains and validates on the same N segments of ``data``: whether the
+    model and its losses can reach a quality at all, whatever the amount of speech they must
+    cover (docs/architecture.md §8.4)."""
+    if overfit_segments is not None and (overfit_segments < 1 or validation_data is not None):
+        raise ValueError(
+            f"overfit_segments={overfit_segments} needs to be at least 1 and without validation data: "
+            "an overfit run validates on the segments it trains on"
+        )
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
     rate, samples = config.codec.sample_rate, config.segment_samples
     dataset = AudioSegments.from_folder(data, rate, samples)
-    held_out = dataset
-    if validation_data is not None:
-        held_out = AudioSegments.from_folder(validation_data, rate, samples)
+    if overfit_segments is not None:
+        dataset = validation_subset(dataset, overfit_segments)
+        validation = dataset
+    else:
+        held_out = dataset
+        if validation_data is not None:
+            held_out = AudioSegments.from_folder(validation_data, rate, samples)
+        validation = validation_subset(held_out, config.validation_segments)
     module = CodecTrainingModule(config)
     datamodule = StepDataModule(
         dataset,
-        validation_subset(held_out, config.validation_segments),
+        validation,
         config.batch_size,
         checkpoint_every,
         config.seed,
