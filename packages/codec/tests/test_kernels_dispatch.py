@@ -16,6 +16,7 @@ from duplex.codec import Mimi, MimiConfig
 from duplex.codec.kernels import (
     BACKEND_ENV,
     OPS,
+    Kernel,
     KernelBackendError,
     Kernels,
     UsesKernels,
@@ -25,7 +26,7 @@ from duplex.codec.kernels import (
     use_kernels,
 )
 from duplex.codec.kernels.dispatch import kernel_users, native_usable
-from duplex.codec.registry import KERNELS
+from duplex.codec.kernels.registry import KERNELS
 
 enable_triton_interpreter()  # fails clearly if triton was loaded before without the interpreter
 
@@ -52,8 +53,8 @@ def test_the_reference_set_is_torch_everywhere() -> None:
         assert kernels.numerics == "reference" and kernels.device_type == device and kernels.dtype == dtype
         assert set(kernels.backends) == set(OPS)
         assert set(kernels.backends.values()) == {"torch"}
-        assert kernels.linear is KERNELS.get("linear/torch")
-        assert kernels.attention is KERNELS.get("attention/torch")
+        assert kernels.linear is KERNELS.get("linear/torch").function
+        assert kernels.attention is KERNELS.get("attention/torch").function
         assert kernels.transformer_step is None
     # the reference set ignores a forced backend
     assert set(select_kernels("reference", "cpu", backend="triton").backends.values()) == {"torch"}
@@ -63,9 +64,9 @@ def test_fast_on_cpu_float32_is_native_where_an_op_has_it_and_torch_elsewhere() 
     kernels = select_kernels("fast", "cpu", torch.float32)
     fast = "native" if native_usable() else "torch"  # native needs a C compiler (installed here)
     assert kernels.backends == {op: fast if op in NATIVE_OPS else "torch" for op in OPS}
-    assert kernels.linear is KERNELS.get(f"linear/{fast}")
-    assert kernels.rvq_decode is KERNELS.get("rvq_decode/torch")
-    assert kernels.attention is KERNELS.get("attention/torch")
+    assert kernels.linear is KERNELS.get(f"linear/{fast}").function
+    assert kernels.rvq_decode is KERNELS.get("rvq_decode/torch").function
+    assert kernels.attention is KERNELS.get("attention/torch").function
     assert "linear=" + fast in kernels.describe()
 
 
@@ -149,16 +150,21 @@ def test_the_set_is_chosen_once() -> None:
     assert isinstance(first, Kernels)
 
 
-def test_a_plugin_backend_is_picked_by_name() -> None:
+def test_a_plugin_backend_is_picked_by_name_and_registering_it_renews_the_selection() -> None:
     calls = []
 
     def plugin_linear(
-        x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
         calls.append(tuple(x.shape))
         return torch.nn.functional.linear(x, weight, bias)
 
-    KERNELS.register("linear/my-plugin", plugin_linear)
+    with pytest.raises(KernelBackendError, match="names no kernel backend"):
+        select_kernels("fast", "cpu", backend="my-plugin")  # cached before the plugin exists
+    KERNELS.register("linear/my-plugin", Kernel(plugin_linear, devices=("cpu",)))
     try:
         kernels = select_kernels("fast", "cpu", backend="my-plugin")
         assert kernels.backends == {op: "my-plugin" if op == "linear" else "torch" for op in OPS}
@@ -166,11 +172,74 @@ def test_a_plugin_backend_is_picked_by_name() -> None:
         x, weight = torch.randn(3, 4), torch.randn(5, 4)
         assert torch.equal(kernels.linear(x, weight), torch.nn.functional.linear(x, weight))
         assert calls == [(3, 4)]
+        with pytest.raises(KernelBackendError, match="'my-plugin' kernels cannot run .* on cuda"):
+            select_kernels("fast", "cuda", backend="my-plugin")  # it declared the CPU only
     finally:
-        KERNELS._components.pop("linear/my-plugin")
-        dispatch._select.cache_clear()  # forget the set that holds the plugin
+        KERNELS.unregister("linear/my-plugin")
     with pytest.raises(KernelBackendError, match="names no kernel backend"):
         select_kernels("fast", "cpu", backend="my-plugin")
+
+
+def test_a_kernel_with_the_wrong_signature_is_refused_when_it_registers() -> None:
+    def three_arguments(
+        x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return torch.nn.functional.linear(x, weight, bias)
+
+    with pytest.raises(TypeError, match=r"kernel 'linear/short' takes \(x, weight, bias\) .* lacks 'scale'"):
+        KERNELS.register("linear/short", three_arguments)
+
+    def renamed(x: torch.Tensor, w: torch.Tensor, bias=None, scale=None) -> torch.Tensor:
+        return x
+
+    with pytest.raises(TypeError, match="parameter 2 is 'w', not 'weight'"):
+        KERNELS.register("linear/renamed", renamed)
+
+    def needs_more(x, weight, bias=None, scale=None, tile=None, *, mode) -> torch.Tensor:  # noqa: ANN001
+        return x
+
+    with pytest.raises(TypeError, match="extra parameter 'mode' has no default"):
+        KERNELS.register("linear/more", needs_more)
+    with pytest.raises(ValueError, match="must be '<op>/<backend>'"):
+        KERNELS.register("matmul/fast", renamed)
+    assert not {"linear/short", "linear/renamed", "linear/more"} & set(KERNELS.names())
+
+    def flexible(*args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003
+        return torch.nn.functional.linear(*args[:3])
+
+    KERNELS.register("linear/flexible", flexible)  # *args accepts any call
+    KERNELS.unregister("linear/flexible")
+
+
+def test_the_native_transformer_step_warns_once_when_it_declines_a_model() -> None:
+    from duplex.codec.nn import StreamingTransformer, TransformerConfig
+
+    if not native_usable():
+        pytest.skip("no C compiler")
+    torch.manual_seed(0)
+    config = TransformerConfig(
+        d_model=16,
+        num_heads=2,
+        num_layers=2,
+        dim_feedforward=32,
+        causal=True,
+        context=8,
+        gating="gelu",
+        norm="rms_norm_f32",
+        positional_embedding="rope",
+    )
+    transformer = StreamingTransformer(config).eval()
+    use_kernels(transformer, select_kernels("fast", "cpu"))
+    dispatch._DECLINED.clear()
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="native transformer_step kernel does not cover"):
+        with transformer.streaming(1):
+            transformer(torch.randn(1, 1, 16))
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        with transformer.streaming(1):
+            transformer(torch.randn(1, 1, 16))
 
 
 def test_a_module_alone_runs_the_reference_set_and_use_kernels_hands_one_over() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 from duplex.cli.errors import RuntimeProblem, usage_error
-from duplex.cli.options import QUANTIZE_HELP, quantize_option
+from duplex.cli.options import NUMERICS_HELP, QUANTIZE_HELP, numerics_option, quantize_option
 
 DEFAULT_CHECKPOINT = "kyutai/stt-1b-en_fr"
 FORMATS = ("txt", "json", "srt")
@@ -35,6 +35,7 @@ def asr(
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Files transcribed at once."),
     device: str = typer.Option("cpu", help="torch device."),
     quantize: str = typer.Option("none", help=QUANTIZE_HELP),
+    numerics: str = typer.Option("fast", "--numerics", help=NUMERICS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     from duplex.lm.transcriber import Transcriber
@@ -46,10 +47,13 @@ def asr(
     if output is not None and len(inputs) > 1 and output.exists() and not output.is_dir():
         raise usage_error(f"{output} is a file; with {len(inputs)} inputs, give a folder", "--output")
     weights = quantize_option(quantize)
+    numerics = numerics_option(numerics)
     try:
         # The inputs first: a mistake there is found in a second, not after loading the model.
         audios = [load_mono(path, 24_000) for path in inputs]
-        transcriber = Transcriber.from_checkpoint(checkpoint, device=device, quantize=weights)
+        transcriber = Transcriber.from_checkpoint(
+            checkpoint, device=device, quantize=weights, numerics=numerics
+        )
         if transcriber.sample_rate != 24_000:
             audios = [load_mono(path, transcriber.sample_rate) for path in inputs]
     except (FileNotFoundError, ValueError, RuntimeError) as error:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from duplex.cli.options import NUMERICS_HELP, numerics_option
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -27,12 +28,19 @@ CheckpointOption = typer.Option(
     "kyutai/moshiko-pytorch-bf16 for the official Mimi).",
 )
 DeviceOption = typer.Option("cpu", "--device", help="torch device.")
+CodecOption = typer.Option(
+    None,
+    "--codec",
+    help="The registered codec (duplex.codecs entry points) the weights are for (default: the one the "
+    "checkpoint's config.json names, else mimi).",
+)
+NumericsOption = typer.Option("fast", "--numerics", help=NUMERICS_HELP)
 ProgressOption = typer.Option(True, "--progress/--no-progress", help="Progress bar on long files.")
 
 
 @app.callback()
 def _group() -> None:
-    """Encode and decode audio with the Mimi codec; score its round trip."""
+    """Encode and decode audio with a registered codec (Mimi by default); score its round trip."""
 
 
 def _fail(message: str, cause: BaseException | None = None) -> None:
@@ -41,15 +49,21 @@ def _fail(message: str, cause: BaseException | None = None) -> None:
     raise RuntimeProblem(message) from cause  # one `error:` line (duplex --debug: the traceback)
 
 
-def _load_mimi(checkpoint: str | None, num_codebooks: int, device: str):  # noqa: ANN202
-    from duplex.codec import CheckpointError, Mimi
+def _load_codec(checkpoint: str | None, codec: str | None, num_codebooks: int, device: str, numerics: str):  # noqa: ANN202
+    from duplex.codec import CheckpointError, UnknownComponentError
+    from duplex.codec.codecs import load_codec
 
+    numerics = numerics_option(numerics)
     if checkpoint is None:
         from duplex.stream.demo import default_checkpoint
 
         checkpoint = str(default_checkpoint())
     try:
-        return Mimi.from_pretrained(checkpoint, num_codebooks=num_codebooks, device=device)
+        return load_codec(checkpoint, codec, num_codebooks=num_codebooks, device=device, numerics=numerics)
+    except UnknownComponentError as e:
+        from duplex.cli.errors import usage_error
+
+        raise usage_error(str(e), "--codec") from e
     except (CheckpointError, ValueError) as e:
         _fail(str(e), e)
 
@@ -107,15 +121,17 @@ def encode(
     ),
     output_codes: Path = typer.Argument(..., help="Where to write the codes (.safetensors)."),
     checkpoint: str | None = CheckpointOption,
+    codec: str | None = CodecOption,
     num_codebooks: int = typer.Option(8, "--num-codebooks", "-k", help="Codebooks to keep (1..32)."),
     device: str = DeviceOption,
+    numerics: str = NumericsOption,
     progress: bool = ProgressOption,
 ) -> None:
     """Encode an audio file to Mimi codes."""
     from safetensors.torch import save_file
 
     wav = _read_wav(input_audio)
-    mimi = _load_mimi(checkpoint, num_codebooks, device)
+    mimi = _load_codec(checkpoint, codec, num_codebooks, device, numerics)
     codes = _encode(mimi, wav.to(device), progress)
     metadata = {
         "sample_rate": str(mimi.sample_rate),
@@ -132,7 +148,9 @@ def decode(
     input_codes: Path = typer.Argument(..., help="Codes written by `duplex codec encode` (.safetensors)."),
     output_audio: Path = typer.Argument(..., help="Where to write the 24 kHz wav."),
     checkpoint: str | None = CheckpointOption,
+    codec: str | None = CodecOption,
     device: str = DeviceOption,
+    numerics: str = NumericsOption,
     progress: bool = ProgressOption,
 ) -> None:
     """Decode Mimi codes to a wav file."""
@@ -150,7 +168,7 @@ def decode(
         codes = codes[None]
     if codes.dim() != 3 or codes.shape[0] != 1:
         _fail(f"codes must have shape [1, K, F] or [K, F], got {list(tensors['codes'].shape)}")
-    mimi = _load_mimi(checkpoint, 1, device)  # decode uses every codebook it is given
+    mimi = _load_codec(checkpoint, codec, 1, device, numerics)  # decode uses every codebook it is given
     try:
         audio = _decode(mimi, codes.to(device), progress)
     except (TypeError, ValueError) as e:
@@ -166,15 +184,17 @@ def roundtrip(
     input_audio: Path = typer.Argument(..., help="Audio file (any format soundfile reads)."),
     output_audio: Path = typer.Argument(..., help="Where to write the reconstructed 24 kHz wav."),
     checkpoint: str | None = CheckpointOption,
+    codec: str | None = CodecOption,
     num_codebooks: int = typer.Option(8, "--num-codebooks", "-k", help="Codebooks to use (1..32)."),
     device: str = DeviceOption,
+    numerics: str = NumericsOption,
     progress: bool = ProgressOption,
 ) -> None:
     """Encode then decode an audio file (hear what Mimi keeps)."""
     from duplex.codec import save_audio
 
     wav = _read_wav(input_audio)
-    mimi = _load_mimi(checkpoint, num_codebooks, device)
+    mimi = _load_codec(checkpoint, codec, num_codebooks, device, numerics)
     codes = _encode(mimi, wav.to(device), progress)
     audio = _decode(mimi, codes, progress)[..., : wav.shape[-1]]
     save_audio(output_audio, audio.cpu(), mimi.sample_rate)
@@ -189,6 +209,7 @@ def evaluate(
         "`duplex train codec --data` reads it.",
     ),
     checkpoint: str | None = CheckpointOption,
+    codec: str | None = CodecOption,
     num_codebooks: int = typer.Option(8, "--num-codebooks", "-k", help="Codebooks to use (1..32)."),
     segment_seconds: float = typer.Option(
         0.96, "--segment-seconds", help="Segment length (rounded to whole frames); training's default."
@@ -200,6 +221,7 @@ def evaluate(
         help="Segments to score, picked across the data as training's validation picks them.",
     ),
     device: str = DeviceOption,
+    numerics: str = NumericsOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Score Mimi's round trip on speech segments: SI-SDR, mel distance, STOI, wideband PESQ and
@@ -214,7 +236,7 @@ def evaluate(
         _fail(f"duplex codec evaluate needs the codec's training extra (duplex-codec[train]): {e}", e)
     if not data.exists():
         _fail(f"{data} does not exist: pass a folder of audio files or a moshi-finetune dataset")
-    mimi = _load_mimi(checkpoint, num_codebooks, device)
+    mimi = _load_codec(checkpoint, codec, num_codebooks, device, numerics)
     frame = mimi.frame_size
     samples = max(1, round(segment_seconds * mimi.sample_rate / frame)) * frame
     try:

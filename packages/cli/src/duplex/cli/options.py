@@ -25,3 +25,17 @@ def quantize_option(name: str) -> WeightFormat | None:
         allowed = ", ".join(("none", *WEIGHT_FORMATS))
         raise usage_error(f"must be one of {allowed}, got {name!r}", "--quantize")
     return name  # type: ignore[return-value]
+
+
+NUMERICS_HELP = (
+    "fast (the fastest kernels for the device, within float rounding of the reference) or reference "
+    "(torch's own ops in the reference's order: its tokens and audio, bit for bit)."
+)
+NUMERICS = ("fast", "reference")
+
+
+def numerics_option(name: str) -> str:
+    """``--numerics``: ``fast`` or ``reference`` (checked before any model is loaded)."""
+    if name not in NUMERICS:
+        raise usage_error(f"must be fast or reference, got {name!r}", "--numerics")
+    return name

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 from duplex.cli.errors import RuntimeProblem
-from duplex.cli.options import QUANTIZE_HELP, quantize_option
+from duplex.cli.options import NUMERICS_HELP, QUANTIZE_HELP, numerics_option, quantize_option
 
 SAMPLE_RATE = 24_000  # Mimi's rate: the input is read (and checked) at it before the model loads
 _DTYPES = ("stored", "float32", "bfloat16", "float16")
@@ -38,6 +38,7 @@ def run(
         "stored", help="LM dtype: stored (as in the checkpoint), float32, bfloat16, float16."
     ),
     quantize: str = typer.Option("none", help=QUANTIZE_HELP),
+    numerics: str = typer.Option("fast", "--numerics", help=NUMERICS_HELP),
     greedy: bool = typer.Option(False, help="Greedy decoding instead of sampling."),
     seed: int = typer.Option(42424242, help="Sampling seed."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -50,6 +51,7 @@ def run(
 
     torch_dtype = _dtype(dtype)
     weights = quantize_option(quantize)
+    numerics = numerics_option(numerics)
     try:
         # The input first: a mistake there is found in a second, not after loading the model.
         input_wav = input_wav if input_wav is not None else _example_wav()
@@ -59,6 +61,7 @@ def run(
             device=device,
             dtype=torch_dtype,
             quantize=weights,
+            numerics=numerics,
             **({"use_sampling": False} if greedy else {}),
         )
         if pipeline.sample_rate != SAMPLE_RATE:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import typer
-from duplex.cli.options import QUANTIZE_HELP, quantize_option
+from duplex.cli.options import NUMERICS_HELP, QUANTIZE_HELP, numerics_option, quantize_option
 
 _DTYPES = ("stored", "float32", "bfloat16", "float16")
 
@@ -71,6 +71,7 @@ def serve(
         "stored", help="LM dtype: stored (as in the checkpoint), float32, bfloat16, float16."
     ),
     quantize: str = typer.Option("none", help=QUANTIZE_HELP),
+    numerics: str = typer.Option("fast", "--numerics", help=NUMERICS_HELP),
     greedy: bool = typer.Option(False, help="Greedy decoding instead of sampling."),
     log_level: str = typer.Option("info", help="Logging level."),
 ) -> None:
@@ -79,6 +80,7 @@ def serve(
     from duplex.stream.serving import load_pipeline
 
     torch_dtype, weights = _dtype(dtype), quantize_option(quantize)
+    numerics = numerics_option(numerics)
     config = _server_config(
         ServerConfig,
         host=host,
@@ -101,6 +103,7 @@ def serve(
             device=device,
             dtype=torch_dtype,
             quantize=weights,
+            numerics=numerics,
             **({"use_sampling": False} if greedy else {}),
         )
     except (FileNotFoundError, ValueError, RuntimeError) as error:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 from duplex.cli.errors import RuntimeProblem, usage_error
-from duplex.cli.options import QUANTIZE_HELP, quantize_option
+from duplex.cli.options import NUMERICS_HELP, QUANTIZE_HELP, numerics_option, quantize_option
 
 DEFAULT_CHECKPOINT = "kyutai/hibiki-2b-pytorch-bf16"
 
@@ -29,6 +29,7 @@ def translate(
     seed: int = typer.Option(42, "--seed", help="Sampling seed."),
     device: str = typer.Option("cpu", help="torch device."),
     quantize: str = typer.Option("none", help=QUANTIZE_HELP),
+    numerics: str = typer.Option("fast", "--numerics", help=NUMERICS_HELP),
 ) -> None:
     from duplex.lm.translator import Translator
     from duplex.stream.audio import load_mono, save_wav
@@ -38,10 +39,17 @@ def translate(
     if temperature is not None and not 0.0 <= temperature <= 5.0:
         raise usage_error(f"must be in [0, 5], got {temperature}", "--temperature")
     weights = quantize_option(quantize)
+    numerics = numerics_option(numerics)
     try:
         pcm = load_mono(input_wav, 24_000)
         translator = Translator.from_checkpoint(
-            checkpoint, device=device, quantize=weights, cfg=cfg, temperature=temperature, seed=seed
+            checkpoint,
+            device=device,
+            quantize=weights,
+            numerics=numerics,
+            cfg=cfg,
+            temperature=temperature,
+            seed=seed,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         raise RuntimeProblem(str(error)) from error

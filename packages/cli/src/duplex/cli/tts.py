@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 from duplex.cli.errors import RuntimeProblem, usage_error
-from duplex.cli.options import QUANTIZE_HELP, quantize_option
+from duplex.cli.options import NUMERICS_HELP, QUANTIZE_HELP, numerics_option, quantize_option
 
 DEFAULT_CHECKPOINT = "kyutai/tts-1.6b-en_fr"
 
@@ -51,6 +51,7 @@ def tts(
     seed: int = typer.Option(42, "--seed", help="Sampling seed."),
     device: str = typer.Option("cpu", help="torch device."),
     quantize: str = typer.Option("none", help=QUANTIZE_HELP),
+    numerics: str = typer.Option("fast", "--numerics", help=NUMERICS_HELP),
 ) -> None:
     from duplex.lm.synthesizer import Synthesizer
     from duplex.stream.audio import save_wav
@@ -60,9 +61,12 @@ def tts(
     if not 0.0 < cfg <= 10.0:
         raise usage_error(f"must be in (0, 10], got {cfg}", "--cfg")
     weights = quantize_option(quantize)
+    numerics = numerics_option(numerics)
     try:
         script = read_text(text)
-        synth = Synthesizer.from_checkpoint(checkpoint, device=device, voice_dirs=voice_dir, quantize=weights)
+        synth = Synthesizer.from_checkpoint(
+            checkpoint, device=device, voice_dirs=voice_dir, quantize=weights, numerics=numerics
+        )
         voices = voice or _default_voice(synth)
         entries = synth.entries(script)
         conditions = synth.conditions(voices, cfg)

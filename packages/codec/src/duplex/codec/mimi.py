@@ -368,18 +368,20 @@ class Mimi(StreamingModule[MimiState], NumericsPolicy):
         num_codebooks: int = 8,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
-        config: MimiConfig | None = None,
+        config: MimiConfig | dict[str, Any] | None = None,
         numerics: Numerics = "fast",
     ) -> Mimi:
         """Load a Mimi from a ``.safetensors`` file, a checkpoint directory, ``hf://owner/repo/file``
         or a Hugging Face repo id (``kyutai/moshiko-pytorch-bf16``).
 
         The configuration is, in order: ``config``; the directory's ``mimi_config_name`` JSON; the
-        one stored in the file by :meth:`save_pretrained`; the official one. ``numerics``: see
-        the class docstring.
+        one stored in the file by :meth:`save_pretrained`; the official one. ``config`` may be
+        the dict of ``mimi_config.json``. ``numerics``: see the class docstring.
         """
         resolved = resolve_checkpoint(source)
         tensors, metadata = read_safetensors(resolved.weights)
+        if isinstance(config, dict):
+            config = MimiConfig(**config)
         if config is None:
             if resolved.config is not None:
                 config = MimiConfig(**resolved.config)

@@ -34,14 +34,32 @@ class Registry(Generic[T]):
         self.group = group
         self._components: dict[str, T] = {}
         self._entry_points: dict[str, EntryPoint] | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def accept(self, name: str, component: T) -> T:
+        """What is stored for ``component`` registered as ``name`` (by code or an entry point);
+        a registry of components with a declared interface checks it here."""
+        return component
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever a component is registered or the entry points are re-read
+        (so a cached choice among the components is made again)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def register(self, name: str, component: T | None = None) -> Callable[[T], T] | T:
         """Register ``component`` under ``name``; without a component, acts as a decorator."""
 
         def add(obj: T) -> T:
-            if name in self._components and self._components[name] is not obj:
+            accepted = self.accept(name, obj)
+            existing = self._components.get(name)
+            if existing is not None and existing is not accepted and existing != accepted:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
-            self._components[name] = obj
+            self._components[name] = accepted
+            self._changed()
             return obj
 
         return add if component is None else add(component)
@@ -54,6 +72,12 @@ class Registry(Generic[T]):
     def refresh(self) -> None:
         """Forget cached entry points, e.g. after installing a plugin in a running process."""
         self._entry_points = None
+        self._changed()
+
+    def unregister(self, name: str) -> None:
+        """Remove a component registered in code (tests, a plugin being reloaded)."""
+        self._components.pop(name, None)
+        self._changed()
 
     def get(self, name: str) -> T:
         if name in self._components:
@@ -65,7 +89,7 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; known {self.kind}s: {known} "
                 f"(plugins add more through the {self.group!r} entry-point group)"
             )
-        component = entry_point.load()
+        component = self.accept(name, entry_point.load())
         self._components[name] = component
         return component
 
@@ -83,10 +107,9 @@ class Registry(Generic[T]):
 
 
 CODECS: Registry = Registry("codec", "duplex.codecs")
-KERNELS: Registry = Registry("kernel", "duplex.kernels")
 TEACHERS: Registry = Registry("distillation teacher", "duplex.teachers")
 
-ALL_REGISTRIES: list[Registry] = [CODECS, KERNELS, TEACHERS]
+ALL_REGISTRIES: list[Registry] = [CODECS, TEACHERS]
 
 
 def add_registry(registry: Registry) -> Registry:

@@ -34,7 +34,7 @@ from duplex.lm.tokenizer import TextTokenizer
 from duplex.lm.weights import as_lm_config, build_lm, checkpoint_lm_config, load_lm_state_dict, save_lm
 
 if TYPE_CHECKING:
-    from duplex.codec.mimi import Mimi
+    from duplex.codec.interfaces import AudioCodec
 
 __all__ = [
     "CheckpointBundle",
@@ -94,22 +94,24 @@ class CheckpointBundle:
             epad_id=self.config.existing_text_end_padding_id,
         )
 
-    def mimi(self, device: torch.device | str | None = None, numerics: Numerics = "fast") -> Mimi:
-        """The checkpoint's Mimi, running ``config.mimi_num_codebooks`` codebooks; ``numerics``:
+    def codec(self, device: torch.device | str | None = None, numerics: Numerics = "fast") -> AudioCodec:
+        """The checkpoint's codec (``config.codec`` in :data:`~duplex.codec.registry.CODECS`,
+        Mimi by default), running ``config.mimi_num_codebooks`` codebooks; ``numerics``:
         ``"fast"`` or ``"reference"`` (see :class:`~duplex.codec.mimi.Mimi`)."""
-        from duplex.codec.config import MimiConfig
-        from duplex.codec.mimi import Mimi
+        from duplex.codec.codecs import load_codec
 
         if self.mimi_weights is None:
-            raise CheckpointError(f"{self.source} has no Mimi weights {self.config.mimi_name!r}")
-        config = MimiConfig(**self.mimi_config) if self.mimi_config is not None else None
-        return Mimi.from_pretrained(
+            raise CheckpointError(f"{self.source} has no codec (Mimi) weights {self.config.mimi_name!r}")
+        return load_codec(
             self.mimi_weights,
+            self.config.codec,
             num_codebooks=self.config.mimi_num_codebooks,
             device=device,
-            config=config,
+            config=self.mimi_config,
             numerics=numerics,
         )
+
+    mimi = codec  # the official layout's name for the codec
 
 
 def load_checkpoint(source: str | Path, config: LMConfig | str | Path | None = None) -> CheckpointBundle:
@@ -151,14 +153,14 @@ def load_models(
     dtype: torch.dtype | None = None,
     numerics: Numerics = "fast",
     quantize: WeightFormat | None = None,
-) -> tuple[Mimi, LMModel, TextTokenizer, CheckpointBundle]:
-    """Mimi, the LM and the tokenizer of a checkpoint that must be a ``model_type`` model (checked
+) -> tuple[AudioCodec, LMModel, TextTokenizer, CheckpointBundle]:
+    """The codec, the LM and the tokenizer of a checkpoint that must be a ``model_type`` model (checked
     before any weight is read: the error names the command that fits). ``quantize`` stores the
     LM's matmul weights in "bf16" or "int8"; Mimi stays as stored."""
     bundle = load_checkpoint(source)
     check_model_type(bundle.config, model_type, source)
     lm = bundle.lm(device=device, dtype=dtype, numerics=numerics, quantize=quantize)
-    return bundle.mimi(device=device, numerics=numerics), lm, bundle.text_tokenizer(), bundle
+    return bundle.codec(device=device, numerics=numerics), lm, bundle.text_tokenizer(), bundle
 
 
 def load_lm(

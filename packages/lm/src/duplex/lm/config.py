@@ -56,6 +56,7 @@ def check_model_type(config: LMConfig, wanted: str, source: object = None) -> No
 
 
 LOADER_KEYS = (
+    "codec",
     "moshi_name",
     "mimi_name",
     "mimi_config_name",
@@ -191,6 +192,8 @@ class LMConfig(PresetConfig):
 
     # -- temporal transformer -------------------------------------------------------------------
     backbone: str = "helium"
+    # the backbone plugin's own hyperparameters, validated by its ``config_class``
+    backbone_config: dict[str, Any] | None = None
     dim: int = Field(128, ge=1)
     num_heads: int = Field(8, ge=1)
     num_layers: int = Field(8, ge=0)
@@ -214,6 +217,8 @@ class LMConfig(PresetConfig):
     gradient_checkpointing: bool = False
 
     # -- depth transformer (unset ``depformer_X`` inherit ``X``) ---------------------------------
+    depformer: str = "depformer"
+    depformer_config: dict[str, Any] | None = None
     depformer_dim: int = Field(256, ge=1)
     depformer_dim_feedforward: int | list[int] | None = None
     depformer_num_heads: int | None = Field(None, ge=1)
@@ -243,6 +248,9 @@ class LMConfig(PresetConfig):
     low_precision: LowPrecisionConfig | None = None
 
     # -- loader keys (where the checkpoint's files are, how to run it) --------------------------
+    codec: str = Field(
+        "mimi", min_length=1, description="the registered codec (duplex.codecs) of the mimi_name weights"
+    )
     moshi_name: str = MOSHI_NAME
     mimi_name: str = MIMI_NAME
     mimi_config_name: str | None = None
@@ -433,6 +441,32 @@ class LMConfig(PresetConfig):
             kv_repeat=self._depformer("kv_repeat"),
         )
 
+    def build_backbone(self, which: Literal["backbone", "depformer"]) -> Any:
+        """The registered temporal backbone (or depformer) of this config, built from its
+        :class:`~duplex.codec.nn.TransformerConfig` and, when the class declares a ``config_class``,
+        its ``backbone_config`` (``depformer_config``) validated by that class."""
+        from duplex.lm.registry import BACKBONES, DEPFORMERS
+
+        registry = BACKBONES if which == "backbone" else DEPFORMERS
+        name = getattr(self, which)
+        component = registry.get(name)
+        transformer = (
+            self.temporal_transformer_config() if which == "backbone" else self.depformer_transformer_config()
+        )
+        options_class = getattr(component, "config_class", None)
+        given = getattr(self, f"{which}_config")
+        if options_class is None:
+            if given:
+                raise ValueError(
+                    f"{which}_config: the {which} {name!r} takes no options; remove {sorted(given)}"
+                )
+            return component(transformer)
+        try:
+            options = options_class.model_validate(given or {})
+        except ValidationError as error:
+            raise ValueError(f"{which}_config of {which} {name!r}: {error}") from None
+        return component(transformer, options)
+
     # -- files ----------------------------------------------------------------------------------
     @classmethod
     def from_json(cls, path: str | Path) -> Self:
@@ -458,7 +492,17 @@ class LMConfig(PresetConfig):
         """The model part of ``config.json`` (loader keys and duplex-only keys removed): the keyword
         arguments the official loader passes to its LM class."""
         data = self.to_dict()
-        duplex_only = ("backbone", "depformer_causal", "lora", "lora_rank", "lora_scaling", "low_precision")
+        duplex_only = (
+            "backbone",
+            "backbone_config",
+            "depformer",
+            "depformer_config",
+            "depformer_causal",
+            "lora",
+            "lora_rank",
+            "lora_scaling",
+            "low_precision",
+        )
         for key in (*LOADER_KEYS, *duplex_only):
             data.pop(key, None)
         return data

@@ -16,7 +16,10 @@ from duplex.codec.nn import StreamingTransformer, TransformerConfig
 
 
 class Depformer(StreamingTransformer):
-    streaming_detached = True
+    """The default of :data:`duplex.lm.registry.DEPFORMERS` (``LMConfig.depformer``)."""
+
+    config_class = None
+    streaming_detached = True  # a replacement must restart per frame too (LMGen drives it)
 
     def __init__(self, config: TransformerConfig) -> None:
         if config.context is not None:

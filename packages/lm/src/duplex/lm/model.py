@@ -36,7 +36,6 @@ from duplex.lm.conditioners import Attributes, Conditioning, ConditionProvider, 
 from duplex.lm.config import LMConfig, LowPrecisionConfig
 from duplex.lm.depformer import Depformer
 from duplex.lm.embedding import ZERO_TOKEN, StreamEmbedding
-from duplex.lm.registry import BACKBONES
 from duplex.lm.weights import load_lm_weights, save_lm
 from torch import nn
 
@@ -123,7 +122,7 @@ class LMModel(StreamingModule[StreamingState], NumericsPolicy):
             norm=config.norm_emb,
             demux_second_stream=config.demux_second_text_stream,
         )
-        self.transformer = BACKBONES.get(config.backbone)(config.temporal_transformer_config())
+        self.transformer = config.build_backbone("backbone")
         self.out_norm = make_norm(config.norm, dim)
         self.text_linear = Linear(dim, config.text_out_card, bias=config.bias_proj)
 
@@ -149,7 +148,7 @@ class LMModel(StreamingModule[StreamingState], NumericsPolicy):
                 norm=config.norm_emb,
                 demux_second_stream=config.demux_second_text_stream,
             )
-            self.depformer = Depformer(depformer_config)
+            self.depformer = config.build_backbone("depformer")
             self.depformer_norms = nn.ModuleList(
                 [
                     nn.Identity()

@@ -20,8 +20,10 @@ import json
 from pathlib import Path
 
 import torch
-from duplex.codec import Mimi, MimiConfig
+from duplex.codec import MimiConfig
 from duplex.codec.calibration import calibrate_untrained, calibration_audio
+from duplex.codec.codecs import DEFAULT_CODEC, codec_class
+from duplex.codec.interfaces import AudioCodec
 from duplex.lm.config import LMConfig
 from duplex.lm.data.text_tokenizer import train_tokenizer
 from duplex.lm.model import LMModel
@@ -63,7 +65,7 @@ def write_random_checkpoint(
     generator_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        mimi = Mimi(mimi_config, numerics="reference")
+        mimi = codec_class(DEFAULT_CODEC)(mimi_config, numerics="reference")
         calibrate_untrained(mimi, seed=seed)  # so that different sounds get different codes
         lm = LMModel(config)
         if config.model_type == "stt":
@@ -102,7 +104,7 @@ def write_random_checkpoint(
 
 
 @torch.no_grad()
-def _speak_in_words(lm: LMModel, mimi: Mimi) -> None:
+def _speak_in_words(lm: LMModel, mimi: AudioCodec) -> None:
     from duplex.lm.generate import LMGen
 
     audio = calibration_audio(mimi.sample_rate, seconds=4)

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from duplex.codec.interfaces import AudioCodec
 from duplex.codec.kernels import Numerics
 from duplex.codec.kernels.weight_formats import WeightFormat
-from duplex.codec.mimi import Mimi
 from duplex.lm.conditioners import Attributes, LUTConditioner
 from duplex.lm.config import check_model_type
 from duplex.lm.generate import LMGen
@@ -72,7 +72,7 @@ class Generation:
 class Synthesizer:
     def __init__(
         self,
-        mimi: Mimi,
+        mimi: AudioCodec,
         lm: LMModel,
         tokenizer: TextTokenizer,
         voice_dirs: Sequence[str | Path] = (),

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from duplex.codec.interfaces import AudioCodec
 from duplex.codec.kernels import Numerics
 from duplex.codec.kernels.weight_formats import WeightFormat
-from duplex.codec.mimi import Mimi
 from duplex.lm.config import check_model_type
 from duplex.lm.generate import LMGen
 from duplex.lm.model import LMModel
@@ -73,7 +73,7 @@ class Transcriber:
 
     def __init__(
         self,
-        mimi: Mimi,
+        mimi: AudioCodec,
         lm: LMModel,
         tokenizer: TextTokenizer,
         audio_delay: float | None = None,

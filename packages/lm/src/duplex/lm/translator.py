@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from duplex.codec.interfaces import AudioCodec
 from duplex.codec.kernels import Numerics
 from duplex.codec.kernels.weight_formats import WeightFormat
-from duplex.codec.mimi import Mimi
 from duplex.lm.config import check_model_type
 from duplex.lm.generate import LMGen
 from duplex.lm.model import LMModel
@@ -45,7 +45,7 @@ class Translation:
 class Translator:
     def __init__(
         self,
-        mimi: Mimi,
+        mimi: AudioCodec,
         lm: LMModel,
         tokenizer: TextTokenizer,
         cfg: float = 1.0,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from duplex.codec.kernels import Numerics
 from duplex.codec.kernels.weight_formats import WeightFormat
 from duplex.lm.transcriber import Transcriber
 from duplex.stream import kyutai
@@ -41,8 +42,14 @@ class AsrPipeline:
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
         quantize: WeightFormat | None = None,
+        numerics: Numerics = "fast",
+        **sampling,
     ) -> AsrPipeline:
-        return cls(Transcriber.from_checkpoint(source, device=device, dtype=dtype, quantize=quantize))
+        """An STT checkpoint's pipeline (it decodes greedily: ``sampling`` is ignored)."""
+        transcriber = Transcriber.from_checkpoint(
+            source, device=device, dtype=dtype, numerics=numerics, quantize=quantize
+        )
+        return cls(transcriber)
 
     def start(self, batch_size: int) -> None:
         if self._contexts is not None:

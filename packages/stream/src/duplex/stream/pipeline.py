@@ -1,6 +1,7 @@
 """What the engine steps: a batched frame pipeline (user audio frame in, reply frame out).
 
-:class:`FramePipeline` is the interface; :class:`MoshiPipeline` composes Mimi and the LM:
+The interface is :class:`duplex.codec.interfaces.Pipeline` (here also ``FramePipeline``);
+:class:`MoshiPipeline` composes the codec and the LM:
 encode the user frame, step the LM, decode the reply frame, look up the text piece.
 
 Per-slot facts the pipeline keeps (all rows live in one Mimi and one LM streaming context of
@@ -18,47 +19,17 @@ batch N):
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
+from duplex.codec.interfaces import Pipeline, StepOutput
+from duplex.codec.kernels import Numerics
 from duplex.codec.kernels.weight_formats import WeightFormat
 from duplex.codec.streaming import module_device
 from duplex.stream.slots import SamplingParams
 
-
-@dataclass
-class StepOutput:
-    """One step's output for every row: ``pcm`` [N, frame_size], ``has_reply`` [N], the text
-    pieces and, when the pipeline has them, the generated tokens ``[N, 1 + dep_q]`` (text first)
-    and per-row extras (the STT models' pause probabilities ``[N, heads]``)."""
-
-    pcm: np.ndarray
-    has_reply: np.ndarray
-    text: list[str | None]
-    tokens: np.ndarray | None = None
-    extra: np.ndarray | None = None
-
-
-class FramePipeline(Protocol):
-    kind: str  # "chat" (served at /api/chat with the web page), "asr" or "tts" (their own endpoints)
-    sample_rate: int
-    frame_rate: float
-    frame_size: int
-
-    def start(self, batch_size: int) -> None:
-        """Enter streaming with ``batch_size`` rows."""
-
-    def stop(self) -> None:
-        """Leave streaming."""
-
-    def reset(self, row: int, params: SamplingParams) -> None:
-        """Restart one row for a new conversation."""
-
-    def step(self, pcm: np.ndarray, active: np.ndarray) -> StepOutput:
-        """One 80 ms step: ``pcm`` [N, frame_size] user audio, ``active`` [N] rows to advance."""
+FramePipeline = Pipeline  # the engine's name for it (duplex.codec.interfaces.Pipeline)
 
 
 class MoshiPipeline:
@@ -91,6 +62,7 @@ class MoshiPipeline:
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
         quantize: WeightFormat | None = None,
+        numerics: Numerics = "fast",
         **sampling,
     ) -> MoshiPipeline:
         """Load anything ``duplex.lm.checkpoint.load_checkpoint`` accepts (None: the tiny demo).
@@ -98,7 +70,7 @@ class MoshiPipeline:
         ``dtype`` casts the LM (default: as stored; Mimi stays float32). ``quantize`` (``"bf16"`` or
         ``"int8"``) stores the LM's matmul weights in low precision. ``sampling`` overrides the
         checkpoint's ``lm_gen_config`` (``use_sampling``, ``temp``, ``temp_text``, ``top_k``,
-        ``top_k_text``).
+        ``top_k_text``). ``numerics``: "fast" or "reference" (the reference's tokens, bit for bit).
         """
         from duplex.lm.checkpoint import load_checkpoint
         from duplex.lm.config import check_model_type
@@ -110,8 +82,9 @@ class MoshiPipeline:
             source = default_checkpoint()
         bundle = load_checkpoint(source)
         check_model_type(bundle.config, "moshi", source)
-        lm_gen = LMGen.from_config(bundle.lm(device=device, dtype=dtype, quantize=quantize), **sampling)
-        return cls(bundle.mimi(device=device), lm_gen, bundle.text_tokenizer())
+        lm = bundle.lm(device=device, dtype=dtype, quantize=quantize, numerics=numerics)
+        lm_gen = LMGen.from_config(lm, **sampling)
+        return cls(bundle.codec(device=device, numerics=numerics), lm_gen, bundle.text_tokenizer())
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self, batch_size: int) -> None:

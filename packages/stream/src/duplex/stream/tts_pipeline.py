@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from duplex.codec.kernels import Numerics
 from duplex.codec.kernels.weight_formats import WeightFormat
 from duplex.lm.conditioners import Attributes
 from duplex.lm.synthesizer import SpeechBatch, Synthesizer
@@ -74,11 +75,17 @@ class TtsPipeline:
         dtype: torch.dtype | None = None,
         voice_dirs: tuple[Path, ...] = (),
         quantize: WeightFormat | None = None,
+        numerics: Numerics = "fast",
+        use_sampling: bool | None = None,
         **options,
     ) -> TtsPipeline:
+        """A TTS checkpoint's pipeline; ``use_sampling=False`` decodes greedily (temperature 0);
+        ``options``: ``cfg``, ``temperature``."""
         synth = Synthesizer.from_checkpoint(
-            source, device=device, dtype=dtype, voice_dirs=voice_dirs, quantize=quantize
+            source, device=device, dtype=dtype, voice_dirs=voice_dirs, quantize=quantize, numerics=numerics
         )
+        if use_sampling is False:
+            options["temperature"] = 0.0
         return cls(synth, **options)
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ package never imports triton and compiles nothing.
 
 from __future__ import annotations
 
+import torch
 from duplex.codec.kernels import attention_torch, rvq_torch, torch_ops
 from duplex.codec.kernels.attention import attention
 from duplex.codec.kernels.dispatch import (
@@ -19,19 +20,21 @@ from duplex.codec.kernels.dispatch import (
     KernelBackendError,
     Kernels,
     KernelUnsupportedError,
-    LazyKernel,
     Numerics,
     NumericsPolicy,
     UsesKernels,
     check_numerics,
     enable_triton_interpreter,
     model_kernels,
+    native_runs_on,
+    reference_kernel,
     select_kernels,
+    triton_runs_on,
     use_kernels,
 )
 from duplex.codec.kernels.linear import linear
+from duplex.codec.kernels.registry import KERNELS, Kernel, KernelRegistry, LazyKernel
 from duplex.codec.kernels.rvq import rvq_decode, rvq_encode
-from duplex.codec.registry import KERNELS
 
 _TORCH_IMPLEMENTATIONS = {
     "linear": torch_ops.linear,
@@ -42,24 +45,34 @@ _TORCH_IMPLEMENTATIONS = {
     "rvq_decode": rvq_torch.rvq_decode,
     "attention": attention_torch.attention,
 }
-_ACCELERATED = {  # (op, backend) -> module, imported on first call
-    ("linear", "native"): "duplex.codec.kernels.linear_native",
-    ("conv1d", "native"): "duplex.codec.kernels.conv_native",
-    ("conv_transpose1d", "native"): "duplex.codec.kernels.conv_native",
-    ("elu", "native"): "duplex.codec.kernels.elu_native",
-    ("rvq_encode", "native"): "duplex.codec.kernels.rvq_native",
-    ("transformer_step", "native"): "duplex.codec.kernels.transformer_native",
-    ("linear", "triton"): "duplex.codec.kernels.linear_triton",
-    ("rvq_encode", "triton"): "duplex.codec.kernels.rvq_triton",
-    ("rvq_decode", "triton"): "duplex.codec.kernels.rvq_triton",
-    ("attention", "triton"): "duplex.codec.kernels.attention_triton",
+_NATIVE = {  # op -> module, imported on first call; C for float32 (and bf16 rows widened) CPU tensors
+    "linear": "duplex.codec.kernels.linear_native",
+    "conv1d": "duplex.codec.kernels.conv_native",
+    "conv_transpose1d": "duplex.codec.kernels.conv_native",
+    "elu": "duplex.codec.kernels.elu_native",
+    "rvq_encode": "duplex.codec.kernels.rvq_native",
+    "transformer_step": "duplex.codec.kernels.transformer_native",
 }
+_TRITON = {  # op -> module, imported on first call
+    "linear": "duplex.codec.kernels.linear_triton",
+    "rvq_encode": "duplex.codec.kernels.rvq_triton",
+    "rvq_decode": "duplex.codec.kernels.rvq_triton",
+    "attention": "duplex.codec.kernels.attention_triton",
+}
+_NATIVE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _register(name: str, kernel: Kernel) -> None:
+    if name not in KERNELS.names():  # this package imported a second time (importlib test mode)
+        KERNELS.register(name, kernel)
+
+
 for _op, _function in _TORCH_IMPLEMENTATIONS.items():
-    if f"{_op}/torch" not in KERNELS.names():
-        KERNELS.register(f"{_op}/torch", _function)
-for (_op, _backend), _module in _ACCELERATED.items():
-    if f"{_op}/{_backend}" not in KERNELS.names():
-        KERNELS.register(f"{_op}/{_backend}", LazyKernel(_module, _op))
+    _register(f"{_op}/torch", Kernel(_function))
+for _op, _module in _NATIVE.items():
+    _register(f"{_op}/native", Kernel(LazyKernel(_op, _module), ("cpu",), _NATIVE_DTYPES, native_runs_on))
+for _op, _module in _TRITON.items():  # the CPU only under Triton's interpreter (tests)
+    _register(f"{_op}/triton", Kernel(LazyKernel(_op, _module), ("cuda", "cpu"), None, triton_runs_on))
 
 __all__ = [
     "BACKEND_ENV",
@@ -67,8 +80,11 @@ __all__ = [
     "NUMERICS",
     "OPS",
     "KernelBackendError",
+    "Kernel",
+    "KernelRegistry",
     "KernelUnsupportedError",
     "Kernels",
+    "LazyKernel",
     "Numerics",
     "NumericsPolicy",
     "UsesKernels",
@@ -77,6 +93,7 @@ __all__ = [
     "enable_triton_interpreter",
     "linear",
     "model_kernels",
+    "reference_kernel",
     "rvq_decode",
     "rvq_encode",
     "select_kernels",

@@ -28,16 +28,17 @@ def attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    q_pos: Tensor,
-    k_pos: Tensor,
+    q_pos: Tensor | None,
+    k_pos: Tensor | None,
     context: int | None,
     scale: float | None = None,
     shared: dict | None = None,
 ) -> Tensor:
-    """``shared``: a dict that the layers of one transformer call share, so the first computes
-    the mask (every layer's cache is written alike) and the others reuse it."""
+    """``q_pos`` None: every query sees every key (no mask). ``shared``: a dict that the layers of
+    one transformer call share, so the first computes the mask (every layer's cache is written
+    alike) and the others reuse it."""
     bias = None if shared is None else shared.get("attention_bias")
-    if bias is None:
+    if bias is None and q_pos is not None:
         bias = attention_bias(q_pos, k_pos, context, q.dtype)
         if shared is not None:
             shared["attention_bias"] = bias

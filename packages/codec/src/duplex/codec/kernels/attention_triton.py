@@ -19,9 +19,8 @@ import math
 import torch
 import triton
 import triton.language as tl
-from duplex.codec.kernels import attention_torch
 from duplex.codec.kernels._triton_utils import block_size, check_dtype, dot_precision, mma, upcast_dot
-from duplex.codec.kernels.dispatch import KernelUnsupportedError
+from duplex.codec.kernels.dispatch import KernelUnsupportedError, reference_kernel
 from torch import Tensor
 
 MAX_HEAD_DIM = 256
@@ -345,18 +344,18 @@ def attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    q_pos: Tensor,
-    k_pos: Tensor,
+    q_pos: Tensor | None,
+    k_pos: Tensor | None,
     context: int | None,
     scale: float | None = None,
     shared: dict | None = None,
     num_splits: int | None = None,
 ) -> Tensor:
-    """The ``triton`` attention op (forward only: calls that need a gradient, and shapes the
-    kernel does not tile, run the torch op)."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        return attention_torch.attention(q, k, v, q_pos, k_pos, context, scale, shared)
+    """The ``triton`` attention op (forward only, causal: calls that need a gradient, unmasked
+    attention and shapes the kernel does not tile run the torch op)."""
+    if q_pos is None or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+        return reference_kernel("attention")(q, k, v, q_pos, k_pos, context, scale, shared)
     try:
         return _launch(q, k, v, q_pos, k_pos, context, scale, None, num_splits)
     except KernelUnsupportedError:
-        return attention_torch.attention(q, k, v, q_pos, k_pos, context, scale, shared)
+        return reference_kernel("attention")(q, k, v, q_pos, k_pos, context, scale, shared)

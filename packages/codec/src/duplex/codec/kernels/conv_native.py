@@ -15,9 +15,8 @@ import functools
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from duplex.codec.kernels import linear_native, native_build
-from duplex.codec.kernels.dispatch import KernelUnsupportedError
+from duplex.codec.kernels.dispatch import KernelUnsupportedError, reference_kernel
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("conv_native.c")
@@ -119,7 +118,7 @@ def conv1d(
 ) -> Tensor:
     """``F.conv1d(x, weight, bias, stride, 0, dilation, groups)`` on the C kernels where they apply."""
     if groups != 1 or x.dtype is not torch.float32 or x.device.type != "cpu" or _needs_grad(x, weight, bias):
-        return F.conv1d(x, weight, bias, stride, 0, dilation, groups)
+        return reference_kernel("conv1d")(x, weight, bias, stride, dilation, groups)
     out_channels, _, kernel_size = weight.shape
     rows = x.shape[0] * output_frames(x.shape[-1], kernel_size, stride, dilation)
     large = weight.numel() * weight.element_size() >= LARGE_WEIGHT_BYTES
@@ -133,7 +132,7 @@ def conv1d(
     if kernel_size == 1 and stride == 1:  # torch takes a slow generic path for 1x1 kernels
         out = torch.matmul(weight[:, :, 0], x)
         return out if bias is None else out.add_(bias[:, None])
-    return F.conv1d(x, weight, bias, stride, 0, dilation, groups)
+    return reference_kernel("conv1d")(x, weight, bias, stride, dilation, groups)
 
 
 def conv_transpose1d(
@@ -156,7 +155,7 @@ def conv_transpose1d(
         or batch * length > TRANSPOSED_MATMUL_FRAMES
         or _needs_grad(x, weight, bias)
     ):
-        return F.conv_transpose1d(x, weight, bias, stride, groups=groups)
+        return reference_kernel("conv_transpose1d")(x, weight, bias, stride, groups)
     transposed = _derived(
         packed, "transposed", lambda: weight.detach().reshape(in_channels, -1).t().contiguous()
     )

@@ -1,9 +1,10 @@
 """Choosing each op's implementation once, from the numerics policy, the device and the dtype.
 
-Every op (:data:`OPS`) has a torch implementation and may have faster ones, registered in
-:data:`duplex.codec.registry.KERNELS` as ``"<op>/<backend>"`` (entry-point group
-``duplex.kernels``, so a plugin can add or replace one). :func:`select_kernels` resolves a
-:class:`Kernels` set, one implementation per op:
+Every op (:data:`OPS`, signatures in :mod:`duplex.codec.interfaces`) has a torch implementation and
+may have faster ones, registered in :data:`duplex.codec.kernels.registry.KERNELS` as
+``"<op>/<backend>"`` with the devices and dtypes they support (entry-point group ``duplex.kernels``,
+so a plugin can add one). :func:`select_kernels` resolves a :class:`Kernels` set, one
+implementation per op:
 
 * ``numerics="reference"``: every op's ``torch`` implementation, the reference's own torch ops
   in its order, so the reference's bits on any machine.
@@ -16,22 +17,24 @@ A model selects its set when it starts streaming or at its first batch call (see
 ``Mimi.numerics`` and ``LMModel.numerics``) and hands it to its modules
 (:func:`use_kernels`); nothing is chosen by trying kernels, and nothing is re-decided per call.
 A fast implementation is complete: it covers every input of its op, running its C or Triton
-code where that code applies (e.g. few rows, no gradient) and torch's op elsewhere.
+code where that code applies (e.g. few rows, no gradient) and the registered torch kernel
+(:func:`reference_kernel`) elsewhere. Registering a kernel clears the cached sets.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import torch
-from duplex.codec.registry import KERNELS
+from duplex.codec.interfaces import OP_SIGNATURES
+from duplex.codec.kernels.registry import KERNELS, Kernel
 from torch import nn
 
 BACKEND_ENV = "DUPLEX_KERNELS"
@@ -40,16 +43,7 @@ TRITON = "triton"
 NATIVE = "native"
 Numerics = Literal["fast", "reference"]
 NUMERICS: tuple[str, ...] = get_args(Numerics)
-OPS = (
-    "linear",
-    "conv1d",
-    "conv_transpose1d",
-    "elu",
-    "rvq_encode",
-    "rvq_decode",
-    "attention",
-    "transformer_step",
-)
+OPS: tuple[str, ...] = tuple(OP_SIGNATURES)
 
 
 class KernelBackendError(RuntimeError):
@@ -58,26 +52,6 @@ class KernelBackendError(RuntimeError):
 
 class KernelUnsupportedError(ValueError):
     """A kernel cannot handle these inputs (e.g. a head dimension too large for its tiles)."""
-
-
-class LazyKernel:
-    """A registered implementation whose module is imported on first call (keeps triton unloaded)."""
-
-    def __init__(self, module: str, attribute: str) -> None:
-        self.module = module
-        self.attribute = attribute
-        self._function: Callable[..., Any] | None = None
-
-    def load(self) -> Callable[..., Any]:
-        if self._function is None:
-            self._function = getattr(importlib.import_module(self.module), self.attribute)
-        return self._function
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.load()(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"LazyKernel({self.module}:{self.attribute})"
 
 
 def kernel_name(op: str, backend: str) -> str:
@@ -127,21 +101,49 @@ def native_usable() -> bool:
     return True
 
 
-def _backend_usable(backend: str, device_type: str, dtype: torch.dtype) -> bool:
-    if backend == NATIVE:
-        return device_type == "cpu" and dtype in (torch.float32, torch.bfloat16) and native_usable()
-    if backend == TRITON:
-        on_device = device_type == "cuda" or (device_type == "cpu" and triton_interpreting())
-        return on_device and _triton_found()
-    return True
+def native_runs_on(device_type: str) -> bool:
+    """The C kernels' machine check: a CPU, with a C compiler found."""
+    return device_type == "cpu" and native_usable()
 
 
-def _fast_backend(device_type: str, dtype: torch.dtype) -> str:
-    if device_type == "cuda" and _backend_usable(TRITON, device_type, dtype):
-        return TRITON
-    if device_type == "cpu" and _backend_usable(NATIVE, device_type, dtype):
-        return NATIVE
-    return TORCH
+def triton_runs_on(device_type: str) -> bool:
+    """The Triton kernels' machine check: CUDA (or the CPU under the interpreter), triton installed."""
+    on_device = device_type == "cuda" or (device_type == "cpu" and triton_interpreting())
+    return on_device and _triton_found()
+
+
+FAST_BACKENDS = {"cuda": TRITON, "cpu": NATIVE}  # what "fast" prefers on each device type
+
+
+def _kernel(op: str, backend: str) -> Kernel | None:
+    name = kernel_name(op, backend)
+    return KERNELS.get(name) if name in KERNELS else None
+
+
+def reference_kernel(op: str) -> Callable[..., torch.Tensor]:
+    """The registered torch implementation of ``op``: what a fast kernel runs where its own code
+    does not apply (few rows, no gradient, a dtype it lacks)."""
+    return _reference_functions()[op]
+
+
+@functools.cache
+def _reference_functions() -> dict[str, Callable[..., torch.Tensor]]:
+    return {op: kernel.function for op in OPS if (kernel := _kernel(op, TORCH)) is not None}
+
+
+_DECLINED: set[tuple[str, str]] = set()
+
+
+def warn_declined(op: str, backend: str, reason: str) -> None:
+    """A fast path that cannot run a model's layers says so once per reason (its op then runs the
+    layers one by one, with the same results)."""
+    if (op, reason) not in _DECLINED:
+        _DECLINED.add((op, reason))
+        warnings.warn(
+            f"the {backend} {op} kernel does not cover {reason}; those layers run op by op (slower)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 @dataclass(frozen=True)
@@ -193,27 +195,38 @@ def _select(numerics: str, device_type: str, dtype: torch.dtype, forced: str | N
     if numerics == "reference":
         preferred = TORCH
     elif forced is None:
-        preferred = _fast_backend(device_type, dtype)
+        preferred = FAST_BACKENDS.get(device_type, TORCH)
     else:
         preferred = forced
-        known = {name.split("/", 1)[1] for name in KERNELS.names() if "/" in name}
+        known = KERNELS.backends()
         if forced not in known:
             raise KernelBackendError(
                 f"{BACKEND_ENV}={forced!r} names no kernel backend; use auto or one of: "
                 f"{', '.join(sorted(known))}"
             )
-        if not _backend_usable(forced, device_type, dtype):
+        declared = [kernel for op in OPS if (kernel := _kernel(op, forced)) is not None]
+        if not any(kernel.supports(device_type, dtype) for kernel in declared):
             raise KernelBackendError(
                 f"the {forced!r} kernels cannot run {dtype} tensors on {device_type} here; "
                 f"use {BACKEND_ENV}=auto or torch"
             )
     backends, implementations = {}, {}
     for op in OPS:
-        backend = preferred if kernel_name(op, preferred) in KERNELS else TORCH
-        name = kernel_name(op, backend)
+        kernel = _kernel(op, preferred)
+        backend = preferred
+        if kernel is None or not kernel.supports(device_type, dtype):
+            kernel, backend = _kernel(op, TORCH), TORCH
         backends[op] = backend
-        implementations[op] = KERNELS.get(name) if name in KERNELS else None
+        implementations[op] = None if kernel is None else kernel.function
     return Kernels(numerics, device_type, dtype, backends, **implementations)
+
+
+def _forget_selections() -> None:
+    _select.cache_clear()
+    _reference_functions.cache_clear()
+
+
+KERNELS.on_change(_forget_selections)
 
 
 class UsesKernels:

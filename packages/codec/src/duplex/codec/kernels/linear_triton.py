@@ -11,11 +11,10 @@ training) are compute bound: the weight is widened once and cuBLAS runs.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
-from duplex.codec.kernels import torch_ops
 from duplex.codec.kernels._triton_utils import block_size, check_dtype, dot_precision, mma, upcast_dot
+from duplex.codec.kernels.dispatch import reference_kernel
 from torch import Tensor
 
 MAX_ROWS = 64
@@ -70,12 +69,12 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, scale: Tensor 
     """``F.linear`` of ``weight`` as stored (docs/nn-api.md): the kernel for a few rows and a narrow
     weight without gradient, torch's op otherwise."""
     if weight.dtype is x.dtype:
-        return F.linear(x, weight, bias)
+        return reference_kernel("linear")(x, weight, bias)
     in_features = x.shape[-1]
     rows = x.numel() // in_features if in_features else 0
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, bias))
     if not (0 < rows <= MAX_ROWS) or needs_grad or weight.dtype not in (torch.int8, torch.bfloat16):
-        return torch_ops.linear(x, weight, bias, scale)
+        return reference_kernel("linear")(x, weight, bias, scale)
     check_dtype(x.dtype)
     flat = x.reshape(rows, in_features)
     flat = flat if flat.stride(-1) == 1 else flat.contiguous()

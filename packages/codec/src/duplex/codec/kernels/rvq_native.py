@@ -11,7 +11,8 @@ import functools
 from pathlib import Path
 
 import torch
-from duplex.codec.kernels import native_build, rvq_torch
+from duplex.codec.kernels import native_build
+from duplex.codec.kernels.dispatch import reference_kernel
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("rvq_native.c")
@@ -40,7 +41,7 @@ def rvq_encode(x: Tensor, centroids: Tensor) -> Tensor:
     rows, dim = x.shape
     levels, size, _ = centroids.shape
     if not (0 < rows <= MAX_ROWS and x.dtype is torch.float32 and x.device.type == "cpu"):
-        return rvq_torch.rvq_encode(x, centroids)
+        return reference_kernel("rvq_encode")(x, centroids)
     codes = torch.empty(rows, levels, dtype=torch.long)
     if levels == 0:
         return codes

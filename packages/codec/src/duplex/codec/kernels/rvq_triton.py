@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from duplex.codec.kernels import rvq_torch
 from duplex.codec.kernels._triton_utils import KERNEL_DTYPES, block_size, dot_precision, mma, upcast_dot
+from duplex.codec.kernels.dispatch import reference_kernel
 from torch import Tensor
 
 MAX_DIM = 512  # the encoder holds a [BLOCK_N, D] residual tile in registers
@@ -385,7 +385,7 @@ def rvq_encode(x: Tensor, centroids: Tensor, num_splits: int | None = None) -> T
     n, dim = x.shape
     levels, k, _ = centroids.shape
     if dim > MAX_DIM or x.dtype not in KERNEL_DTYPES:  # the residual tile would not fit / no kernel
-        return rvq_torch.rvq_encode(x, centroids)
+        return reference_kernel("rvq_encode")(x, centroids)
     codes = torch.empty((n, levels), dtype=torch.long, device=x.device)
     if n == 0 or levels == 0:
         return codes
@@ -438,7 +438,7 @@ def rvq_decode(codes: Tensor, centroids: Tensor, proj: Tensor | None = None) -> 
         centroids.requires_grad or (proj is not None and proj.requires_grad)
     )
     if needs_grad or centroids.dtype not in KERNEL_DTYPES:  # forward only, these dtypes only
-        return rvq_torch.rvq_decode(codes, centroids, proj)
+        return reference_kernel("rvq_decode")(codes, centroids, proj)
     n, levels = codes.shape
     dim = centroids.shape[-1]
     if proj is not None and n <= FUSED_PROJECTION_MAX_ROWS and n > 0:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from duplex.codec.kernels import linear_native, native_build
+from duplex.codec.kernels.dispatch import warn_declined
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -196,17 +197,17 @@ def _fill(spec: LayerSpec, layer: nn.Module, weight_set: int, keep: list[Tensor]
     spec.cache_kind = linear_native.WEIGHT_KINDS[cache.keys.dtype]
 
 
-def pack(transformer: nn.Module, weight_set: int) -> tuple[ctypes.Array, list[Tensor]] | None:
+def pack(transformer: nn.Module, weight_set: int) -> tuple[ctypes.Array, list[Tensor]] | Unsupported:
     """The specs of a streaming transformer's layers with weight set ``weight_set``, and the
-    tensors they point into (kept alive with them); None when the layers are not covered."""
+    tensors they point into (kept alive with them); what is not covered, when the layers are not."""
     layers = list(transformer.layers)
     specs = (LayerSpec * len(layers))()
     keep: list[Tensor] = []
     try:
         for layer, spec in zip(layers, specs, strict=True):
             _fill(spec, layer, weight_set, keep)
-    except Unsupported:
-        return None
+    except Unsupported as unsupported:
+        return unsupported
     return specs, keep
 
 
@@ -230,8 +231,10 @@ def transformer_step(transformer: nn.Module, x: Tensor, positions: Tensor) -> Te
     key = ("transformer_native", weight_set)
     if key not in state.packed:
         state.packed[key] = pack(transformer, weight_set)
+        if isinstance(state.packed[key], Unsupported):
+            warn_declined("transformer_step", "native", str(state.packed[key]))
     packed = state.packed[key]
-    if packed is None:
+    if isinstance(packed, Unsupported):
         return transformer.run_layers(x, positions)
     rope_cos = rope_sin = None
     if transformer.rope is not None:

@@ -178,7 +178,7 @@ class StreamingMultiheadAttention(StreamingModule[AttentionState], UsesKernels):
                 q, k, v, shared.positions, key_positions, self.context, shared=shared.scratch
             )
         else:  # every query sees every key (batch mode only)
-            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=self.kv_repeat > 1)
+            out = self.kernels.attention(q, k, v, None, None, None)
         out = self._project(out.transpose(1, 2).flatten(2), first_step, out=True)
 
         if state is not None:

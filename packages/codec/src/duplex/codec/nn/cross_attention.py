@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from duplex.codec.kernels import UsesKernels
 from duplex.codec.nn.attention import accept_reference_names
 from duplex.codec.nn.linear import Linear
@@ -104,7 +103,9 @@ class CrossAttention(StreamingModule[CrossAttentionState], UsesKernels):
             )
         queries = self.kernels.linear(x, *self.in_proj_rows(0, self.embed_dim))
         queries = queries.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
-        out = F.scaled_dot_product_attention(queries, keys.to(queries.dtype), values.to(queries.dtype))
+        out = self.kernels.attention(
+            queries, keys.to(queries.dtype), values.to(queries.dtype), None, None, None
+        )
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
     def in_proj_rows(self, start: int, end: int | None) -> tuple[torch.Tensor, None, torch.Tensor | None]:

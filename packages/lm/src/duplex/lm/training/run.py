@@ -10,7 +10,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from duplex.codec.mimi import Mimi
+from duplex.codec.codecs import DEFAULT_CODEC, declared_codec, load_codec
+from duplex.codec.interfaces import AudioCodec
 from duplex.codec.training.run import StepDataModule, validation_subset
 from duplex.codec.training.trainer import KEEP_CHECKPOINTS, build_trainer, last_checkpoint
 from duplex.lm.checkpoint import CheckpointError, load_checkpoint
@@ -29,7 +30,8 @@ PRESET_PREFIX = "preset:"
 @dataclass
 class Initialisation:
     model: LMModel
-    codec: Mimi
+    codec: AudioCodec
+    codec_name: str  # its name in duplex.codec.registry.CODECS
     codec_path: Path
     tokenizer: TextTokenizer
     tokenizer_path: Path
@@ -44,7 +46,8 @@ def initialise(
     ``init`` is a checkpoint (directory or Hugging Face repo, see :func:`load_checkpoint`) or
     ``preset:NAME``, a randomly initialised :class:`LMConfig` preset whose vocabulary sizes are set
     from ``codec`` and ``tokenizer`` (both required then). Given ``codec`` / ``tokenizer`` replace
-    the checkpoint's own.
+    the checkpoint's own; a given ``codec`` directory declares its codec in its ``config.json``
+    (``codec``, default ``mimi``).
     """
     if init.startswith(PRESET_PREFIX):
         name = init.removeprefix(PRESET_PREFIX)
@@ -53,36 +56,37 @@ def initialise(
         if codec is None or tokenizer is None:
             raise ValueError(
                 f"--init {init} starts from random weights, so it needs the codec and the tokenizer to "
-                "train with: pass --codec and --tokenizer (Mimi weights, a SentencePiece model)"
+                "train with: pass --codec and --tokenizer (codec weights, a SentencePiece model)"
             )
-        mimi = Mimi.from_pretrained(codec)
+        codec_name = declared_codec(codec)
+        audio_codec = load_codec(codec, codec_name)
         text = TextTokenizer.from_file(tokenizer)
-        config = LMConfig.from_preset(
-            init.removeprefix(PRESET_PREFIX), text_card=text.vocab_size, card=mimi.cardinality
-        )
+        overrides = {"text_card": text.vocab_size, "card": audio_codec.cardinality}
+        if codec_name != DEFAULT_CODEC:
+            overrides["codec"] = codec_name
+        config = LMConfig.from_preset(init.removeprefix(PRESET_PREFIX), **overrides)
         torch.manual_seed(0)
-        return Initialisation(LMModel(config), mimi, Path(codec), text, Path(tokenizer), None)
+        return Initialisation(
+            LMModel(config), audio_codec, codec_name, Path(codec), text, Path(tokenizer), None
+        )
     bundle = load_checkpoint(init)
     model = bundle.lm(dtype=torch.float32)
     codec_path = Path(codec) if codec is not None else bundle.mimi_weights
     tokenizer_path = Path(tokenizer) if tokenizer is not None else bundle.tokenizer
     if codec_path is None or tokenizer_path is None:
-        raise CheckpointError(f"{init} lacks its Mimi or tokenizer file: pass --codec / --tokenizer")
-    mimi_config = None
-    if codec is None and bundle.mimi_config is not None:
-        from duplex.codec.config import MimiConfig
-
-        mimi_config = MimiConfig(**bundle.mimi_config)
-    mimi = Mimi.from_pretrained(codec_path, config=mimi_config)
+        raise CheckpointError(f"{init} lacks its codec or tokenizer file: pass --codec / --tokenizer")
+    codec_name = declared_codec(codec) if codec is not None else bundle.config.codec
+    codec_config = bundle.mimi_config if codec is None else None
+    audio_codec = load_codec(codec_path, codec_name, config=codec_config)
     text = TextTokenizer.from_file(
         tokenizer_path,
         pad_id=model.config.existing_text_padding_id,
         epad_id=model.config.existing_text_end_padding_id,
     )
-    return Initialisation(model, mimi, codec_path, text, tokenizer_path, bundle.lm_weights)
+    return Initialisation(model, audio_codec, codec_name, codec_path, text, tokenizer_path, bundle.lm_weights)
 
 
-def check_compatible(model: LMModel, codec: Mimi, tokenizer: TextTokenizer) -> None:
+def check_compatible(model: LMModel, codec: AudioCodec, tokenizer: TextTokenizer) -> None:
     c = model.config
     if c.n_q != 2 * c.dep_q:
         raise ValueError(
@@ -102,7 +106,7 @@ def check_compatible(model: LMModel, codec: Mimi, tokenizer: TextTokenizer) -> N
 
 def export_checkpoint(module: LMTrainingModule, init: Initialisation, directory: Path) -> Path:
     """A checkpoint directory ``load_checkpoint`` / ``LMModel.from_pretrained`` read: config.json,
-    the LM weights (plus ``lora.safetensors`` for a LoRA run), Mimi and the tokenizer."""
+    the LM weights (plus ``lora.safetensors`` for a LoRA run), the codec and the tokenizer."""
     from duplex.codec.checkpoint import write_safetensors
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -113,6 +117,11 @@ def export_checkpoint(module: LMTrainingModule, init: Initialisation, directory:
             "mimi_name": "mimi.safetensors",
             "mimi_config_name": "mimi_config.json",
             "tokenizer_name": "tokenizer.model",
+            **(
+                {}
+                if init.codec_name == DEFAULT_CODEC
+                else {"codec": init.codec_name, "mimi_config_name": None}
+            ),
         }
     )
     if module.lora:
@@ -135,12 +144,13 @@ def export_checkpoint(module: LMTrainingModule, init: Initialisation, directory:
         model.config = config
         model.save_pretrained(directory)
     # The codec as it was loaded (with its checkpoint's mimi_config.json, which a weights file
-    # written by the reference does not carry), at all its codebooks.
-    codec = Mimi.from_pretrained(
-        init.codec_path, num_codebooks=init.codec.total_codebooks, config=init.codec.config
+    # written by the reference does not carry), at all its codebooks; its file carries its config.
+    codec = load_codec(
+        init.codec_path, init.codec_name, num_codebooks=init.codec.total_codebooks, config=init.codec.config
     )
     codec.save_pretrained(directory / "mimi.safetensors")
-    (directory / "mimi_config.json").write_text(json.dumps(codec.config.to_dict(), indent=2))
+    if init.codec_name == DEFAULT_CODEC:  # the official layout's mimi_config.json
+        (directory / "mimi_config.json").write_text(json.dumps(codec.config.to_dict(), indent=2))
     shutil.copyfile(init.tokenizer_path, directory / "tokenizer.model")
     return directory
 
