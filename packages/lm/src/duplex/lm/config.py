@@ -464,7 +464,8 @@ class LMConfig(PresetConfig):
         try:
             options = options_class.model_validate(given or {})
         except ValidationError as error:
-            raise ValueError(f"{which}_config of {which} {name!r}: {error}") from None
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise ValueError(f"{which}_config of {which} {name!r}: {problems}") from None
         return component(transformer, options)
 
     # -- files ----------------------------------------------------------------------------------

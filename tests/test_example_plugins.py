@@ -1,0 +1,95 @@
+"""The example plugins of examples/plugins/, installed as outside packages (the dev dependency group)
+and used the way a user would: through duplex's own commands.
+
+* duplex-windowed-backbone: a backbone with its own config fields, trained with `duplex train lm`,
+  saved, loaded back and served by `duplex serve`.
+* duplex-blocked-linear (a kernel): tests/test_kernel_conformance.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from duplex.cli.app import app
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packages" / "stream" / "tests"))
+from stream_helpers import start_duplex_serve  # noqa: E402  (duplex serve started as a user does)
+
+runner = CliRunner()
+BACKBONE = {"backbone": "windowed-gqa", "backbone_config": {"window": 5, "kv_heads": 1}}
+
+
+@pytest.fixture(scope="module")
+def windowed_checkpoint(tmp_path_factory):
+    """A random checkpoint in the official layout whose LM uses the plugin backbone."""
+    from duplex.lm.config import LMConfig
+    from duplex.lm.random_checkpoint import write_random_checkpoint
+    from duplex.stream.demo import tiny_lm_config
+
+    root = tmp_path_factory.mktemp("plugins")
+    config = LMConfig.model_validate({**tiny_lm_config(), **BACKBONE})
+    return write_random_checkpoint(root / "init", config, seed=0)
+
+
+def test_the_backbone_options_are_validated_by_the_plugin(windowed_checkpoint):
+    from duplex.lm.config import LMConfig
+    from duplex.lm.model import LMModel
+    from duplex.stream.demo import tiny_lm_config
+
+    for bad, message in (({"window": 0}, "window"), ({"stride": 2}, "stride")):
+        config = LMConfig.model_validate({**tiny_lm_config(), **BACKBONE, "backbone_config": bad})
+        with pytest.raises(ValueError, match=f"backbone_config of backbone 'windowed-gqa': .*{message}"):
+            LMModel(config)
+    with pytest.raises(ValueError, match="the backbone 'helium' takes no options"):
+        LMModel(LMConfig.model_validate({**tiny_lm_config(), "backbone_config": {"window": 5}}))
+
+
+def test_the_plugin_backbone_trains_saves_loads_and_serves(windowed_checkpoint, tmp_path):
+    from duplex.lm.checkpoint import load_checkpoint
+
+    data = tmp_path / "data"
+    result = runner.invoke(app, ["data", "synth", str(data), "--dialogues", "2", "--tokenizer-vocab", "64"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        ["train", "lm", "--data", str(data), "--init", str(windowed_checkpoint), "--output", str(run),
+         "--preset", "tiny", "--max-steps", "2", "--checkpoint-every", "2", "--batch-size", "2",
+         "--segment-frames", "16", "--accelerator", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    exported = run / "checkpoint"
+    saved = json.loads((exported / "config.json").read_text())
+    assert {key: saved[key] for key in BACKBONE} == BACKBONE
+    initial = load_checkpoint(windowed_checkpoint).lm()
+    trained = load_checkpoint(exported).lm()
+    assert type(trained.transformer).__name__ == "WindowedGQA"
+    assert type(trained.transformer).__module__ == "duplex_windowed_backbone"
+    attention = trained.transformer.layers[0].self_attn
+    assert attention.context == 5 and attention.kv_repeat == trained.config.num_heads
+    moved = [k for k, v in trained.state_dict().items() if not torch.equal(v, initial.state_dict()[k])]
+    assert any(k.startswith("transformer.layers.") for k in moved)  # the plugin's weights trained
+
+    server, port = start_duplex_serve(exported, tmp_path / "serve.log", "--max-conversations", "1")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as response:
+            assert response.status == 200
+        pcm = tmp_path / "in.wav"
+        from duplex.codec.audio import save_audio
+
+        save_audio(pcm, 0.1 * torch.randn(1, 24_000), 24_000)
+        result = runner.invoke(
+            app, ["client", "--url", f"ws://127.0.0.1:{port}/api/chat", "--input", str(pcm),
+                  "--output", str(tmp_path / "reply.wav"), "--no-realtime"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "reply.wav").stat().st_size > 0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
