@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 
 import torch
-from duplex.codec import Mimi
 from duplex.codec.checkpoint import read_safetensors, write_safetensors
+from duplex.codec.codecs import load_codec
 from duplex.codec.training.config import CodecTrainingConfig
 from duplex.codec.training.data import AudioSegments
 from duplex.codec.training.evaluate import evaluate_codec
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
         segments = validation_subset(held_out, sizes["codec_segments"])
         results["codec"] = {}
         for codebooks in (16, 8):
-            codec = Mimi.from_pretrained(codec_path, num_codebooks=codebooks)
+            codec = load_codec(codec_path, num_codebooks=codebooks)
             with torch.no_grad():
                 results["codec"][f"{codebooks} codebooks"] = evaluate_codec(codec, segments)
         save(results, out)

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-from duplex.codec import Mimi
+from duplex.codec.codecs import DEFAULT_CODEC, codec_class, load_codec
+from duplex.codec.interfaces import AudioCodec
 from duplex.codec.training.config import CodecTrainingConfig
 from duplex.codec.training.data import AudioSegments
 from duplex.codec.training.evaluate import evaluate_codec
@@ -35,7 +36,9 @@ from duplex.lm.training.evaluate import evaluate_lm
 from duplex.lm.training.run import initialise, train_lm
 
 
-def held_out_segments(codec: Mimi, output: Path, test_data: Path, tokenizer: Path, config: LMTrainingConfig):
+def held_out_segments(
+    codec: AudioCodec, output: Path, test_data: Path, tokenizer: Path, config: LMTrainingConfig
+):
     codec.num_codebooks = 3  # the tiny LM's dep_q
     cache = TokenCache(output / "test_token_cache", codec)
     return MultistreamDataset.from_folder(
@@ -71,16 +74,16 @@ def main() -> None:
     codec_config = CodecTrainingConfig.from_preset("tiny")
     test_audio = AudioSegments.from_folder(test_data, 24000, codec_config.segment_samples).segments
     torch.manual_seed(codec_config.seed)
-    results["codec_before"] = evaluate_codec(Mimi(codec_config.codec), test_audio)
+    results["codec_before"] = evaluate_codec(codec_class(DEFAULT_CODEC)(codec_config.codec), test_audio)
     start = time.time()
     train_codec(data, out / "codec", codec_config, max_steps=args.codec_steps, checkpoint_every=50)
     timings["codec"] = time.time() - start
     codec_path = out / "codec" / "mimi.safetensors"
-    results["codec_after"] = evaluate_codec(Mimi.from_pretrained(codec_path), test_audio)
+    results["codec_after"] = evaluate_codec(load_codec(codec_path), test_audio)
 
     # -- LM from scratch -----------------------------------------------------------------------
     lm_config = LMTrainingConfig.from_preset("tiny")
-    test_tokens = held_out_segments(Mimi.from_pretrained(codec_path), out, test_data, tokenizer, lm_config)
+    test_tokens = held_out_segments(load_codec(codec_path), out, test_data, tokenizer, lm_config)
     initial = initialise("preset:tiny", codec_path, tokenizer).model
     results["lm_before"] = evaluate_lm(initial, test_tokens, lm_config)
     start = time.time()
