@@ -63,15 +63,26 @@ def direct_conv1d(
     if x.dtype is not torch.float32 or x.device.type != "cpu" or x.dim() != 3:
         raise KernelUnsupportedError("the native conv takes float32 [B, C, T] inputs on the CPU")
     batch, in_channels, length = x.shape
-    out_channels = panels.shape[0] * CHANNELS
     if panels.shape[1] != in_channels * kernel_size:
         raise ValueError(
             f"panels hold {panels.shape[1]} taps per channel tile, expected {in_channels * kernel_size}"
         )
+    output_frames(length, kernel_size, stride, dilation)  # a clear error when there are none
+    return torch.ops.duplex.conv1d_panels(
+        x, panels, None if bias is None else bias.detach(), kernel_size, stride, dilation
+    )
+
+
+@torch.library.custom_op("duplex::conv1d_panels", mutates_args=())
+def conv1d_panels(
+    x: Tensor, panels: Tensor, bias: Tensor | None, kernel_size: int, stride: int, dilation: int
+) -> Tensor:
+    """The direct conv of float32 ``x [B, C, T]`` with packed ``panels``, in C."""
+    batch, in_channels, length = x.shape
+    out_channels = panels.shape[0] * CHANNELS
     frames = output_frames(length, kernel_size, stride, dilation)
     x = x.contiguous()
-    if bias is not None:
-        bias = bias.detach().contiguous()
+    bias = None if bias is None else bias.contiguous()
     y = torch.empty(batch, out_channels, frames, dtype=torch.float32)
     load()(
         x.data_ptr(), batch, in_channels, length, panels.data_ptr(),
@@ -79,6 +90,12 @@ def direct_conv1d(
         frames, torch.get_num_threads(),
     )  # fmt: skip
     return y
+
+
+@conv1d_panels.register_fake
+def _(x: Tensor, panels: Tensor, bias: Tensor | None, kernel_size: int, stride: int, dilation: int) -> Tensor:
+    frames = (x.shape[2] - dilation * (kernel_size - 1) - 1) // stride + 1
+    return x.new_empty(x.shape[0], panels.shape[0] * CHANNELS, frames, dtype=torch.float32)
 
 
 # The few-row kernel wins where reading the weight is the cost: few rows, or a weight this large.

@@ -34,7 +34,7 @@ from typing import Literal, get_args
 
 import torch
 from duplex.codec.interfaces import OP_SIGNATURES
-from duplex.codec.kernels.registry import KERNELS, Kernel
+from duplex.codec.kernels.registry import KERNELS, Kernel, LazyKernel
 from torch import nn
 
 BACKEND_ENV = "DUPLEX_KERNELS"
@@ -123,12 +123,13 @@ def _kernel(op: str, backend: str) -> Kernel | None:
 def reference_kernel(op: str) -> Callable[..., torch.Tensor]:
     """The registered torch implementation of ``op``: what a fast kernel runs where its own code
     does not apply (few rows, no gradient, a dtype it lacks)."""
-    return _reference_functions()[op]
+    function = _REFERENCE.get(op)
+    if function is None:
+        function = _REFERENCE[op] = KERNELS.get(kernel_name(op, TORCH)).function
+    return function
 
 
-@functools.cache
-def _reference_functions() -> dict[str, Callable[..., torch.Tensor]]:
-    return {op: kernel.function for op in OPS if (kernel := _kernel(op, TORCH)) is not None}
+_REFERENCE: dict[str, Callable[..., torch.Tensor]] = {}  # a plain dict: torch.compile reads it
 
 
 _DECLINED: set[tuple[str, str]] = set()
@@ -166,6 +167,15 @@ class Kernels:
 
     def describe(self) -> str:
         return ", ".join(f"{op}={backend}" for op, backend in self.backends.items())
+
+    def load(self) -> Kernels:
+        """Import every implementation's module now (at a model session's start), so a step never
+        imports, and torch.compile traces plain calls."""
+        for op in OPS:
+            function = getattr(self, op)
+            if isinstance(function, LazyKernel):
+                function.load()
+        return self
 
 
 def requested_backend() -> str | None:
@@ -223,7 +233,7 @@ def _select(numerics: str, device_type: str, dtype: torch.dtype, forced: str | N
 
 def _forget_selections() -> None:
     _select.cache_clear()
-    _reference_functions.cache_clear()
+    _REFERENCE.clear()
 
 
 KERNELS.on_change(_forget_selections)
@@ -287,6 +297,6 @@ class NumericsPolicy:
         """The set for the model's parameters now, handed to its modules when it changes."""
         kernels = model_kernels(self, self._numerics)  # type: ignore[arg-type]
         if kernels is not self._selected_kernels:
-            use_kernels(self, kernels)  # type: ignore[arg-type]
+            use_kernels(self, kernels.load())  # type: ignore[arg-type]
             self._selected_kernels = kernels
         return kernels

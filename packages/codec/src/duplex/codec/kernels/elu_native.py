@@ -28,7 +28,18 @@ def elu(x: Tensor, alpha: float = 1.0) -> Tensor:
         or (torch.is_grad_enabled() and x.requires_grad)
     ):
         return reference_kernel("elu")(x, alpha)
+    return torch.ops.duplex.elu_f32(x, alpha)
+
+
+@torch.library.custom_op("duplex::elu_f32", mutates_args=())
+def elu_f32(x: Tensor, alpha: float) -> Tensor:
+    """ELU of a float32 CPU tensor in C (a new contiguous tensor)."""
     x = x.contiguous()
     y = torch.empty_like(x)
     load()(x.data_ptr(), y.data_ptr(), x.numel(), alpha, torch.get_num_threads())
     return y
+
+
+@elu_f32.register_fake
+def _(x: Tensor, alpha: float) -> Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)

@@ -93,12 +93,35 @@ def linear(
     weight = weight.contiguous()
     scale = None if scale is None else scale.contiguous()
     bias = None if bias is None else bias.to(torch.float32).contiguous()
+    if function is None:
+        out = torch.ops.duplex.linear_rows(flat, weight, scale, bias)
+    else:
+        out = _linear_rows(flat, weight, scale, bias, function)
+    out = out.to(x.dtype)
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], weight.shape[0])
+
+
+def _linear_rows(
+    flat: Tensor, weight: Tensor, scale: Tensor | None, bias: Tensor | None, function: ctypes._CFuncPtr
+) -> Tensor:
+    rows, in_features = flat.shape
     out_features = weight.shape[0]
     out = torch.empty(rows, out_features, dtype=torch.float32)
-    (function or load())(
+    function(
         flat.data_ptr(), flat.stride(0), ctypes.byref(weight_spec(weight, scale)),
         None if bias is None else bias.data_ptr(), out.data_ptr(), out_features, rows, out_features,
         in_features, torch.get_num_threads(),
     )  # fmt: skip
-    out = out.to(x.dtype)
-    return out if x.dim() == 2 else out.view(*x.shape[:-1], out_features)
+    return out
+
+
+# A torch op (schema + fake tensor rule), so torch.compile traces through it (docs/plugins.md).
+@torch.library.custom_op("duplex::linear_rows", mutates_args=())
+def linear_rows(flat: Tensor, weight: Tensor, scale: Tensor | None, bias: Tensor | None) -> Tensor:
+    """float32 rows ``[M, K]`` (unit stride along K) times a contiguous stored weight ``[N, K]``."""
+    return _linear_rows(flat, weight, scale, bias, load())
+
+
+@linear_rows.register_fake
+def _(flat: Tensor, weight: Tensor, scale: Tensor | None, bias: Tensor | None) -> Tensor:
+    return flat.new_empty(flat.shape[0], weight.shape[0], dtype=torch.float32)

@@ -42,9 +42,17 @@ def rvq_encode(x: Tensor, centroids: Tensor) -> Tensor:
     levels, size, _ = centroids.shape
     if not (0 < rows <= MAX_ROWS and x.dtype is torch.float32 and x.device.type == "cpu"):
         return reference_kernel("rvq_encode")(x, centroids)
-    codes = torch.empty(rows, levels, dtype=torch.long)
     if levels == 0:
-        return codes
+        return torch.empty(rows, levels, dtype=torch.long)
+    return torch.ops.duplex.rvq_encode_f32(x, centroids)
+
+
+@torch.library.custom_op("duplex::rvq_encode_f32", mutates_args=())
+def rvq_encode_f32(x: Tensor, centroids: Tensor) -> Tensor:
+    """Codes ``[N, L]`` of float32 CPU rows, level by level, in C."""
+    rows, dim = x.shape
+    levels, size, _ = centroids.shape
+    codes = torch.empty(rows, levels, dtype=torch.long)
     if centroids.stride(1) != dim or centroids.stride(2) != 1:
         centroids = centroids.contiguous()
     residual = x.clone(memory_format=torch.contiguous_format)  # the kernel updates it in place
@@ -53,3 +61,8 @@ def rvq_encode(x: Tensor, centroids: Tensor) -> Tensor:
         codes.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     return codes
+
+
+@rvq_encode_f32.register_fake
+def _(x: Tensor, centroids: Tensor) -> Tensor:
+    return x.new_empty(x.shape[0], centroids.shape[0], dtype=torch.long)

@@ -218,7 +218,8 @@ def transformer_step(transformer: nn.Module, x: Tensor, positions: Tensor) -> Te
     first = transformer.layers[0].self_attn
     attn_state = first.streaming_state
     if (
-        x.dtype not in linear_native.ACTIVATIONS
+        torch.compiler.is_compiling()  # the C step reads the layers through pointers: run them as ops
+        or x.dtype not in linear_native.ACTIVATIONS
         or x.shape[0] * length > linear_native.MAX_ROWS
         or length > attn_state.cache.capacity
         or (torch.is_grad_enabled() and (x.requires_grad or first.in_proj_weight.requires_grad))
