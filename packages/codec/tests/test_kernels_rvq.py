@@ -297,3 +297,27 @@ def test_the_triton_set_covers_float64() -> None:
     assert torch.equal(kernels.rvq_encode(x, centroids), rvq_torch.rvq_encode(x, centroids))
     codes = torch.randint(0, 6, (5, 2))
     assert torch.equal(kernels.rvq_decode(codes, centroids), rvq_torch.rvq_decode(codes, centroids))
+
+
+@torch.no_grad()
+def test_the_quantizer_decodes_through_the_fused_triton_projection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the Triton set the centroid sum and the output projection run in one kernel (the
+    quantizer's 1x1 output conv as the projection), within float rounding of the torch set."""
+    from duplex.codec import Mimi, MimiConfig
+    from duplex.codec.kernels import rvq_triton, select_kernels, use_kernels
+
+    torch.manual_seed(0)
+    quantizer = Mimi(MimiConfig.from_preset("tiny")).quantizer.eval()
+    for codebook in quantizer.rvq_rest.codebooks() + quantizer.rvq_first.codebooks():
+        codebook.seed(torch.randn(codebook.size, codebook.dim))
+    codes = torch.randint(0, quantizer.cardinality, (2, quantizer.total_codebooks, 5))
+    use_kernels(quantizer, select_kernels("reference", "cpu"))
+    expected = quantizer.decode(codes)
+    fused = []
+    original = rvq_triton._decode_projected
+    monkeypatch.setattr(rvq_triton, "_decode_projected", lambda *a: fused.append(1) or original(*a))
+    use_kernels(quantizer, select_kernels("fast", "cpu", backend="triton"))
+    got = quantizer.decode(codes)
+    assert fused  # the fused kernel ran
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()

@@ -9,7 +9,8 @@ import torch
 from duplex.codec import CODECS, Mimi, MimiConfig
 from duplex.codec.config import QuantizerConfig
 from duplex.codec.kernels import rvq_native, select_kernels, use_kernels
-from duplex.codec.quantizer import EuclideanCodebook, SplitResidualVectorQuantizer, nearest_codes
+from duplex.codec.kernels.rvq_torch import nearest_codes
+from duplex.codec.quantizer import EuclideanCodebook, SplitResidualVectorQuantizer
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 16, 38, 310])

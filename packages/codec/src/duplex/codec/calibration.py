@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from duplex.codec.kernels.rvq_torch import quantize_level
 
 if TYPE_CHECKING:
     from duplex.codec.mimi import Mimi
@@ -52,12 +53,8 @@ def spread_codebooks(mimi: Mimi, audio: torch.Tensor) -> None:
                 chosen = torch.randperm(residual.shape[0])[: codebook.size]
             else:  # fewer latents than bins (the official 2048-bin size): some repeat
                 chosen = torch.randint(0, residual.shape[0], (codebook.size,))
-            codebook.embedding_sum.copy_(residual[chosen])
-            codebook.cluster_usage.fill_(1.0)
-            codebook._initialized.fill_(1.0)
-            codebook.refresh_centroids()
-            nearest = torch.cdist(residual, codebook.centroids).argmin(dim=1)
-            residual = residual - codebook.centroids[nearest]
+            codebook.seed(residual[chosen])
+            residual = residual - quantize_level(residual, codebook.centroids)[1]
 
 
 def _conv_layers(module: torch.nn.Module, run) -> list[tuple[torch.nn.Module, torch.nn.Module]]:  # noqa: ANN001

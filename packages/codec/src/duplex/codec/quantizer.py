@@ -5,8 +5,9 @@ Codes come from two independent residual quantizers over the *same* latent: ``rv
 output projections. The module nesting (``rvq_*.vq.layers.<i>._codebook``) is the one of the
 official checkpoints, so state dicts load without renaming.
 
-The two hot operations are the free functions :func:`nearest_codes` and :func:`lookup`, so an
-accelerated kernel can replace them without touching the modules.
+Inference runs the ``rvq_encode`` / ``rvq_decode`` ops of the selected kernel set; every other
+residual loop (training, initialisation, calibration) steps through the torch kernels' one level
+search, :func:`duplex.codec.kernels.rvq_torch.quantize_level`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from duplex.codec.config import QuantizerConfig
 from duplex.codec.kernels import UsesKernels
+from duplex.codec.kernels.dispatch import TRITON
+from duplex.codec.kernels.rvq_torch import lookup, quantize_level
 from torch import nn
 
 # Old spellings of the codebook buffers found in earlier checkpoints.
@@ -24,17 +27,6 @@ LEGACY_CODEBOOK_NAMES = {
     "embed_avg": "embedding_sum",
     "embed_sum": "embedding_sum",
 }
-
-
-def nearest_codes(vectors: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest centroid (Euclidean) for each row of ``vectors`` ``[N, D]`` -> ``[N]``,
-    with ``torch.cdist`` as the reference computes it (another formula flips near-ties)."""
-    return torch.cdist(vectors[None], centroids[None], p=2)[0].argmin(dim=-1)
-
-
-def lookup(codes: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Centroid vectors for integer ``codes`` of any shape -> ``[*codes.shape, D]``."""
-    return F.embedding(codes, centroids)
 
 
 class EuclideanCodebook(nn.Module):
@@ -51,6 +43,16 @@ class EuclideanCodebook(nn.Module):
         self.register_buffer("centroids", torch.zeros(size, dim), persistent=False)
         self.refresh_centroids()
         self.register_load_state_dict_post_hook(lambda module, _: module.refresh_centroids())
+
+    @torch.no_grad()
+    def seed(self, centroids: torch.Tensor, usage: torch.Tensor | None = None) -> None:
+        """Start from these ``centroids [size, D]``, each as if it had been used ``usage`` times
+        (default once): how every initialisation (data draws, k-means, calibration) sets a codebook."""
+        usage = torch.ones(self.size, device=centroids.device) if usage is None else usage
+        self.embedding_sum.copy_(centroids * usage[:, None])
+        self.cluster_usage.copy_(usage)
+        self._initialized.fill_(1.0)
+        self.refresh_centroids()
 
     def refresh_centroids(self) -> None:
         """Recompute the centroid table; needed after the statistics change (loading, EMA update)."""
@@ -146,7 +148,11 @@ class ResidualVectorQuantizer(nn.Module, UsesKernels):
             raise ValueError("cannot decode zero codebooks")
         batch, _, frames = codes.shape
         rows = codes.transpose(1, 2).reshape(batch * frames, levels)
-        total = self.kernels.rvq_decode(rows, self.centroid_table(levels)).view(batch, frames, -1)
+        table = self.centroid_table(levels)
+        if self.kernels.backends["rvq_decode"] == TRITON:  # the sum and the projection in one kernel
+            projected = self.kernels.rvq_decode(rows, table, self.output_proj.weight[:, :, 0])
+            return projected.view(batch, frames, -1).transpose(1, 2)
+        total = self.kernels.rvq_decode(rows, table).view(batch, frames, -1)
         return self.kernels.conv1d(total.transpose(1, 2), self.output_proj.weight)
 
     @torch.no_grad()
@@ -159,12 +165,8 @@ class ResidualVectorQuantizer(nn.Module, UsesKernels):
         for codebook in self.codebooks():
             picks = torch.randint(residual.shape[0], (codebook.size,), generator=generator)
             jitter = torch.randn(codebook.size, codebook.dim, generator=generator).to(residual)
-            codebook.embedding_sum.copy_(residual[picks] + noise * residual.std(0) * jitter)
-            codebook.cluster_usage.fill_(1.0)
-            codebook._initialized.fill_(1.0)
-            codebook.refresh_centroids()
-            codes = nearest_codes(residual, codebook.centroids)
-            residual = residual - lookup(codes, codebook.centroids)
+            codebook.seed(residual[picks] + noise * residual.std(0) * jitter)
+            residual = residual - quantize_level(residual, codebook.centroids)[1]
 
     def quantize_for_training(
         self, latent: torch.Tensor, num_codebooks: int
@@ -178,10 +180,10 @@ class ResidualVectorQuantizer(nn.Module, UsesKernels):
         residual = projected
         quantized = torch.zeros_like(projected)
         for codebook in self.codebooks()[:num_codebooks]:
-            codes = nearest_codes(residual.detach(), codebook.centroids)
+            codes, vectors = quantize_level(residual.detach(), codebook.centroids)
             if self.training:
                 codebook.ema_update(residual.detach(), codes, decay=self.decay)
-            vectors = lookup(codes, codebook.centroids)
+                vectors = lookup(codes, codebook.centroids)  # the updated centroids
             residual = residual - vectors
             quantized = quantized + vectors
         commitment = F.mse_loss(projected, quantized.detach())

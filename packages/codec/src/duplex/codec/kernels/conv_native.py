@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from duplex.codec.kernels import linear_native, native_build
 from duplex.codec.kernels.dispatch import KernelUnsupportedError, reference_kernel
+from duplex.codec.kernels.torch_library import define_op
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("conv_native.c")
@@ -73,8 +74,7 @@ def direct_conv1d(
     )
 
 
-@torch.library.custom_op("duplex::conv1d_panels", mutates_args=())
-def conv1d_panels(
+def _conv1d_panels(
     x: Tensor, panels: Tensor, bias: Tensor | None, kernel_size: int, stride: int, dilation: int
 ) -> Tensor:
     """The direct conv of float32 ``x [B, C, T]`` with packed ``panels``, in C."""
@@ -92,10 +92,19 @@ def conv1d_panels(
     return y
 
 
-@conv1d_panels.register_fake
-def _(x: Tensor, panels: Tensor, bias: Tensor | None, kernel_size: int, stride: int, dilation: int) -> Tensor:
+def _conv1d_panels_fake(
+    x: Tensor, panels: Tensor, bias: Tensor | None, kernel_size: int, stride: int, dilation: int
+) -> Tensor:
     frames = (x.shape[2] - dilation * (kernel_size - 1) - 1) // stride + 1
     return x.new_empty(x.shape[0], panels.shape[0] * CHANNELS, frames, dtype=torch.float32)
+
+
+define_op(
+    "conv1d_panels(Tensor x, Tensor panels, Tensor? bias, int kernel_size, int stride, int dilation)"
+    " -> Tensor",
+    _conv1d_panels,
+    _conv1d_panels_fake,
+)
 
 
 # The few-row kernel wins where reading the weight is the cost: few rows, or a weight this large.

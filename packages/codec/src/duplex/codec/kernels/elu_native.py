@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from duplex.codec.kernels import native_build
 from duplex.codec.kernels.dispatch import reference_kernel
+from duplex.codec.kernels.torch_library import define_op
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("elu_native.c")
@@ -31,8 +32,7 @@ def elu(x: Tensor, alpha: float = 1.0) -> Tensor:
     return torch.ops.duplex.elu_f32(x, alpha)
 
 
-@torch.library.custom_op("duplex::elu_f32", mutates_args=())
-def elu_f32(x: Tensor, alpha: float) -> Tensor:
+def _elu_f32(x: Tensor, alpha: float) -> Tensor:
     """ELU of a float32 CPU tensor in C (a new contiguous tensor)."""
     x = x.contiguous()
     y = torch.empty_like(x)
@@ -40,6 +40,8 @@ def elu_f32(x: Tensor, alpha: float) -> Tensor:
     return y
 
 
-@elu_f32.register_fake
-def _(x: Tensor, alpha: float) -> Tensor:
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+define_op(
+    "elu_f32(Tensor x, float alpha) -> Tensor",
+    _elu_f32,
+    lambda x, alpha: torch.empty_like(x, memory_format=torch.contiguous_format),
+)

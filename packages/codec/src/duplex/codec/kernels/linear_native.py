@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from duplex.codec.kernels import native_build
 from duplex.codec.kernels.dispatch import reference_kernel
+from duplex.codec.kernels.torch_library import define_op
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("linear_native.c")
@@ -115,13 +116,13 @@ def _linear_rows(
     return out
 
 
-# A torch op (schema + fake tensor rule), so torch.compile traces through it (docs/plugins.md).
-@torch.library.custom_op("duplex::linear_rows", mutates_args=())
-def linear_rows(flat: Tensor, weight: Tensor, scale: Tensor | None, bias: Tensor | None) -> Tensor:
-    """float32 rows ``[M, K]`` (unit stride along K) times a contiguous stored weight ``[N, K]``."""
-    return _linear_rows(flat, weight, scale, bias, load())
-
-
-@linear_rows.register_fake
-def _(flat: Tensor, weight: Tensor, scale: Tensor | None, bias: Tensor | None) -> Tensor:
+def _linear_rows_fake(flat: Tensor, weight: Tensor, scale: Tensor | None, bias: Tensor | None) -> Tensor:
     return flat.new_empty(flat.shape[0], weight.shape[0], dtype=torch.float32)
+
+
+# float32 rows [M, K] (unit stride along K) times a contiguous stored weight [N, K], as a torch op
+define_op(
+    "linear_rows(Tensor flat, Tensor weight, Tensor? scale, Tensor? bias) -> Tensor",
+    lambda flat, weight, scale, bias: _linear_rows(flat, weight, scale, bias, load()),
+    _linear_rows_fake,
+)

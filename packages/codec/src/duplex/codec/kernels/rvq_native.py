@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from duplex.codec.kernels import native_build
 from duplex.codec.kernels.dispatch import reference_kernel
+from duplex.codec.kernels.torch_library import define_op
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("rvq_native.c")
@@ -47,8 +48,7 @@ def rvq_encode(x: Tensor, centroids: Tensor) -> Tensor:
     return torch.ops.duplex.rvq_encode_f32(x, centroids)
 
 
-@torch.library.custom_op("duplex::rvq_encode_f32", mutates_args=())
-def rvq_encode_f32(x: Tensor, centroids: Tensor) -> Tensor:
+def _rvq_encode_f32(x: Tensor, centroids: Tensor) -> Tensor:
     """Codes ``[N, L]`` of float32 CPU rows, level by level, in C."""
     rows, dim = x.shape
     levels, size, _ = centroids.shape
@@ -63,6 +63,8 @@ def rvq_encode_f32(x: Tensor, centroids: Tensor) -> Tensor:
     return codes
 
 
-@rvq_encode_f32.register_fake
-def _(x: Tensor, centroids: Tensor) -> Tensor:
-    return x.new_empty(x.shape[0], centroids.shape[0], dtype=torch.long)
+define_op(
+    "rvq_encode_f32(Tensor x, Tensor centroids) -> Tensor",
+    _rvq_encode_f32,
+    lambda x, centroids: x.new_empty(x.shape[0], centroids.shape[0], dtype=torch.long),
+)

@@ -12,13 +12,32 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def nearest_codes(vectors: Tensor, centroids: Tensor) -> Tensor:
+    """Index of the nearest centroid (Euclidean) for each row of ``vectors`` ``[N, D]`` -> ``[N]``,
+    with ``torch.cdist`` as the reference computes it (another formula flips near-ties)."""
+    return torch.cdist(vectors[None], centroids[None], p=2)[0].argmin(dim=-1)
+
+
+def lookup(codes: Tensor, centroids: Tensor) -> Tensor:
+    """Centroid vectors for integer ``codes`` of any shape -> ``[*codes.shape, D]``."""
+    return F.embedding(codes, centroids)
+
+
+def quantize_level(residual: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+    """One level of the residual search: the codes of ``residual [N, D]`` and their centroids
+    ``[N, D]`` (the next level searches ``residual - vectors``). Every residual loop of duplex,
+    inference, training, initialisation and calibration, steps through this."""
+    codes = nearest_codes(residual, centroids)
+    return codes, lookup(codes, centroids)
+
+
 def rvq_encode(x: Tensor, centroids: Tensor) -> Tensor:
     """Codes ``[N, L]`` (int64) of ``x`` ``[N, D]`` against ``centroids`` ``[L, K, D]``."""
     residual = x
     codes = []
     for table in centroids:
-        level_codes = torch.cdist(residual[None], table[None], p=2)[0].argmin(dim=-1)
-        residual = residual - F.embedding(level_codes, table)
+        level_codes, vectors = quantize_level(residual, table)
+        residual = residual - vectors
         codes.append(level_codes)
     if not codes:
         return x.new_zeros((x.shape[0], 0), dtype=torch.long)
@@ -29,5 +48,5 @@ def rvq_decode(codes: Tensor, centroids: Tensor, proj: Tensor | None = None) -> 
     """Sum over levels of the chosen centroids, ``[N, D]``; then ``@ proj.T`` when ``proj`` is given."""
     total = torch.zeros((codes.shape[0], centroids.shape[-1]), dtype=centroids.dtype, device=centroids.device)
     for level, table in enumerate(centroids):
-        total = total + F.embedding(codes[:, level], table)
+        total = total + lookup(codes[:, level], table)
     return total if proj is None else F.linear(total, proj)

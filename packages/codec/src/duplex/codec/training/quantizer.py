@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from duplex.codec.kernels.rvq_torch import nearest_codes, quantize_level
 from duplex.codec.quantizer import (
     EuclideanCodebook,
     ResidualVectorQuantizer,
     SplitResidualVectorQuantizer,
-    lookup,
-    nearest_codes,
 )
 
 
@@ -99,13 +98,11 @@ class CodebookTrainer:
     def initialize(self, rows: torch.Tensor, generator: torch.Generator | None) -> None:
         cb = self.codebook
         centroids, counts = kmeans(rows, cb.size, self.config.kmeans_iterations, generator)
-        cb.embedding_sum.copy_(centroids * counts[:, None])
-        cb.cluster_usage.copy_(counts)
-        cb._initialized.fill_(1.0)
+        cb.seed(centroids, counts)
         if _distributed():
             for buffer in (cb.embedding_sum, cb.cluster_usage):
                 dist.broadcast(buffer, 0)
-        cb.refresh_centroids()
+            cb.refresh_centroids()
 
     def _check_due(self, step: int | None) -> bool:
         if step is not None:  # resumable runs: decided by the step number alone
@@ -189,8 +186,7 @@ class ResidualQuantizerTrainer:
             rows = residual.detach()
             if training and previous_was_ready and not was_ready:
                 trainer.initialize(rows, generator)
-            codes = nearest_codes(rows, trainer.codebook.centroids)
-            vectors = lookup(codes, trainer.codebook.centroids)
+            codes, vectors = quantize_level(rows, trainer.codebook.centroids)
             if training:
                 metrics[f"dead_codes_{level}"] = trainer.replace_dead_codes(rows, generator, step)
                 trainer.ema_update(rows, codes)

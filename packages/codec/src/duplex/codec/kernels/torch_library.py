@@ -1,0 +1,30 @@
+"""The ``duplex`` torch op library: fast kernels as torch ops (``torch.ops.duplex.<name>``).
+
+An op has a schema, an implementation for its dispatch key and a fake (meta) rule that gives its
+output's shape and dtype, so ``torch.compile`` traces through it instead of stopping at a ctypes
+call. Ops are defined with the plain ``torch.library.Library`` API: calling them never imports
+torch's compiler stack (``torch.library.custom_op`` does, about 4 s on a first call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+LIBRARY = torch.library.Library("duplex", "FRAGMENT")
+_DEFINED: dict[str, Any] = {}
+
+
+def define_op(
+    schema: str, implementation: Callable[..., Any], fake: Callable[..., Any], dispatch_key: str = "CPU"
+) -> Any:
+    """Define ``duplex::<schema>`` once (``"name(Tensor x, ...) -> Tensor"``); returns the op."""
+    name = schema.split("(", 1)[0]
+    if name not in _DEFINED:
+        LIBRARY.define(schema)
+        LIBRARY.impl(name, implementation, dispatch_key)
+        torch.library.register_fake(f"duplex::{name}", fake, lib=LIBRARY)
+        _DEFINED[name] = getattr(torch.ops.duplex, name)
+    return _DEFINED[name]
