@@ -69,9 +69,7 @@ def direct_conv1d(
             f"panels hold {panels.shape[1]} taps per channel tile, expected {in_channels * kernel_size}"
         )
     output_frames(length, kernel_size, stride, dilation)  # a clear error when there are none
-    return torch.ops.duplex.conv1d_panels(
-        x, panels, None if bias is None else bias.detach(), kernel_size, stride, dilation
-    )
+    return conv1d_panels(x, panels, None if bias is None else bias.detach(), kernel_size, stride, dilation)
 
 
 def _conv1d_panels(
@@ -99,7 +97,7 @@ def _conv1d_panels_fake(
     return x.new_empty(x.shape[0], panels.shape[0] * CHANNELS, frames, dtype=torch.float32)
 
 
-define_op(
+conv1d_panels = define_op(
     "conv1d_panels(Tensor x, Tensor panels, Tensor? bias, int kernel_size, int stride, int dilation)"
     " -> Tensor",
     _conv1d_panels,

@@ -29,7 +29,7 @@ def elu(x: Tensor, alpha: float = 1.0) -> Tensor:
         or (torch.is_grad_enabled() and x.requires_grad)
     ):
         return reference_kernel("elu")(x, alpha)
-    return torch.ops.duplex.elu_f32(x, alpha)
+    return elu_f32(x, alpha)
 
 
 def _elu_f32(x: Tensor, alpha: float) -> Tensor:
@@ -40,7 +40,7 @@ def _elu_f32(x: Tensor, alpha: float) -> Tensor:
     return y
 
 
-define_op(
+elu_f32 = define_op(
     "elu_f32(Tensor x, float alpha) -> Tensor",
     _elu_f32,
     lambda x, alpha: torch.empty_like(x, memory_format=torch.contiguous_format),

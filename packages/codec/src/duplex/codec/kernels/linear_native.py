@@ -95,7 +95,7 @@ def linear(
     scale = None if scale is None else scale.contiguous()
     bias = None if bias is None else bias.to(torch.float32).contiguous()
     if function is None:
-        out = torch.ops.duplex.linear_rows(flat, weight, scale, bias)
+        out = linear_rows(flat, weight, scale, bias)
     else:
         out = _linear_rows(flat, weight, scale, bias, function)
     out = out.to(x.dtype)
@@ -121,7 +121,7 @@ def _linear_rows_fake(flat: Tensor, weight: Tensor, scale: Tensor | None, bias: 
 
 
 # float32 rows [M, K] (unit stride along K) times a contiguous stored weight [N, K], as a torch op
-define_op(
+linear_rows = define_op(
     "linear_rows(Tensor flat, Tensor weight, Tensor? scale, Tensor? bias) -> Tensor",
     lambda flat, weight, scale, bias: _linear_rows(flat, weight, scale, bias, load()),
     _linear_rows_fake,

@@ -45,7 +45,7 @@ def rvq_encode(x: Tensor, centroids: Tensor) -> Tensor:
         return reference_kernel("rvq_encode")(x, centroids)
     if levels == 0:
         return torch.empty(rows, levels, dtype=torch.long)
-    return torch.ops.duplex.rvq_encode_f32(x, centroids)
+    return rvq_encode_f32(x, centroids)
 
 
 def _rvq_encode_f32(x: Tensor, centroids: Tensor) -> Tensor:
@@ -63,7 +63,7 @@ def _rvq_encode_f32(x: Tensor, centroids: Tensor) -> Tensor:
     return codes
 
 
-define_op(
+rvq_encode_f32 = define_op(
     "rvq_encode_f32(Tensor x, Tensor centroids) -> Tensor",
     _rvq_encode_f32,
     lambda x, centroids: x.new_empty(x.shape[0], centroids.shape[0], dtype=torch.long),
