@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from duplex.stream.demo import build_tiny_checkpoint
+from duplex.demo.checkpoints import build_tiny_checkpoint
 from duplex.stream.engine import DuplexEngine
 from duplex.stream.pipeline import MoshiPipeline
 from duplex.stream.slots import SamplingParams

@@ -40,8 +40,8 @@ import time
 from pathlib import Path
 
 import torch
+from duplex.demo.random_checkpoint import write_random_checkpoint
 from duplex.lm.config import LMConfig
-from duplex.lm.random_checkpoint import write_random_checkpoint
 from duplex.lm.synthesizer import Synthesizer
 from reference import reference_checkpoint_info
 

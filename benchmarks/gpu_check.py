@@ -32,10 +32,10 @@ import time
 import numpy as np
 import torch
 from duplex.codec import Mimi, MimiConfig, graphs
+from duplex.demo.checkpoints import tiny_lm_config
 from duplex.lm.config import LMConfig
 from duplex.lm.generate import LMGen
 from duplex.lm.model import LMModel
-from duplex.stream.demo import tiny_lm_config
 from duplex.stream.engine import DuplexEngine
 from duplex.stream.pipeline import MoshiPipeline
 from duplex.stream.slots import SamplingParams

@@ -97,7 +97,7 @@ def espeak(text: str, path: Path) -> torch.Tensor:
 
 
 def stt_agreement() -> None:
-    from duplex.lm.random_checkpoint import write_random_checkpoint
+    from duplex.demo.random_checkpoint import write_random_checkpoint
     from duplex.lm.transcriber import Transcriber
 
     sentences = ["turn the lights off in the kitchen", "what time is it in tokyo", "call me back tomorrow"]

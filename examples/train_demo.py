@@ -16,13 +16,13 @@ resumes from its last checkpoint):
    index, ``conversations-all``, lists together;
 4. ``lm``: the ``demo`` LM preset from random weights, on the codec's tokens;
 5. ``demo``: the checkpoint in the official layout with float16 weights, and its answers to every
-   scripted question asked in held-out voices (``duplex.stream.answers``);
+   scripted question asked in held-out voices (``duplex.demo.answers``);
 6. ``choice``: teacher-forced, how often the LM opens the right answer
    (``duplex.lm.training.choice``) in its training conversations, in ``conversations-new`` (new
    conversations in the training voices) and in the held-out ones: memorising versus learning.
 
 Everything is drawn from ``--seed``. The numbers go to ``OUTPUT/results.json`` and are printed;
-``--ship`` copies ``OUTPUT/demo`` over the bundled demo (``duplex.stream.demo``).
+``--ship`` copies ``OUTPUT/demo`` over the bundled demo (``duplex.demo.checkpoints``).
 """
 
 from __future__ import annotations
@@ -41,16 +41,16 @@ from duplex.codec.training.config import CodecTrainingConfig
 from duplex.codec.training.data import AudioSegments
 from duplex.codec.training.evaluate import evaluate_codec
 from duplex.codec.training.run import train_codec, validation_subset
+from duplex.demo.answers import evaluate_answers
+from duplex.demo.checkpoints import BUNDLED_DEMO
+from duplex.demo.data.conversations import SCRIPT, script_digest, write_conversations
+from duplex.demo.data.conversations.dataset import INDEX_NAME, TOKENIZER_NAME
+from duplex.demo.data.speech import SentenceSource, SpeechConfig, write_speech_dataset
 from duplex.lm.checkpoint import load_checkpoint
 from duplex.lm.data import TokenCache
-from duplex.lm.data.conversations import SCRIPT, script_digest, write_conversations
-from duplex.lm.data.conversations.dataset import INDEX_NAME, TOKENIZER_NAME
-from duplex.lm.data.speech import SentenceSource, SpeechConfig, write_speech_dataset
 from duplex.lm.training.choice import answer_choice_accuracy
 from duplex.lm.training.config import LMTrainingConfig
 from duplex.lm.training.run import train_lm
-from duplex.stream.answers import evaluate_answers
-from duplex.stream.demo import BUNDLED_DEMO
 from duplex.stream.pipeline import MoshiPipeline
 
 FULL = {

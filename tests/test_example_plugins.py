@@ -28,9 +28,9 @@ BACKBONE = {"backbone": "windowed-gqa", "backbone_config": {"window": 5, "kv_hea
 @pytest.fixture(scope="module")
 def windowed_checkpoint(tmp_path_factory):
     """A random checkpoint in the official layout whose LM uses the plugin backbone."""
+    from duplex.demo.checkpoints import tiny_lm_config
+    from duplex.demo.random_checkpoint import write_random_checkpoint
     from duplex.lm.config import LMConfig
-    from duplex.lm.random_checkpoint import write_random_checkpoint
-    from duplex.stream.demo import tiny_lm_config
 
     root = tmp_path_factory.mktemp("plugins")
     config = LMConfig.model_validate({**tiny_lm_config(), **BACKBONE})
@@ -38,9 +38,9 @@ def windowed_checkpoint(tmp_path_factory):
 
 
 def test_the_backbone_options_are_validated_by_the_plugin(windowed_checkpoint):
+    from duplex.demo.checkpoints import tiny_lm_config
     from duplex.lm.config import LMConfig
     from duplex.lm.model import LMModel
-    from duplex.stream.demo import tiny_lm_config
 
     for bad, message in (({"window": 0}, "window"), ({"stride": 2}, "stride")):
         config = LMConfig.model_validate({**tiny_lm_config(), **BACKBONE, "backbone_config": bad})

@@ -16,7 +16,7 @@ import pytest
 import soundfile
 import torch
 from duplex.cli.app import app
-from duplex.stream.demo import build_tiny_checkpoint
+from duplex.demo.checkpoints import build_tiny_checkpoint
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -301,7 +301,7 @@ def test_a_missing_local_checkpoint_fails_fast_offline_naming_the_path(tmp_path,
 def test_codec_defaults_to_the_bundled_demo(files, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(files["root"] / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from duplex.stream.demo import default_checkpoint
+    from duplex.demo.checkpoints import default_checkpoint
 
     built = default_checkpoint()
     result = runner.invoke(app, ["codec", "roundtrip", str(files["wav"]), str(tmp_path / "o.wav")])

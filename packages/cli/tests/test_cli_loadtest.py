@@ -7,7 +7,7 @@ import threading
 
 import pytest
 from duplex.cli.app import app
-from duplex.stream.demo import build_tiny_checkpoint
+from duplex.demo.checkpoints import build_tiny_checkpoint
 from typer.testing import CliRunner
 
 

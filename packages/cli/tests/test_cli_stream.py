@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 from duplex.cli.app import app
-from duplex.stream.demo import build_tiny_checkpoint
+from duplex.demo.checkpoints import build_tiny_checkpoint
 from typer.testing import CliRunner
 
 
@@ -76,8 +76,8 @@ def test_a_shipped_trained_demo_is_the_default(tmp_path, monkeypatch):
 def test_the_bundled_demo_answers_the_example_question(tmp_path, monkeypatch):
     """A newcomer's first ``duplex run``: the shipped demo hears "Hello, how are you today?" in a
     voice it never heard and says its scripted answer."""
-    from duplex.lm.data.conversations import SCRIPT
-    from duplex.lm.data.conversations.script import words
+    from duplex.demo.data.conversations import SCRIPT
+    from duplex.demo.data.conversations.script import words
     from duplex.stream import demo
 
     assert demo.default_checkpoint() == demo.BUNDLED_DEMO

@@ -304,9 +304,9 @@ def test_lm_init_from_an_official_layout_folder_exports(dataset, tmp_path):
     """A checkpoint folder whose Mimi file carries no config (as the reference writes them): the
     codec must be reloaded with the folder's mimi_config.json at export."""
     from duplex.codec.checkpoint import read_safetensors
+    from duplex.demo.checkpoints import build_tiny_checkpoint
     from duplex.lm.training.config import LMTrainingConfig
     from duplex.lm.training.run import train_lm
-    from duplex.stream.demo import build_tiny_checkpoint
     from safetensors.torch import save_file
 
     official = build_tiny_checkpoint(tmp_path / "official")

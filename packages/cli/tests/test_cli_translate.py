@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import soundfile
 from duplex.cli.app import app
-from duplex.lm.random_checkpoint import write_random_checkpoint
+from duplex.demo.random_checkpoint import write_random_checkpoint
 from duplex.lm.translator import Translator
 from duplex.stream.audio import load_mono
 from typer.testing import CliRunner

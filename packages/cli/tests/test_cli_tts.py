@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 from duplex.cli.app import app
-from duplex.lm.random_checkpoint import write_random_checkpoint
+from duplex.demo.random_checkpoint import write_random_checkpoint
 from duplex.lm.synthesizer import Synthesizer
 from typer.testing import CliRunner
 

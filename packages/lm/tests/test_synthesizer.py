@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from duplex.lm.random_checkpoint import VOICE_NAMES, write_random_checkpoint
+from duplex.demo.random_checkpoint import VOICE_NAMES, write_random_checkpoint
 from duplex.lm.synthesizer import Synthesizer
 from duplex.lm.tts_script import parse_turns
 from moshi.models.tts import TTSModel

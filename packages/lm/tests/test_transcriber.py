@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 from duplex.codec.audio import load_audio
+from duplex.demo.random_checkpoint import write_random_checkpoint
 from duplex.lm.config import LMConfig
-from duplex.lm.random_checkpoint import write_random_checkpoint
 from duplex.lm.tokenizer import TextTokenizer
 from duplex.lm.transcriber import Transcriber
 from duplex.lm.words import Word, WordReader

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from duplex.codec.audio import load_audio
-from duplex.lm.random_checkpoint import write_random_checkpoint
+from duplex.demo.random_checkpoint import write_random_checkpoint
 from duplex.lm.tokenizer import TextTokenizer
 from duplex.lm.translator import EXTRA_SECONDS, Translator
 from moshi.conditioners import ConditionAttributes

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from duplex.demo.checkpoints import build_tiny_checkpoint
 from duplex.stream.audio import load_mono
-from duplex.stream.demo import build_tiny_checkpoint
 
 # The test modules import their helpers (stream_helpers.py) from this directory.
 sys.path.insert(0, str(Path(__file__).parent))

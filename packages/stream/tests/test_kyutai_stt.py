@@ -15,7 +15,7 @@ import msgpack
 import numpy as np
 import pytest
 import soundfile
-from duplex.lm.random_checkpoint import write_random_checkpoint
+from duplex.demo.random_checkpoint import write_random_checkpoint
 from duplex.lm.transcriber import Transcriber
 from duplex.lm.words import WordReader
 from duplex.stream.asr_pipeline import AsrPipeline

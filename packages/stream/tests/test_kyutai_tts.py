@@ -14,7 +14,7 @@ import msgpack
 import numpy as np
 import pytest
 import soundfile
-from duplex.lm.random_checkpoint import write_random_checkpoint
+from duplex.demo.random_checkpoint import write_random_checkpoint
 from duplex.lm.synthesizer import Synthesizer
 from duplex.stream.engine import DuplexEngine
 from duplex.stream.tts_pipeline import TtsPipeline

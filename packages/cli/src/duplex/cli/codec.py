@@ -55,7 +55,7 @@ def _load_codec(checkpoint: str | None, codec: str | None, num_codebooks: int, d
 
     numerics = numerics_option(numerics)
     if checkpoint is None:
-        from duplex.stream.demo import default_checkpoint
+        from duplex.stream.defaults import default_checkpoint
 
         checkpoint = str(default_checkpoint())
     try:

@@ -57,7 +57,7 @@ def speech(
     """Write speech clips for codec training: sentences in many voices and prosodies over a noise floor."""
     import time
 
-    from duplex.lm.data.speech import SPLITS, SentenceSource, SpeechConfig, voices, write_speech_dataset
+    from duplex.demo.data.speech import SPLITS, SentenceSource, SpeechConfig, voices, write_speech_dataset
     from tqdm import tqdm
 
     if split not in SPLITS:
@@ -104,8 +104,8 @@ def conversations(
 ) -> None:
     """Write scripted conversations (moshi-finetune format): a user asks the demo's questions, the model
     gives each its one spoken answer, with pauses, overlaps and backchannels."""
-    from duplex.lm.data.conversations import SCRIPT, write_conversations
-    from duplex.lm.data.speech import SPLITS
+    from duplex.demo.data.conversations import SCRIPT, write_conversations
+    from duplex.demo.data.speech import SPLITS
 
     if split not in SPLITS:
         raise usage_error(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}", "--split")

@@ -18,7 +18,10 @@ def _version(distribution: str) -> str:
 
 
 def info() -> None:
-    import duplex.lm  # noqa: F401  (registers the LM's registries)
+    import duplex.codec.kernels  # noqa: F401  (the registries of each package, listed below)
+    import duplex.lm  # noqa: F401
+    import duplex.stream.defaults  # noqa: F401
+    import duplex.stream.registry  # noqa: F401
     import torch
     from duplex.codec.registry import ALL_REGISTRIES
 

@@ -88,7 +88,7 @@ def run(
 def _example_wav() -> Path:
     """The default input, spoken by espeak-ng once into the cache (next to the demo checkpoint), so
     that running from any folder writes nothing there but the reply."""
-    from duplex.stream.demo import cache_root, example_wav
+    from duplex.demo.checkpoints import cache_root, example_wav
 
     return example_wav(cache_root() / "hello.wav")
 

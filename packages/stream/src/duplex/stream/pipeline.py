@@ -77,7 +77,7 @@ class MoshiPipeline:
         from duplex.lm.generate import LMGen
 
         if source is None:
-            from duplex.stream.demo import default_checkpoint
+            from duplex.stream.defaults import default_checkpoint
 
             source = default_checkpoint()
         bundle = load_checkpoint(source)

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 from duplex.codec.audio import resample
-from duplex.lm.data.speech.config import SpeechConfig
-from duplex.lm.data.speech.espeak import Prosody, require_espeak, speak
-from duplex.lm.data.speech.levels import active_dbfs, at_level
-from duplex.lm.data.speech.noise import noise_floor
-from duplex.lm.data.speech.voices import Voice
+from duplex.demo.data.speech.config import SpeechConfig
+from duplex.demo.data.speech.espeak import Prosody, require_espeak, speak
+from duplex.demo.data.speech.levels import active_dbfs, at_level
+from duplex.demo.data.speech.noise import noise_floor
+from duplex.demo.data.speech.voices import Voice
 
 _SILENT = 2 / 2**15  # espeak-ng's 16-bit silence, with a margin
 

@@ -50,8 +50,8 @@ def tiny_lm_config() -> dict:
 
 def build_tiny_checkpoint(directory: str | Path, seed: int = TINY_SEED) -> Path:
     """Write the tiny checkpoint to ``directory`` (same seed, same files); returns the directory."""
+    from duplex.demo.random_checkpoint import write_random_checkpoint
     from duplex.lm.config import LMConfig
-    from duplex.lm.random_checkpoint import write_random_checkpoint
 
     return write_random_checkpoint(directory, LMConfig.model_validate(tiny_lm_config()), seed=seed)
 
@@ -90,9 +90,9 @@ def example_wav(path: str | Path = "examples/hello.wav") -> Path:
     import soundfile
     import torch
     from duplex.codec.audio import resample
-    from duplex.lm.data.conversations import SCRIPT
-    from duplex.lm.data.speech.espeak import Prosody, speak
-    from duplex.lm.data.speech.noise import noise_floor
+    from duplex.demo.data.conversations import SCRIPT
+    from duplex.demo.data.speech.espeak import Prosody, speak
+    from duplex.demo.data.speech.noise import noise_floor
 
     wav, rate = speak(SCRIPT[0].question, EXAMPLE_VOICE, Prosody(rate_wpm=160))
     speech = resample(torch.from_numpy(wav), rate, EXAMPLE_RATE).numpy()

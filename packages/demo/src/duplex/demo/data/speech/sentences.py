@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from duplex.lm.data.speech.splits import (
+from duplex.demo.data.speech.splits import (
     HELDOUT_FRACTION,
     Split,
     check_split,

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import soundfile
-from duplex.lm.data.conversations import SCRIPT, words, write_conversations
-from duplex.stream.answers import active_part, closest_answer, edit_distance, evaluate_answers, says
+from duplex.demo.answers import active_part, closest_answer, edit_distance, evaluate_answers, says
+from duplex.demo.data.conversations import SCRIPT, words, write_conversations
 from duplex.stream.offline import run_conversation
 from duplex.stream.pipeline import MoshiPipeline
 from duplex.stream.slots import SamplingParams

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from duplex.lm.data import load_dataset
-from duplex.lm.data.conversations import (
+from duplex.demo.data.conversations import (
     SCRIPT,
     ConversationConfig,
     ConversationGenerator,
     words,
     write_conversations,
 )
+from duplex.demo.data.speech import HELDOUT_VOICES, TRAIN_VOICES
+from duplex.lm.data import load_dataset
 from duplex.lm.data.format import MAIN_SPEAKER, USER_SPEAKER
 from duplex.lm.data.interleave import TEXT_PAD, text_stream
-from duplex.lm.data.speech import HELDOUT_VOICES, TRAIN_VOICES
 from duplex.lm.tokenizer import TextTokenizer
 
 RATE = 24000
@@ -126,7 +126,7 @@ def test_no_two_answers_open_with_the_same_word():
 
 
 def test_the_manifest_names_the_script(datasets, monkeypatch):
-    from duplex.lm.data.conversations import dataset as module
+    from duplex.demo.data.conversations import dataset as module
 
     manifest = json.loads((datasets["train"] / "conversations.json").read_text())
     assert manifest["script"] == module.script_digest()

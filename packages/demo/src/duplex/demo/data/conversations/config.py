@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from duplex.lm.data.speech.config import IntRange, Range
+from duplex.demo.data.speech.config import IntRange, Range
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -35,6 +35,6 @@ class ConversationConfig(BaseModel):
     tail_s: Range = (0.6, 1.4)
     # Chance that the user says a short "okay" or "I see" while the model answers.
     backchannel_probability: float = Field(0.2, ge=0, le=1)
-    # Both channels carry a noise floor (see duplex.lm.data.speech.noise).
+    # Both channels carry a noise floor (see duplex.demo.data.speech.noise).
     noise_dbfs: Range = (-70.0, -50.0)
     noise_colour: Range = (0.0, 1.0)

@@ -20,11 +20,11 @@ from typing import Any
 
 import soundfile
 import torch
-from duplex.lm.data.speech.clips import SpeechGenerator
-from duplex.lm.data.speech.config import SpeechConfig
-from duplex.lm.data.speech.sentences import SentenceSource
-from duplex.lm.data.speech.splits import Split, check_split
-from duplex.lm.data.speech.voices import Voice, voices
+from duplex.demo.data.speech.clips import SpeechGenerator
+from duplex.demo.data.speech.config import SpeechConfig
+from duplex.demo.data.speech.sentences import SentenceSource
+from duplex.demo.data.speech.splits import Split, check_split
+from duplex.demo.data.speech.voices import Voice, voices
 
 INDEX_NAME = "data.jsonl"
 MANIFEST_NAME = "speech.json"

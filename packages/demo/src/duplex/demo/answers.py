@@ -20,7 +20,7 @@ import numpy as np
 import soundfile
 import torch
 from duplex.codec.training.cepstral import mel_cepstral_distance
-from duplex.lm.data.conversations import SCRIPT, words
+from duplex.demo.data.conversations import SCRIPT, words
 from duplex.stream.offline import run_conversation
 from duplex.stream.pipeline import MoshiPipeline
 from duplex.stream.slots import SamplingParams

@@ -14,12 +14,12 @@ import json
 from pathlib import Path
 
 import soundfile
-from duplex.lm.data.conversations.config import ConversationConfig
-from duplex.lm.data.conversations.generator import ConversationGenerator
-from duplex.lm.data.conversations.script import BACKCHANNELS, SCRIPT, words
-from duplex.lm.data.speech.dataset import one_torch_thread
-from duplex.lm.data.speech.splits import Split, check_split
-from duplex.lm.data.speech.voices import voices
+from duplex.demo.data.conversations.config import ConversationConfig
+from duplex.demo.data.conversations.generator import ConversationGenerator
+from duplex.demo.data.conversations.script import BACKCHANNELS, SCRIPT, words
+from duplex.demo.data.speech.dataset import one_torch_thread
+from duplex.demo.data.speech.splits import Split, check_split
+from duplex.demo.data.speech.voices import voices
 
 INDEX_NAME = "data.jsonl"
 MANIFEST_NAME = "conversations.json"

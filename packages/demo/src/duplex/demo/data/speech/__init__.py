@@ -9,13 +9,13 @@ espeak-ng over a realistic noise floor, with held-out sentences and voices for e
 * ``dataset``: a folder of clips with its index (``duplex data speech``).
 """
 
-from duplex.lm.data.speech.clips import Clip, SpeechGenerator, Utterance
-from duplex.lm.data.speech.config import SpeechConfig
-from duplex.lm.data.speech.dataset import INDEX_NAME, write_speech_dataset
-from duplex.lm.data.speech.espeak import Prosody, speak
-from duplex.lm.data.speech.sentences import SentenceSource, split_sentences, stdlib_sentences
-from duplex.lm.data.speech.splits import SPLITS, Split, is_heldout_sentence
-from duplex.lm.data.speech.voices import HELDOUT_VOICES, TRAIN_VOICES, Voice, voices
+from duplex.demo.data.speech.clips import Clip, SpeechGenerator, Utterance
+from duplex.demo.data.speech.config import SpeechConfig
+from duplex.demo.data.speech.dataset import INDEX_NAME, write_speech_dataset
+from duplex.demo.data.speech.espeak import Prosody, speak
+from duplex.demo.data.speech.sentences import SentenceSource, split_sentences, stdlib_sentences
+from duplex.demo.data.speech.splits import SPLITS, Split, is_heldout_sentence
+from duplex.demo.data.speech.voices import HELDOUT_VOICES, TRAIN_VOICES, Voice, voices
 
 __all__ = [
     "HELDOUT_VOICES",

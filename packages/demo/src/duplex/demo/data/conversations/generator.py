@@ -3,7 +3,7 @@
 The model's channel (left) holds its answers, always the same recording of each answer; the
 user's channel (right) holds the questions in a voice, rate, pitch and level drawn per
 conversation, and sometimes a short backchannel while the model talks. Both channels carry a
-noise floor. As in :mod:`duplex.lm.data.speech.clips`, everything about conversation ``index`` is
+noise floor. As in :mod:`duplex.demo.data.speech.clips`, everything about conversation ``index`` is
 drawn from a generator seeded with ``(seed, index)``.
 
 espeak-ng speaks whole sentences and gives no word times, so a sentence's words are placed in
@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 from duplex.codec.audio import resample
-from duplex.lm.data.conversations.config import ConversationConfig
-from duplex.lm.data.conversations.script import BACKCHANNELS, SCRIPT, Exchange, words
+from duplex.demo.data.conversations.config import ConversationConfig
+from duplex.demo.data.conversations.script import BACKCHANNELS, SCRIPT, Exchange, words
+from duplex.demo.data.speech.clips import draw_integer, draw_uniform, trim_silence
+from duplex.demo.data.speech.espeak import Prosody, require_espeak, speak
+from duplex.demo.data.speech.levels import at_level
+from duplex.demo.data.speech.noise import noise_floor
+from duplex.demo.data.speech.voices import Voice
 from duplex.lm.data.format import MAIN_SPEAKER, USER_SPEAKER
-from duplex.lm.data.speech.clips import draw_integer, draw_uniform, trim_silence
-from duplex.lm.data.speech.espeak import Prosody, require_espeak, speak
-from duplex.lm.data.speech.levels import at_level
-from duplex.lm.data.speech.noise import noise_floor
-from duplex.lm.data.speech.voices import Voice
 
 
 @dataclass(frozen=True)

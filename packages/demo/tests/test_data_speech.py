@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import soundfile
-from duplex.lm.data.speech import (
+from duplex.demo.data.speech import (
     HELDOUT_VOICES,
     TRAIN_VOICES,
     Prosody,
@@ -20,9 +20,9 @@ from duplex.lm.data.speech import (
     split_sentences,
     write_speech_dataset,
 )
-from duplex.lm.data.speech.levels import active_dbfs, dbfs
-from duplex.lm.data.speech.sentences import harvest_stdlib, speakable
-from duplex.lm.data.speech.splits import sentence_key
+from duplex.demo.data.speech.levels import active_dbfs, dbfs
+from duplex.demo.data.speech.sentences import harvest_stdlib, speakable
+from duplex.demo.data.speech.splits import sentence_key
 
 # Short clips: the tests make a handful, in well under a second each.
 CONFIG = SpeechConfig(seconds=0.5, lead_s=(0.2, 0.3), tail_s=(0.1, 0.2))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from duplex.lm.data.speech.splits import Split, check_split
+from duplex.demo.data.speech.splits import Split, check_split
 
 TRAIN_ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
 HELDOUT_ACCENTS = ("en-029", "en-us-nyc")
