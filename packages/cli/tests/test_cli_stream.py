@@ -48,7 +48,7 @@ def test_run_streams_a_file_and_writes_the_reply_and_a_timed_transcript(checkpoi
 def test_run_without_arguments_uses_the_default_checkpoint_and_example(tmp_path, monkeypatch):
     """From any folder: the example and the default checkpoint go to the cache, the reply to the
     current folder."""
-    from duplex.stream import demo
+    from duplex.demo import checkpoints as demo
 
     monkeypatch.setattr(demo, "BUNDLED_DEMO", tmp_path / "no-trained-demo")
     (tmp_path / "sub").mkdir()
@@ -65,20 +65,23 @@ def test_run_without_arguments_uses_the_default_checkpoint_and_example(tmp_path,
 
 
 def test_a_shipped_trained_demo_is_the_default(tmp_path, monkeypatch):
-    from duplex.stream import demo
+    from duplex.demo import checkpoints as demo
 
     monkeypatch.setattr(demo, "BUNDLED_DEMO", demo.build_tiny_checkpoint(tmp_path / "shipped"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert demo.default_checkpoint() == tmp_path / "shipped"
+    from duplex.stream.defaults import default_checkpoint  # what the commands ask: the entry point
+
+    assert default_checkpoint() == tmp_path / "shipped"
     assert not (tmp_path / "cache" / "duplex" / f"demo-tiny-v{demo.TINY_VERSION}").exists()
 
 
 def test_the_bundled_demo_answers_the_example_question(tmp_path, monkeypatch):
     """A newcomer's first ``duplex run``: the shipped demo hears "Hello, how are you today?" in a
     voice it never heard and says its scripted answer."""
+    from duplex.demo import checkpoints as demo
     from duplex.demo.data.conversations import SCRIPT
     from duplex.demo.data.conversations.script import words
-    from duplex.stream import demo
 
     assert demo.default_checkpoint() == demo.BUNDLED_DEMO
     monkeypatch.chdir(tmp_path)

@@ -62,5 +62,4 @@ def test_quantizer_on_each_set(name: str) -> None:
         use_kernels(quantizer, SETS[name]())
         assert torch.equal(quantizer.encode(latent, 4), codes)  # no near-ties on these random inputs
         torch.testing.assert_close(quantizer.decode(codes), decoded, rtol=1e-5, atol=1e-6)
-        if name == "triton":  # the projections stay torch's: the Triton decode is the reference's sum
-            assert torch.equal(quantizer.decode(codes), decoded)
+        # the Triton set fuses the centroid sum and the output projection: equal within rounding
