@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+from duplex.codec.nn.schema import TransformerConfig
 from duplex.codec.presets import PresetConfig
 from pydantic import Field, field_validator, model_validator
 from torch import nn
@@ -86,33 +87,39 @@ class QuantizerConfig(PresetConfig):
         return self
 
 
-class MimiTransformerConfig(PresetConfig):
-    """The encoder/decoder transformer, with optional projections around it (``ProjectedTransformer``)."""
+class MimiTransformerConfig(TransformerConfig):
+    """The encoder/decoder transformer (:class:`~duplex.codec.nn.schema.TransformerConfig`, with
+    Mimi's defaults) and the projections around it (``ProjectedTransformer``)."""
 
     d_model: int = Field(512, ge=1)
     num_heads: int = Field(8, ge=1)
     num_layers: int = Field(8, ge=0)
-    causal: bool = True
+    dim_feedforward: int = Field(2048, ge=1)
     layer_scale: float | None = 0.01
     context: int | None = 250
     conv_layout: bool = True
-    max_period: float = 10000
-    gating: str = "none"
-    norm: str = "layer_norm"
-    positional_embedding: Literal["rope", "sin", "none"] = "rope"
-    dim_feedforward: int = Field(2048, ge=1)
     input_dimension: int = Field(512, ge=1)
     output_dimensions: list[int] = Field(default_factory=lambda: [512], min_length=1, max_length=1)
 
-    @model_validator(mode="after")
-    def _heads_divide_model(self) -> MimiTransformerConfig:
-        if self.d_model % self.num_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be a multiple of num_heads ({self.num_heads})")
-        return self
+    def transformer_config(self) -> TransformerConfig:
+        """The inner streaming transformer's config (the projections left out)."""
+        return TransformerConfig(**self.model_dump(include=set(TransformerConfig.model_fields)))
 
-    def transformer_fields(self) -> dict[str, Any]:
-        """The fields of the inner streaming transformer (``duplex.codec.nn.TransformerConfig``)."""
-        return self.model_dump(exclude={"conv_layout", "input_dimension", "output_dimensions"})
+    def to_dict(self) -> dict[str, Any]:
+        """The reference's transformer dict: the fields it has, plus any other that was set."""
+        data = self.model_dump(mode="json")
+        for name in (
+            set(TransformerConfig.model_fields) - REFERENCE_TRANSFORMER_FIELDS - self.model_fields_set
+        ):
+            data.pop(name)
+        return data
+
+
+# The keys of the reference's Mimi transformer dict (the others are duplex's, left out when unset).
+REFERENCE_TRANSFORMER_FIELDS = {
+    "d_model", "num_heads", "num_layers", "causal", "layer_scale", "context", "conv_layout", "max_period",
+    "gating", "norm", "positional_embedding", "dim_feedforward", "input_dimension", "output_dimensions",
+}  # fmt: skip
 
 
 class MimiConfig(PresetConfig):
@@ -174,7 +181,7 @@ class MimiConfig(PresetConfig):
 
     def to_dict(self) -> dict[str, Any]:
         """The reference's nested config dict (JSON-serialisable)."""
-        return self.model_dump(mode="json")
+        return {**self.model_dump(mode="json"), "transformer": self.transformer.to_dict()}
 
 
 @MimiConfig.preset("mimi")

@@ -44,7 +44,6 @@ from duplex.codec.nn import (
     StreamingConv1d,
     StreamingConvTranspose1d,
     StreamingTransformer,
-    TransformerConfig,
 )
 from duplex.codec.quantizer import SplitResidualVectorQuantizer
 from duplex.codec.seanet import SeanetDecoder, SeanetEncoder
@@ -60,7 +59,7 @@ class ProjectedTransformer(nn.Module):
     def __init__(self, config: MimiTransformerConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = StreamingTransformer(TransformerConfig(**config.transformer_fields()))
+        self.transformer = StreamingTransformer(config.transformer_config())
         d_model, dim = config.d_model, config.input_dimension
         self.input_proj = Linear(dim, d_model, bias=False) if dim != d_model else None
         self.output_projs = nn.ModuleList(

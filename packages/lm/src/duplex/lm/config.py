@@ -19,14 +19,9 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 from duplex.codec.kernels.weight_formats import WeightFormat
+from duplex.codec.nn.schema import Gating, NormKind, PositionalKind
 from duplex.codec.presets import PresetConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-NormKind = Literal["layer_norm", "layer_norm_f32", "rms_norm", "rms_norm_f32"]
-PositionalKind = Literal["sin", "rope", "rope_concat", "none"]
-Gating = Literal[
-    "none", "silu", "gelu", "relu", "sigmoid", "tanh", "elu", "leaky_relu", "mish", "softsign", "identity"
-]
 
 MOSHI_NAME = "model.safetensors"
 MIMI_NAME = "tokenizer-e351c8d8-checkpoint125.safetensors"

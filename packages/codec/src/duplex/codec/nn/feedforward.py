@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from duplex.codec.nn.linear import Linear
 from duplex.codec.nn.per_step import apply_per_step, weight_set_count
+from duplex.codec.nn.schema import GATINGS
 from torch import nn
 from torch.nn import functional as F
 
@@ -28,7 +29,7 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softsign": F.softsign,
     "identity": lambda x: x,
 }
-GATINGS = ("none", *_ACTIVATIONS)
+assert set(GATINGS) == {"none", *_ACTIVATIONS}, "every gating name has its activation"
 
 
 def gated_hidden_size(dim: int, dim_feedforward: int) -> int:

@@ -6,13 +6,10 @@ match the checkpoints: LayerNorm keeps ``weight`` / ``bias``, RMSNorm keeps ``al
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
+from duplex.codec.nn.schema import NormKind
 from torch import nn
 from torch.nn import functional as F
-
-NormKind = Literal["layer_norm", "layer_norm_f32", "rms_norm", "rms_norm_f32"]
 
 
 class LayerNormF32(nn.LayerNorm):

@@ -11,72 +11,20 @@ call on the CPU), else through the layers one by one (:meth:`StreamingTransforme
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from duplex.codec.kernels import UsesKernels
 from duplex.codec.nn.attention import SharedStep, StreamingMultiheadAttention
 from duplex.codec.nn.cross_attention import CrossAttention
-from duplex.codec.nn.feedforward import GATINGS, PerStepGating, make_feedforward
+from duplex.codec.nn.feedforward import PerStepGating, make_feedforward
 from duplex.codec.nn.linear import Linear
-from duplex.codec.nn.norms import NormKind, make_norm
+from duplex.codec.nn.norms import make_norm
 from duplex.codec.nn.positional import sinusoidal_embedding
 from duplex.codec.nn.rope import RotaryEmbedding
-from duplex.codec.presets import PresetConfig
+from duplex.codec.nn.schema import TransformerConfig
 from duplex.codec.streaming import StreamingModule, StreamingState, module_device
-from pydantic import field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
-
-
-class TransformerConfig(PresetConfig):
-    d_model: int
-    num_heads: int
-    num_layers: int
-    dim_feedforward: int
-    causal: bool = True
-    context: int | None = None
-    max_period: float = 10_000
-    gating: str = "none"
-    norm: NormKind = "layer_norm"
-    positional_embedding: Literal["rope", "rope_concat", "sin", "none"] = "rope"
-    layer_scale: float | None = None
-    weights_per_step: int = 0
-    weights_per_step_schedule: list[int] | None = None
-    kv_repeat: int = 1
-    cross_attention: bool = False
-
-    @field_validator("gating")
-    @classmethod
-    def _known_gating(cls, value: str) -> str:
-        if value not in GATINGS:
-            raise ValueError(f"unknown gating {value!r}; expected one of {list(GATINGS)}")
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> TransformerConfig:
-        if self.d_model % self.num_heads != 0:
-            raise ValueError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
-        if self.num_heads % self.kv_repeat != 0:
-            raise ValueError(f"num_heads {self.num_heads} is not divisible by kv_repeat {self.kv_repeat}")
-        if self.cross_attention and self.kv_repeat != 1:
-            raise ValueError("cross_attention needs kv_repeat=1 (its keys and values have every head)")
-        if self.weights_per_step and self.gating == "none":
-            raise ValueError("weights_per_step needs a gated feed-forward (gating != 'none')")
-        if (
-            self.weights_per_step_schedule is not None
-            and len(self.weights_per_step_schedule) != self.weights_per_step
-        ):
-            raise ValueError(
-                f"weights_per_step_schedule has {len(self.weights_per_step_schedule)} entries, "
-                f"expected weights_per_step={self.weights_per_step}"
-            )
-        return self
-
-
-@TransformerConfig.preset("mimi")
-def _mimi() -> dict:
-    return dict(d_model=512, num_heads=8, num_layers=8, dim_feedforward=2048, context=250, layer_scale=0.01)
 
 
 class LayerScale(nn.Module):
