@@ -78,3 +78,25 @@ def test_the_compiled_fast_mimi_frame_gives_the_eager_codes_and_audio() -> None:
     (eager_codes, eager_audio), (codes, audio) = results
     assert all(torch.equal(a, b) for a, b in zip(eager_codes, codes, strict=True))
     assert max((a - b).abs().max().item() for a, b in zip(eager_audio, audio, strict=True)) <= 1e-5
+
+
+@torch.no_grad()
+def test_the_triton_kernels_compile_as_ops_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Triton kernels (run by Triton's interpreter on the CPU here) are torch ops as well: a
+    compiled streaming Mimi frame with the Triton set captures them and gives the eager codes."""
+    from duplex.codec.kernels import BACKEND_ENV
+
+    monkeypatch.setenv(BACKEND_ENV, "triton")
+    torch.manual_seed(0)
+    mimi = Mimi(MimiConfig.from_preset("tiny")).eval()
+    frames = (0.1 * torch.randn(3, 1, 1, mimi.frame_size)).unbind(0)
+    results = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        backend = RecordingBackend()
+        with mimi.streaming(1):
+            assert mimi.quantizer.rvq_first.kernels.backends["rvq_encode"] == "triton"
+            encode = torch.compile(mimi.encode, fullgraph=True, backend=backend) if compiled else mimi.encode
+            results.append([encode(frame) for frame in frames])
+    assert {"duplex.rvq_encode_triton", "duplex.attention_triton"} <= backend.targets
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))

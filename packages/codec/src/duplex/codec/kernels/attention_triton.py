@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 from duplex.codec.kernels._triton_utils import block_size, check_dtype, dot_precision, mma, upcast_dot
 from duplex.codec.kernels.dispatch import KernelUnsupportedError, reference_kernel
+from duplex.codec.kernels.torch_library import define_op
 from torch import Tensor
 
 MAX_HEAD_DIM = 256
@@ -351,11 +352,35 @@ def attention(
     shared: dict | None = None,
     num_splits: int | None = None,
 ) -> Tensor:
-    """The ``triton`` attention op (forward only, causal: calls that need a gradient, unmasked
-    attention and shapes the kernel does not tile run the torch op)."""
+    """The ``triton`` attention op (``torch.ops.duplex.attention_triton``; forward only, causal:
+    calls that need a gradient, unmasked attention and shapes the kernel does not tile run the torch
+    op; ``shared`` is for the torch op's mask, which the kernel does not need)."""
+    return _attention_op(q, k, v, q_pos, k_pos, context, scale, num_splits)
+
+
+def _attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_pos: Tensor | None,
+    k_pos: Tensor | None,
+    context: int | None,
+    scale: float | None = None,
+    num_splits: int | None = None,
+) -> Tensor:
+    # contiguous, as the op's fake rule says (a compiled graph views the output by its strides)
     if q_pos is None or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
-        return reference_kernel("attention")(q, k, v, q_pos, k_pos, context, scale, shared)
+        return reference_kernel("attention")(q, k, v, q_pos, k_pos, context, scale).contiguous()
     try:
-        return _launch(q, k, v, q_pos, k_pos, context, scale, None, num_splits)
+        return _launch(q, k, v, q_pos, k_pos, context, scale, None, num_splits).contiguous()
     except KernelUnsupportedError:
-        return reference_kernel("attention")(q, k, v, q_pos, k_pos, context, scale, shared)
+        return reference_kernel("attention")(q, k, v, q_pos, k_pos, context, scale).contiguous()
+
+
+_attention_op = define_op(
+    "attention_triton(Tensor q, Tensor k, Tensor v, Tensor? q_pos, Tensor? k_pos, int? context, float? scale,"
+    " int? num_splits) -> Tensor",
+    _attention,
+    lambda q, k, v, q_pos, k_pos, context, scale, num_splits: q.new_empty(q.shape),
+    ("CUDA", "CPU"),
+)

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 from duplex.codec.kernels._triton_utils import block_size, check_dtype, dot_precision, mma, upcast_dot
 from duplex.codec.kernels.dispatch import reference_kernel
+from duplex.codec.kernels.torch_library import define_op
 from torch import Tensor
 
 MAX_ROWS = 64
@@ -66,6 +67,11 @@ def _narrow_linear_kernel(
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+    """The ``triton`` linear op (``torch.ops.duplex.linear_triton``): see :func:`_linear`."""
+    return _linear_op(x, weight, bias, scale)
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
     """``F.linear`` of ``weight`` as stored (docs/nn-api.md): the kernel for a few rows and a narrow
     weight without gradient, torch's op otherwise."""
     if weight.dtype is x.dtype:
@@ -92,3 +98,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, scale: Tensor 
         BLOCK_K=BLOCK_K, PRECISION=dot_precision(x.dtype), UPCAST=upcast_dot(x.dtype),
     )  # fmt: skip
     return out.view(*x.shape[:-1], out_features)
+
+
+_linear_op = define_op(
+    "linear_triton(Tensor x, Tensor weight, Tensor? bias, Tensor? scale) -> Tensor",
+    _linear,
+    lambda x, weight, bias, scale: x.new_empty(*x.shape[:-1], weight.shape[0]),
+    ("CUDA", "CPU"),
+)

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 from duplex.codec.kernels._triton_utils import KERNEL_DTYPES, block_size, dot_precision, mma, upcast_dot
 from duplex.codec.kernels.dispatch import reference_kernel
+from duplex.codec.kernels.torch_library import define_op
 from torch import Tensor
 
 MAX_DIM = 512  # the encoder holds a [BLOCK_N, D] residual tile in registers
@@ -378,6 +379,11 @@ def default_splits(row_tiles: int, centroid_tiles: int, device: torch.device) ->
 
 
 def rvq_encode(x: Tensor, centroids: Tensor, num_splits: int | None = None) -> Tensor:
+    """The ``triton`` rvq_encode op (``torch.ops.duplex.rvq_encode_triton``): see :func:`_rvq_encode`."""
+    return _rvq_encode_op(x, centroids, num_splits)
+
+
+def _rvq_encode(x: Tensor, centroids: Tensor, num_splits: int | None = None) -> Tensor:
     """Codes ``[N, L]`` of ``x`` ``[N, D]`` against ``centroids`` ``[L, K, D]`` (inputs already checked).
 
     ``num_splits`` slices each level's centroids over that many programs (default: by GPU size).
@@ -433,6 +439,11 @@ def rvq_encode(x: Tensor, centroids: Tensor, num_splits: int | None = None) -> T
 
 
 def rvq_decode(codes: Tensor, centroids: Tensor, proj: Tensor | None = None) -> Tensor:
+    """The ``triton`` rvq_decode op (``torch.ops.duplex.rvq_decode_triton``): see :func:`_rvq_decode`."""
+    return _rvq_decode_op(codes, centroids, proj)
+
+
+def _rvq_decode(codes: Tensor, centroids: Tensor, proj: Tensor | None = None) -> Tensor:
     """Sum of the chosen centroids ``[N, D]``, times ``proj.T`` when given (inputs already checked)."""
     needs_grad = torch.is_grad_enabled() and (
         centroids.requires_grad or (proj is not None and proj.requires_grad)
@@ -490,3 +501,22 @@ def _decode_projected(codes: Tensor, centroids: Tensor, proj: Tensor) -> Tensor:
         UPCAST=upcast_dot(centroids.dtype),
     )
     return out
+
+
+def _decoded_fake(codes: Tensor, centroids: Tensor, proj: Tensor | None) -> Tensor:
+    width = centroids.shape[-1] if proj is None else proj.shape[0]
+    return centroids.new_empty(codes.shape[0], width)
+
+
+_rvq_encode_op = define_op(
+    "rvq_encode_triton(Tensor x, Tensor centroids, int? num_splits) -> Tensor",
+    _rvq_encode,
+    lambda x, centroids, num_splits: x.new_empty(x.shape[0], centroids.shape[0], dtype=torch.long),
+    ("CUDA", "CPU"),
+)
+_rvq_decode_op = define_op(
+    "rvq_decode_triton(Tensor codes, Tensor centroids, Tensor? proj) -> Tensor",
+    _rvq_decode,
+    _decoded_fake,
+    ("CUDA", "CPU"),
+)

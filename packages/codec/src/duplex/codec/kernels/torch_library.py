@@ -18,9 +18,13 @@ _DEFINED: dict[str, Any] = {}
 
 
 def define_op(
-    schema: str, implementation: Callable[..., Any], fake: Callable[..., Any], dispatch_key: str = "CPU"
+    schema: str,
+    implementation: Callable[..., Any],
+    fake: Callable[..., Any],
+    dispatch_keys: tuple[str, ...] = ("CPU",),
 ) -> Callable[..., Any]:
-    """Define ``duplex::<schema>`` once (``"name(Tensor x, ...) -> Tensor"``).
+    """Define ``duplex::<schema>`` once (``"name(Tensor x, ...) -> Tensor"``); ``fake`` gives the
+    output's shape and dtype, contiguous (the op makes its result so).
 
     Returns the function to call: the op while ``torch.compile`` traces, the implementation itself
     in eager mode (the dispatcher's few microseconds per call add up over a step's hundreds of ops).
@@ -28,7 +32,12 @@ def define_op(
     name = schema.split("(", 1)[0]
     if name not in _DEFINED:
         LIBRARY.define(schema)
-        LIBRARY.impl(name, implementation, dispatch_key)
+
+        def contiguous_result(*args: Any) -> Any:  # the layout every fake rule here promises
+            return implementation(*args).contiguous()
+
+        for key in dispatch_keys:
+            LIBRARY.impl(name, contiguous_result, key)
         torch.library.register_fake(f"duplex::{name}", fake, lib=LIBRARY)
         op = getattr(torch.ops.duplex, name)
 
