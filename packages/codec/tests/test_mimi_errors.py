@@ -77,7 +77,7 @@ def test_facts(mimi):
         ({"seanet": {"activation": "NoSuchAct"}}, "not a torch.nn activation"),
         ({"quantizer": {"n_q": 1}}, "greater than or equal to 2"),
         ({"frame_rate": 10.0}, "integer multiple"),
-        ({"transformer": {"num_heads": 3}}, "multiple of num_heads"),
+        ({"transformer": {"num_heads": 3}}, "not divisible by num_heads"),
         ({"seanet": {"dimension": 256}}, "must equal seanet.dimension"),
         ({"unknown_field": 1}, "Extra inputs are not permitted"),
     ],
