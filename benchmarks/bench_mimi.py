@@ -46,12 +46,13 @@ def main() -> None:
 
     import numpy as np
     import torch
-    from duplex.codec import Mimi, MimiConfig
+    from duplex.codec import MimiConfig
+    from duplex.codec.codecs import codec_class
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = MimiConfig.from_preset("tiny" if args.smoke else "mimi")
-    ours = Mimi(config, numerics="fast").eval()
+    ours = codec_class("mimi")(config, numerics="fast").eval()
     g = torch.Generator().manual_seed(0)
     state = ours.state_dict()
     for key, value in state.items():

@@ -135,10 +135,11 @@ def bench_streams(
     budget_ms: float,
     quantize: str | None = None,
 ) -> None:
-    from duplex.codec import Mimi, MimiConfig
+    from duplex.codec import MimiConfig
+    from duplex.codec.codecs import codec_class
 
     torch.manual_seed(0)
-    mimi = Mimi(MimiConfig.from_preset(mimi_preset)).eval()
+    mimi = codec_class("mimi")(MimiConfig.from_preset(mimi_preset)).eval()
     mimi.set_num_codebooks(config.num_user_codebooks)
     model = LMModel(config).eval()
     parameters = count(model.parameters())

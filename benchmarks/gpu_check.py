@@ -32,6 +32,7 @@ import time
 import numpy as np
 import torch
 from duplex.codec import Mimi, MimiConfig, graphs
+from duplex.codec.codecs import codec_class
 from duplex.demo.checkpoints import tiny_lm_config
 from duplex.lm.config import LMConfig
 from duplex.lm.generate import LMGen
@@ -195,8 +196,9 @@ def main() -> None:
     torch.manual_seed(0)
     with torch.device(device):
         model = LMModel(lm_config).to(lm_dtype).eval()
-        mimi_eager = Mimi(mimi_config, cuda_graph=False).eval()
-        mimi_graphed = Mimi(mimi_config, cuda_graph=True).eval()
+        mimi_class = codec_class("mimi")
+        mimi_eager = mimi_class(mimi_config, cuda_graph=False).eval()
+        mimi_graphed = mimi_class(mimi_config, cuda_graph=True).eval()
     mimi_graphed.load_state_dict(mimi_eager.state_dict())
     params = sum(p.numel() for p in model.parameters())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run: tiny models)"
