@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from duplex.codec.interfaces import StepOutput
 from duplex.stream.engine import DuplexEngine
-from duplex.stream.pipeline import MoshiPipeline, StepOutput
+from duplex.stream.pipeline import MoshiPipeline
 from duplex.stream.server import DuplexServer, ServerConfig, bound_port, start_server
 from duplex.stream.slots import SamplingParams
 

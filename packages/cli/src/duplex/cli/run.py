@@ -45,7 +45,8 @@ def run(
 ) -> None:
     from duplex.stream.audio import load_mono
     from duplex.stream.offline import run_conversation, write_outputs
-    from duplex.stream.pipeline import MoshiPipeline
+    from duplex.stream.registry import PIPELINES
+    from duplex.stream.serving import DIALOGUE
     from duplex.stream.slots import SamplingParams
     from tqdm import tqdm
 
@@ -56,7 +57,7 @@ def run(
         # The input first: a mistake there is found in a second, not after loading the model.
         input_wav = input_wav if input_wav is not None else _example_wav()
         pcm = load_mono(input_wav, SAMPLE_RATE)
-        pipeline = MoshiPipeline.from_checkpoint(
+        pipeline = PIPELINES.get(DIALOGUE).from_checkpoint(
             checkpoint,
             device=device,
             dtype=torch_dtype,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from duplex.codec.config import QuantizerConfig
 from duplex.codec.kernels import UsesKernels
 from duplex.codec.kernels.dispatch import TRITON
-from duplex.codec.kernels.rvq_torch import lookup, quantize_level
+from duplex.codec.kernels.rvq_torch import lookup, nearest_codes, quantize_level
 from torch import nn
 
 # Old spellings of the codebook buffers found in earlier checkpoints.
@@ -180,10 +180,10 @@ class ResidualVectorQuantizer(nn.Module, UsesKernels):
         residual = projected
         quantized = torch.zeros_like(projected)
         for codebook in self.codebooks()[:num_codebooks]:
-            codes, vectors = quantize_level(residual.detach(), codebook.centroids)
+            codes = nearest_codes(residual.detach(), codebook.centroids)
             if self.training:
                 codebook.ema_update(residual.detach(), codes, decay=self.decay)
-                vectors = lookup(codes, codebook.centroids)  # the updated centroids
+            vectors = lookup(codes, codebook.centroids)  # after the update: its new centroids
             residual = residual - vectors
             quantized = quantized + vectors
         commitment = F.mse_loss(projected, quantized.detach())

@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from duplex.codec.interfaces import Pipeline, StepOutput
     from duplex.stream.client import talk
     from duplex.stream.engine import AsyncEngine, DuplexEngine, Reply
     from duplex.stream.offline import run_conversation
-    from duplex.stream.pipeline import FramePipeline, MoshiPipeline, StepOutput
+    from duplex.stream.pipeline import MoshiPipeline
     from duplex.stream.server import DuplexServer, ServerConfig
     from duplex.stream.slots import SamplingParams, ServerFull
 
@@ -23,9 +24,9 @@ _LAZY = {
     "Reply": "duplex.stream.engine",
     "DuplexServer": "duplex.stream.server",
     "ServerConfig": "duplex.stream.server",
-    "FramePipeline": "duplex.stream.pipeline",
+    "Pipeline": "duplex.codec.interfaces",
     "MoshiPipeline": "duplex.stream.pipeline",
-    "StepOutput": "duplex.stream.pipeline",
+    "StepOutput": "duplex.codec.interfaces",
     "SamplingParams": "duplex.stream.slots",
     "ServerFull": "duplex.stream.slots",
     "run_conversation": "duplex.stream.offline",
@@ -45,7 +46,7 @@ __all__ = [
     "AsyncEngine",
     "DuplexEngine",
     "DuplexServer",
-    "FramePipeline",
+    "Pipeline",
     "MoshiPipeline",
     "Reply",
     "SamplingParams",

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from duplex.codec.interfaces import StepOutput
 from duplex.codec.kernels import Numerics
 from duplex.codec.kernels.weight_formats import WeightFormat
 from duplex.lm.transcriber import Transcriber
 from duplex.stream import kyutai
-from duplex.stream.pipeline import StepOutput
 from duplex.stream.slots import SamplingParams
 
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from duplex.codec.interfaces import Pipeline
 from duplex.stream.metrics import Histogram
-from duplex.stream.pipeline import FramePipeline
 from duplex.stream.slots import Conversation, SamplingParams, SlotTable
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class Reply:
 class DuplexEngine:
     def __init__(
         self,
-        pipeline: FramePipeline,
+        pipeline: Pipeline,
         max_conversations: int = 4,
         max_backlog_frames: int = 25,
         late_tolerance_s: float = 0.24,

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from duplex.codec.interfaces import Pipeline
 from duplex.stream.engine import DuplexEngine
-from duplex.stream.pipeline import FramePipeline
 from duplex.stream.slots import SamplingParams
 
 
@@ -47,7 +47,7 @@ class OfflineResult:
 
 
 def run_conversation(
-    pipeline: FramePipeline,
+    pipeline: Pipeline,
     pcm: np.ndarray,
     params: SamplingParams | None = None,
     on_frame: Callable[[int, int], None] | None = None,

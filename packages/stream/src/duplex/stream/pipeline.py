@@ -1,8 +1,7 @@
 """What the engine steps: a batched frame pipeline (user audio frame in, reply frame out).
 
-The interface is :class:`duplex.codec.interfaces.Pipeline` (here also ``FramePipeline``);
-:class:`MoshiPipeline` composes the codec and the LM:
-encode the user frame, step the LM, decode the reply frame, look up the text piece.
+The interface is :class:`duplex.codec.interfaces.Pipeline`; :class:`MoshiPipeline` composes the
+codec and the LM: encode the user frame, step the LM, decode the reply frame, look up the text piece.
 
 Per-slot facts the pipeline keeps (all rows live in one Mimi and one LM streaming context of
 batch N):
@@ -23,13 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from duplex.codec.interfaces import Pipeline, StepOutput
+from duplex.codec.interfaces import StepOutput
 from duplex.codec.kernels import Numerics
 from duplex.codec.kernels.weight_formats import WeightFormat
 from duplex.codec.streaming import module_device
 from duplex.stream.slots import SamplingParams
-
-FramePipeline = Pipeline  # the engine's name for it (duplex.codec.interfaces.Pipeline)
 
 
 class MoshiPipeline:

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from duplex.codec.interfaces import StepOutput
 from duplex.codec.kernels import Numerics
 from duplex.codec.kernels.weight_formats import WeightFormat
 from duplex.lm.conditioners import Attributes
 from duplex.lm.synthesizer import SpeechBatch, Synthesizer
 from duplex.lm.words import Word
 from duplex.stream import kyutai
-from duplex.stream.pipeline import StepOutput
 from duplex.stream.slots import SamplingParams
 
 
